@@ -1,0 +1,5 @@
+package archive
+
+import "syscall"
+
+const syscallNoFollow = syscall.O_NOFOLLOW

@@ -1,0 +1,76 @@
+package agentclient
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/sbx-dev/sbx/api/agentapi"
+	"github.com/sbx-dev/sbx/api/agentapi/archive"
+)
+
+// CopyIn copies hostSrc (file, directory or symlink; "dir/." for a
+// directory's contents) into the guest at guestDst with docker cp
+// semantics: inside guestDst if it is an existing directory, else as
+// guestDst. stream must be fresh; CopyIn closes it. A guest-side failure
+// is an error wrapping *agentapi.ErrorInfo (its Code says not-found,
+// permission, ...).
+func CopyIn(ctx context.Context, stream io.ReadWriteCloser, hostSrc, guestDst string) error {
+	defer stream.Close()
+	if _, err := os.Lstat(hostSrc); err != nil {
+		return fmt.Errorf("copy %s into the guest: %w", hostSrc, err)
+	}
+	stop := closeOnCancel(ctx, stream)
+	defer stop()
+	fw := agentapi.NewFrameWriter(stream)
+	req := agentapi.Request{Op: agentapi.OpCopyIn, CopyIn: &agentapi.CopyInRequest{Path: guestDst}}
+	if err := fw.WriteJSON(agentapi.FrameRequest, req); err != nil {
+		return fmt.Errorf("copy %s to guest %s: %w", hostSrc, guestDst, ctxErr(ctx, err))
+	}
+	dw := agentapi.NewDataWriter(fw)
+	if err := archive.Write(dw, hostSrc); err != nil {
+		// Breaking the stream makes the guest abandon the partial archive.
+		return fmt.Errorf("copy %s to guest %s: %w", hostSrc, guestDst, ctxErr(ctx, err))
+	}
+	if err := dw.Close(); err != nil {
+		return fmt.Errorf("copy %s to guest %s: %w", hostSrc, guestDst, ctxErr(ctx, err))
+	}
+	var resp agentapi.Response
+	if err := agentapi.ReadJSON(stream, agentapi.FrameResponse, &resp); err != nil {
+		return fmt.Errorf("copy %s to guest %s: read response: %w", hostSrc, guestDst, ctxErr(ctx, err))
+	}
+	if err := resp.Err(); err != nil {
+		return fmt.Errorf("copy %s to guest %s: %w", hostSrc, guestDst, err)
+	}
+	return nil
+}
+
+// CopyOut copies guestSrc out of the guest to hostDst with docker cp
+// semantics: inside hostDst if it is an existing directory, else as hostDst
+// (whose parent must exist). Extraction is confined to the target tree with
+// os.Root: entries with absolute or ".." names, or that would pass through
+// a symlink out of the tree (say "link -> /etc" then "link/passwd"), are
+// refused with an error and nothing outside is written. Entries extracted
+// before a failure stay. stream must be fresh; CopyOut closes it.
+func CopyOut(ctx context.Context, stream io.ReadWriteCloser, guestSrc, hostDst string) error {
+	defer stream.Close()
+	stop := closeOnCancel(ctx, stream)
+	defer stop()
+	req := agentapi.Request{Op: agentapi.OpCopyOut, CopyOut: &agentapi.CopyOutRequest{Path: guestSrc}}
+	resp, err := roundTrip(stream, req)
+	if err != nil {
+		return fmt.Errorf("copy guest %s to %s: %w", guestSrc, hostDst, ctxErr(ctx, err))
+	}
+	if err := resp.Err(); err != nil {
+		return fmt.Errorf("copy guest %s to %s: %w", guestSrc, hostDst, err)
+	}
+	dr := agentapi.NewDataReader(stream)
+	if err := archive.Extract(dr, hostDst, archive.Options{}); err != nil {
+		return fmt.Errorf("copy guest %s to %s: %w", guestSrc, hostDst, ctxErr(ctx, err))
+	}
+	if err := dr.Drain(); err != nil {
+		return fmt.Errorf("copy guest %s to %s: %w", guestSrc, hostDst, ctxErr(ctx, err))
+	}
+	return nil
+}
