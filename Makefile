@@ -1,0 +1,60 @@
+# sbx: the targets README.md and .ci/run use.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/sbx-dev/sbx/internal/cli.Version=$(VERSION)
+PKGS_DEBIAN := qemu-system-x86 qemu-utils debootstrap xz-utils e2fsprogs
+TEST_TIMEOUT ?= 40m
+
+.PHONY: all build deps run test test-unit test-vm fuzz bench lint clean install
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/sbx-agent ./cmd/sbx-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/sbx ./cmd/sbx
+
+# deps installs the Debian/Ubuntu packages sbx needs, only those missing.
+deps:
+	@hack/install-deps.sh $(PKGS_DEBIAN)
+
+# run: everything a fresh machine needs, then a shell in a sandbox on the
+# current folder (the kernel and the default template are prepared on
+# first use, with progress).
+run: deps build
+	$(BIN)/sbx run shell "$(CURDIR)"
+
+install: build
+	install -m 0755 $(BIN)/sbx $(BIN)/sbx-agent /usr/local/bin/
+
+# test: unit tests with -race, the VM tests (real QEMU, TCG here) and the
+# fuzz targets' seed corpora, which `go test` runs as ordinary tests.
+test: build
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+test-unit:
+	$(GO) test -race -count=1 -short ./...
+
+test-vm: build
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./integration/
+
+# fuzz runs each fuzz target live for FUZZTIME (not part of CI).
+FUZZTIME ?= 60s
+fuzz:
+	@$(GO) list -f '{{.ImportPath}}' ./... | while read -r pkg; do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; done
+
+# bench measures boot, exec round trip and memory, each against a baseline
+# measured in the same run; results also go to bin/bench.json.
+bench: build
+	SBX_BENCH_JSON=$(BIN)/bench.json $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration/
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN)

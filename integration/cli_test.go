@@ -1,0 +1,46 @@
+package integration
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestBadInput: mistakes get one clear line on stderr and a non-zero exit,
+// never a Go stack trace. These need no VM.
+func TestBadInput(t *testing.T) {
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	h := &harness{t: t, home: t.TempDir()}
+	h.env = append(h.env, "SBX_HOME="+h.home, "PATH=/usr/bin:/bin", "HOME="+h.home)
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"exec", "nope", "true"}, `no sandbox named "nope"`},
+		{[]string{"stop", "nope"}, `no sandbox named "nope"`},
+		{[]string{"run", "--name", "-bad", "shell", "/"}, "invalid sandbox name"},
+		{[]string{"run", "--name", "a", "shell", "/"}, "invalid sandbox name"},
+		{[]string{"run", "shell", "/does/not/exist"}, "does not exist"},
+		{[]string{"run", "not-an-agent-or-path"}, "is not an agent, a sandbox or a folder"},
+		{[]string{"run", "-m", "lots", "shell", "/"}, "--memory"},
+		{[]string{"run", "--accel", "warp", "shell", "/"}, "--accel"},
+		{[]string{"cp", "a", "b"}, "names a sandbox"},
+		{[]string{"rm"}, "name at least one sandbox"},
+	}
+	for _, c := range cases {
+		res := h.sbx(c.args...)
+		if res.code == 0 {
+			t.Errorf("sbx %v: exit 0, want failure", c.args)
+		}
+		if !strings.Contains(res.stderr, c.want) {
+			t.Errorf("sbx %v: stderr %q lacks %q", c.args, res.stderr, c.want)
+		}
+		if strings.Contains(res.stderr, "goroutine ") || strings.Contains(res.stderr, "panic") {
+			t.Errorf("sbx %v: stack trace on stderr:\n%s", c.args, res.stderr)
+		}
+		if res.stdout != "" {
+			t.Errorf("sbx %v: error output on stdout: %q", c.args, res.stdout)
+		}
+	}
+}

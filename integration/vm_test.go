@@ -1,0 +1,286 @@
+package integration
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+)
+
+type lsRow struct {
+	Name      string `json:"name"`
+	ID        string `json:"id"`
+	Status    string `json:"status"`
+	Reason    string `json:"reason"`
+	Workspace string `json:"workspace"`
+}
+
+func (h *harness) ls() []lsRow {
+	h.t.Helper()
+	res := h.mustSbx("ls", "--json")
+	var rows []lsRow
+	if err := json.Unmarshal([]byte(res.stdout), &rows); err != nil {
+		h.t.Fatalf("ls --json: %v\n%s", err, res.stdout)
+	}
+	return rows
+}
+
+func (h *harness) status(name string) lsRow {
+	h.t.Helper()
+	for _, r := range h.ls() {
+		if r.Name == name {
+			return r
+		}
+	}
+	h.t.Fatalf("sandbox %s not in ls", name)
+	return lsRow{}
+}
+
+// TestRunCommand: output and exit code of a command, its own kernel, the
+// workspace at the same path with files owned by the guest user's uid on
+// the host, host files outside the workspace out of reach, and the VM
+// stopping when the session ends.
+func TestRunCommand(t *testing.T) {
+	h := newHarness(t)
+	ws := t.TempDir()
+	secretDir := t.TempDir()
+	marker := filepath.Join(secretDir, "host-only-marker")
+	if err := os.WriteFile(marker, []byte("host secret"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := strings.Join([]string{
+		"echo out-line",
+		"echo err-line >&2",
+		"echo cwd=$(pwd)",
+		"echo user=$(id -un) uid=$(id -u)",
+		"echo bootid=$(cat /proc/sys/kernel/random/boot_id)",
+		"echo hello > created-in-guest.txt",
+		"if cat " + marker + " 2>/dev/null; then echo MARKER-VISIBLE; fi",
+		"exit 7",
+	}, "; ")
+	res := h.sbx("run", "--name", "t-run", "shell", ws, "--", "-c", script)
+	if res.code != 7 {
+		h.dumpLogs()
+		t.Fatalf("exit code %d, want 7\nstdout: %s\nstderr: %s", res.code, res.stdout, res.stderr)
+	}
+	out := res.stdout
+	for _, want := range []string{"out-line", "cwd=" + ws, "user=agent uid=1000"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "err-line") || !strings.Contains(res.stderr, "err-line") {
+		t.Errorf("stderr not kept apart: stdout %q stderr %q", out, res.stderr)
+	}
+	if strings.Contains(out, "MARKER-VISIBLE") || strings.Contains(out, "host secret") {
+		t.Errorf("guest read a host file outside the workspace:\n%s", out)
+	}
+	hostBoot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if !strings.Contains(out, "bootid=") || strings.Contains(out, "bootid="+strings.TrimSpace(string(hostBoot))) {
+		t.Errorf("guest boot_id equals the host's (not its own kernel?):\n%s", out)
+	}
+	st, err := os.Stat(filepath.Join(ws, "created-in-guest.txt"))
+	if err != nil {
+		t.Fatalf("file written in the guest is not in the host workspace: %v", err)
+	}
+	if uid := st.Sys().(*syscall.Stat_t).Uid; int(uid) != wantUID() {
+		t.Errorf("guest-created file owned by uid %d on the host, want %d", uid, wantUID())
+	}
+	// The VM stops when its last session ends.
+	waitStatus(t, h, "t-run", "stopped")
+}
+
+// wantUID is the uid files made by the guest user have on the host.
+func wantUID() int {
+	if os.Getuid() != 0 {
+		return os.Getuid()
+	}
+	if u, err := strconv.Atoi(os.Getenv("SUDO_UID")); err == nil && u > 0 {
+		return u
+	}
+	return 1000
+}
+
+func waitStatus(t *testing.T, h *harness, name, want string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		got := h.status(name)
+		if got.Status == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.dumpLogs()
+			t.Fatalf("sandbox %s is %s (%s), want %s", name, got.Status, got.Reason, want)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestLifecycle: create boots detached; exec passes exit codes; state on
+// the root disk persists across stop and a start by exec; cp in and out;
+// rm deletes everything but the workspace.
+func TestLifecycle(t *testing.T) {
+	h := newHarness(t)
+	ws := t.TempDir()
+	os.WriteFile(filepath.Join(ws, "keep.txt"), []byte("workspace file"), 0o644)
+	name := strings.TrimSpace(h.mustSbx("create", "--name", "t-life", ws).stdout)
+	if name != "t-life" {
+		t.Fatalf("create printed %q", name)
+	}
+	if st := h.status(name); st.Status != "running" {
+		t.Fatalf("after create: %s", st.Status)
+	}
+	if res := h.sbx("exec", name, "sh", "-c", "exit 42"); res.code != 42 {
+		t.Fatalf("exec exit code %d, want 42 (%s)", res.code, res.stderr)
+	}
+	if res := h.sbx("exec", name, "no-such-command-xyz"); res.code != 127 || !strings.Contains(res.stderr, "no-such-command-xyz") {
+		t.Errorf("missing command: exit %d stderr %q, want 127 and a message", res.code, res.stderr)
+	}
+	h.mustSbx("exec", "-u", "root", name, "sh", "-c", "echo persisted > /root/state.txt && apt-mark showmanual >/dev/null")
+	res := h.sbxIn("piped stdin\n", "exec", "-i", name, "sh", "-c", "cat > /home/agent/in.txt && sudo -n true && echo sudo-ok")
+	if !strings.Contains(res.stdout, "sudo-ok") {
+		t.Fatalf("exec -i / sudo: %+v", res)
+	}
+
+	// cp in and out.
+	src := filepath.Join(t.TempDir(), "hostfile.txt")
+	os.WriteFile(src, []byte("copied in"), 0o644)
+	h.mustSbx("cp", src, name+":/home/agent/")
+	if got := h.mustSbx("exec", name, "cat", "/home/agent/hostfile.txt").stdout; got != "copied in" {
+		t.Errorf("cp in: guest reads %q", got)
+	}
+	h.mustSbx("exec", name, "sh", "-c", "mkdir -p /tmp/tree/sub && echo deep > /tmp/tree/sub/f && ln -s /etc /tmp/tree/escape && ln -s / /tmp/tree/root")
+	outDir := t.TempDir()
+	h.mustSbx("cp", name+":/tmp/tree", outDir)
+	if data, _ := os.ReadFile(filepath.Join(outDir, "tree", "sub", "f")); string(data) != "deep\n" {
+		t.Errorf("cp out: got %q", data)
+	}
+	if target, err := os.Readlink(filepath.Join(outDir, "tree", "escape")); err != nil || target != "/etc" {
+		t.Errorf("cp out: symlink not kept as a link: %q %v", target, err)
+	}
+
+	h.mustSbx("stop", name)
+	if st := h.status(name); st.Status != "stopped" {
+		t.Fatalf("after stop: %s", st.Status)
+	}
+	// exec starts a stopped sandbox, and the root disk kept its state.
+	if got := h.mustSbx("exec", "-u", "root", name, "cat", "/root/state.txt").stdout; got != "persisted\n" {
+		t.Errorf("after stop/start: /root/state.txt = %q", got)
+	}
+	if got := h.mustSbx("exec", name, "cat", "/home/agent/in.txt").stdout; got != "piped stdin\n" {
+		t.Errorf("after stop/start: in.txt = %q", got)
+	}
+	if res := h.sbx("rm", name); res.code == 0 {
+		t.Errorf("rm of a running sandbox without -f succeeded")
+	}
+	h.mustSbx("rm", "-f", name)
+	if rows := h.ls(); len(rows) != 0 {
+		t.Errorf("after rm: ls shows %v", rows)
+	}
+	entries, _ := os.ReadDir(filepath.Join(h.home, "sandboxes"))
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") {
+			t.Errorf("after rm: state folder still holds %s", e.Name())
+		}
+	}
+	if data, err := os.ReadFile(filepath.Join(ws, "keep.txt")); err != nil || string(data) != "workspace file" {
+		t.Errorf("rm touched the workspace: %q %v", data, err)
+	}
+}
+
+// TestPTYResize: exec -t gives a real terminal that follows window-size
+// changes of the caller's terminal.
+func TestPTYResize(t *testing.T) {
+	h := newHarness(t)
+	ws := t.TempDir()
+	name := strings.TrimSpace(h.mustSbx("create", "--name", "t-pty", ws).stdout)
+	cmd := exec.Command(sbxBin, "exec", "-it", name, "sh", "-c", `stty size; echo ready; read line; stty size; tty`)
+	cmd.Env = h.env
+	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 30, Cols: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptmx.Close()
+	var out strings.Builder
+	buf := make([]byte, 4096)
+	readUntil := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Minute)
+		for !strings.Contains(out.String(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in terminal output:\n%s", want, out.String())
+			}
+			ptmx.SetReadDeadline(time.Now().Add(time.Second))
+			n, _ := ptmx.Read(buf)
+			out.Write(buf[:n])
+		}
+	}
+	readUntil("ready")
+	if !strings.Contains(out.String(), "30 100") {
+		t.Errorf("initial size not passed: %q", out.String())
+	}
+	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 40, Cols: 120}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // let SIGWINCH reach sbx and the guest
+	ptmx.Write([]byte("go\r"))
+	readUntil("/dev/pts/")
+	if !strings.Contains(out.String(), "40 120") {
+		t.Errorf("resize not seen in the guest:\n%s", out.String())
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("exec -it: %v", err)
+	}
+}
+
+// TestCrashRecovery: a QEMU killed with SIGKILL shows as crashed, and the
+// next run recovers the sandbox.
+func TestCrashRecovery(t *testing.T) {
+	h := newHarness(t)
+	ws := t.TempDir()
+	name := strings.TrimSpace(h.mustSbx("run", "-d", "--name", "t-crash", ws).stdout)
+	id := h.status(name).ID
+	pid := qemuPID(t, id)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, h, name, "crashed")
+	res := h.sbx("run", name, "--", "-c", "echo recovered")
+	if res.code != 0 || !strings.Contains(res.stdout, "recovered") {
+		h.dumpLogs()
+		t.Fatalf("run after crash: %+v", res)
+	}
+	if !strings.Contains(res.stderr, "crashed") {
+		t.Errorf("run after crash did not say it recovered a crashed sandbox: %q", res.stderr)
+	}
+}
+
+// qemuPID finds the QEMU process of sandbox id by its agent socket path.
+func qemuPID(t *testing.T, id string) int {
+	t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(data), "\x00")
+		if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "qemu-system") {
+			continue
+		}
+		if strings.Contains(string(data), "/"+id+"/agent.sock") {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			return pid
+		}
+	}
+	t.Fatalf("no qemu process for sandbox %s", id)
+	return 0
+}

@@ -1,0 +1,151 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+
+	"github.com/sbx-dev/sbx/internal/bootassets"
+	"github.com/sbx-dev/sbx/internal/hostcheck"
+	"github.com/sbx-dev/sbx/internal/paths"
+	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/supervisor"
+	"github.com/sbx-dev/sbx/internal/template"
+	"github.com/sbx-dev/sbx/internal/vm"
+)
+
+// kernelOptions are the user's kernel choices from the environment.
+func kernelOptions(e *env) bootassets.Options {
+	return bootassets.Options{
+		KernelPath: paths.Getenv("SBX_KERNEL"),
+		ModulesDir: paths.Getenv("SBX_KERNEL_MODULES"),
+		Logger:     e.log,
+	}
+}
+
+// agentBinary finds sbx-agent: SBX_AGENT, else next to the sbx binary.
+func agentBinary() (string, error) {
+	if p := paths.Getenv("SBX_AGENT"); p != "" {
+		return p, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	if real, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = real
+	}
+	p := filepath.Join(filepath.Dir(exe), "sbx-agent")
+	if _, err := os.Stat(p); err != nil {
+		return "", userErr(err, "build it with `make build` (it goes next to sbx), or set SBX_AGENT", "the guest agent binary sbx-agent is missing beside %s", exe)
+	}
+	return p, nil
+}
+
+func (e *env) qemu(ctx context.Context) (string, string, error) {
+	if p := paths.Getenv("SBX_QEMU"); p != "" {
+		return p, "", nil
+	}
+	path, version, err := hostcheck.QEMU(ctx)
+	if err != nil {
+		return "", "", userErr(err, "install it: apt-get install qemu-system-x86 (or run `make deps`)", "QEMU is not installed")
+	}
+	return path, version, nil
+}
+
+func (e *env) qemuImg(ctx context.Context) (string, error) {
+	p, err := hostcheck.QEMUImg(ctx)
+	if err != nil {
+		return "", userErr(err, "install it: apt-get install qemu-utils (or run `make deps`)", "qemu-img is not installed")
+	}
+	return p, nil
+}
+
+// ensureTemplate returns the default template, building it on first use.
+func (e *env) ensureTemplate(ctx context.Context) (sandbox.TemplateRef, error) {
+	t, err := template.EnsureDefault(ctx, e.dirs.Cache, e.stderr)
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return sandbox.TemplateRef{}, err
+		}
+		return sandbox.TemplateRef{}, userErr(err, "see the message above; `sbx diagnose` checks the host", "cannot prepare the default template")
+	}
+	return sandbox.TemplateRef{Name: t.Name, ID: t.ID, Image: t.Image}, nil
+}
+
+// bootSpec resolves what a start of sb needs: QEMU, kernel, initramfs and
+// the accelerator.
+func (e *env) bootSpec(ctx context.Context, sb *sandbox.Sandbox) (supervisor.Boot, error) {
+	var b supervisor.Boot
+	q, _, err := e.qemu(ctx)
+	if err != nil {
+		return b, err
+	}
+	if _, err := os.Stat(sb.Config.Template.Image); err != nil {
+		return b, userErr(err, "remove the sandbox with `sbx rm "+sb.Config.Name+"` and create it again", "the template image of sandbox %s is missing", sb.Config.Name)
+	}
+	k, err := kernelOptions(e).EnsureKernel(ctx, e.dirs.Cache, e.stderr)
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return b, err
+		}
+		return b, userErr(err, "see the message above; `sbx diagnose` checks the host", "cannot prepare the guest kernel")
+	}
+	agent, err := agentBinary()
+	if err != nil {
+		return b, err
+	}
+	initrd, err := bootassets.EnsureInitramfs(ctx, e.dirs.Cache, k, agent)
+	if err != nil {
+		return b, userErr(err, "", "cannot build the initramfs")
+	}
+	accel, err := e.chooseAccel(ctx, sb.Config.Accel, q, k, initrd)
+	if err != nil {
+		return b, err
+	}
+	tsc, err := hostcheck.TSCkHz()
+	if err != nil && accel == vm.AccelTCG {
+		e.log.Warn("cannot read the host TSC frequency; the guest clock may drift", "err", err)
+	}
+	cpus := sb.Config.CPUs
+	if cpus == 0 {
+		// The default follows the accelerator of this start: 1 under TCG,
+		// where a second emulated CPU slows boot down, 2 with KVM.
+		cpus = 1
+		if accel == vm.AccelKVM {
+			cpus = 2
+		}
+	}
+	return supervisor.Boot{
+		QEMU: q, Kernel: k.Path, KernelRelease: k.Release, Initrd: initrd,
+		Accel: string(accel), TSCkHz: tsc, CPUs: cpus,
+	}, nil
+}
+
+// chooseAccel resolves auto/kvm/tcg with the cached KVM probe.
+func (e *env) chooseAccel(ctx context.Context, want, qemu string, k bootassets.Kernel, initrd string) (vm.Accel, error) {
+	if want == "tcg" {
+		return vm.AccelTCG, nil
+	}
+	ok, reason, err := hostcheck.KVMUsable(ctx, e.dirs.Cache, qemu, k.Path, initrd)
+	if err != nil {
+		e.log.Debug("kvm probe", "err", err)
+	}
+	if ok {
+		return vm.AccelKVM, nil
+	}
+	if want == "kvm" {
+		return "", userErr(err, "use --accel tcg (slow, emulated) or --accel auto", "--accel kvm: KVM cannot run a guest here: %s", reason)
+	}
+	e.warnTCG(reason)
+	return vm.AccelTCG, nil
+}
+
+func (e *env) warnTCG(reason string) {
+	fmtReason := reason
+	if fmtReason == "" {
+		fmtReason = "KVM unusable"
+	}
+	e.printf(e.stderr, "sbx: KVM cannot run guests here (%s); using TCG emulation, which is slow\n", fmtReason)
+}

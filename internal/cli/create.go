@@ -1,0 +1,360 @@
+package cli
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/internal/disk"
+	"github.com/sbx-dev/sbx/internal/sandbox"
+)
+
+const (
+	defaultMemory = "2g"
+	defaultDisk   = "20g"
+)
+
+// createFlags are the flags `run` and `create` share.
+type createFlags struct {
+	name     string
+	cpus     int
+	memory   string
+	disk     string
+	accel    string
+	env      []string
+	detached bool
+	rm       bool
+}
+
+func (f *createFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.name, "name", "", "sandbox name (default: the agent and the folder name)")
+	fl.IntVar(&f.cpus, "cpus", 0, "virtual CPUs (default 1 under TCG emulation, 2 with KVM)")
+	fl.StringVarP(&f.memory, "memory", "m", defaultMemory, "guest memory, e.g. 2g or 4096m")
+	fl.StringVar(&f.disk, "disk", defaultDisk, "root disk size (sparse), e.g. 20g")
+	fl.StringVar(&f.accel, "accel", "auto", "CPU accelerator: auto, kvm or tcg")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "environment variable KEY=VALUE for the agent session (repeatable)")
+}
+
+// target is what the positional arguments of run/create resolve to.
+type target struct {
+	agent      agentSpec
+	existing   *sandbox.Sandbox
+	workspaces []sandbox.Workspace
+	// explicitPaths is true when paths were given on the command line.
+	explicitPaths bool
+}
+
+// resolveTarget reads [AGENT] [PATH...]: the first argument is a known
+// agent, else an existing sandbox, else a path.
+func (e *env) resolveTarget(args []string) (target, error) {
+	var t target
+	t.agent, _ = findAgent("shell")
+	if len(args) > 0 {
+		if a, ok := findAgent(args[0]); ok {
+			t.agent = a
+			args = args[1:]
+		} else if sb, err := e.store.Get(args[0]); err == nil {
+			t.existing = sb
+			a, ok := findAgent(sb.Config.Agent)
+			if !ok {
+				return t, userErr(nil, "", "sandbox %s runs agent %q, which this sbx does not know", sb.Config.Name, sb.Config.Agent)
+			}
+			t.agent = a
+			args = args[1:]
+		} else if _, statErr := os.Stat(args[0]); statErr != nil && !strings.Contains(args[0], "/") && !strings.HasSuffix(args[0], ":ro") {
+			return t, userErr(nil, "known agents: "+agentNames()+"; list sandboxes with `sbx ls`", "%q is not an agent, a sandbox or a folder", args[0])
+		}
+	}
+	if len(args) == 0 {
+		wd, err := os.Getwd()
+		if err != nil {
+			return t, userErr(err, "", "cannot read the current folder")
+		}
+		args = []string{wd}
+	} else {
+		t.explicitPaths = true
+	}
+	for i, a := range args {
+		ro := false
+		if strings.HasSuffix(a, ":ro") {
+			ro = true
+			a = strings.TrimSuffix(a, ":ro")
+		}
+		abs, err := filepath.Abs(a)
+		if err != nil {
+			return t, userErr(err, "", "bad workspace path %q", a)
+		}
+		if real, err := filepath.EvalSymlinks(abs); err == nil {
+			abs = real
+		}
+		st, err := os.Stat(abs)
+		if err != nil {
+			return t, userErr(nil, "create it or give an existing folder", "workspace %s does not exist", abs)
+		}
+		if !st.IsDir() {
+			return t, userErr(nil, "give a folder, not a file", "workspace %s is not a folder", abs)
+		}
+		if i == 0 && ro {
+			return t, userErr(nil, "only extra workspaces may be read-only", "the primary workspace %s cannot be :ro", abs)
+		}
+		for _, w := range t.workspaces {
+			if w.Path == abs {
+				return t, userErr(nil, "", "workspace %s is given twice", abs)
+			}
+		}
+		t.workspaces = append(t.workspaces, sandbox.Workspace{Path: abs, ReadOnly: ro})
+	}
+	return t, nil
+}
+
+// findOrCreate returns the sandbox the target names, creating it when it
+// does not exist. It rejects creation flags that differ from an existing
+// sandbox's. created reports whether the sandbox is new.
+func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sandbox.Sandbox, created bool, err error) {
+	unlock, err := e.store.LockStore()
+	if err != nil {
+		return nil, false, err
+	}
+	defer unlock()
+
+	if f.name != "" {
+		if err := sandbox.ValidateName(f.name); err != nil {
+			return nil, false, userErr(nil, "use 2 to 63 letters, digits, '-' and '.', starting with a letter or digit", "invalid sandbox name %q", f.name)
+		}
+	}
+	sb = t.existing
+	if sb == nil && f.name != "" {
+		sb, _ = e.store.Get(f.name)
+	}
+	if sb == nil && f.name == "" {
+		all, _ := e.store.List()
+		for _, s := range all {
+			if s.Config.Agent == t.agent.Name && len(s.Config.Workspaces) > 0 && s.Config.Workspaces[0].Path == t.workspaces[0].Path {
+				sb = s
+				break
+			}
+		}
+	}
+	if sb != nil {
+		if sb.Config.Agent != t.agent.Name {
+			return nil, false, userErr(nil, "pick another --name", "sandbox %s runs agent %s, not %s", sb.Config.Name, sb.Config.Agent, t.agent.Name)
+		}
+		return sb, false, e.checkSameFlags(cmd, f, t, sb)
+	}
+
+	cfg, err := e.newConfig(cmd, f, t)
+	if err != nil {
+		return nil, false, err
+	}
+	tmpl, err := e.ensureTemplate(cmd.Context())
+	if err != nil {
+		return nil, false, err
+	}
+	cfg.Template = tmpl
+	sb, err = e.store.Create(cfg)
+	if err != nil {
+		return nil, false, userErr(err, "", "cannot create sandbox %s", cfg.Name)
+	}
+	qemuImg, err := e.qemuImg(cmd.Context())
+	if err == nil {
+		err = disk.CreateOverlay(cmd.Context(), qemuImg, tmpl.Image, "raw", sb.Path(sandbox.DiskFile), cfg.DiskBytes)
+	}
+	if err != nil {
+		_ = e.store.Remove(sb)
+		if errors.Is(err, disk.ErrTooSmall) {
+			return nil, false, userErr(err, "give a larger --disk", "--disk %s is smaller than the template", f.disk)
+		}
+		return nil, false, userErr(err, "", "cannot create the disk of sandbox %s", cfg.Name)
+	}
+	return sb, true, nil
+}
+
+func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target) (sandbox.Config, error) {
+	var errs []error
+	mem, err := sandbox.ParseSize(f.memory, "m")
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--memory: %w", err))
+	} else if mem < 256<<20 {
+		errs = append(errs, fmt.Errorf("--memory %s: at least 256m", f.memory))
+	}
+	dsk, err := sandbox.ParseSize(f.disk, "g")
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--disk: %w", err))
+	}
+	if f.cpus < 0 || f.cpus > 64 {
+		errs = append(errs, fmt.Errorf("--cpus %d: use 1 to 64", f.cpus))
+	}
+	switch f.accel {
+	case "auto", "kvm", "tcg":
+	default:
+		errs = append(errs, fmt.Errorf("--accel %q: use auto, kvm or tcg", f.accel))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return sandbox.Config{}, userErr(nil, "see `sbx "+cmd.Name()+" --help`", "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	name := f.name
+	if name == "" {
+		name, err = e.defaultName(t)
+		if err != nil {
+			return sandbox.Config{}, err
+		}
+	}
+	uid, gid := guestIDs()
+	return sandbox.Config{
+		ID:         sandbox.NewID(),
+		Name:       name,
+		Agent:      t.agent.Name,
+		Workspaces: t.workspaces,
+		CPUs:       f.cpus,
+		MemoryMiB:  int(mem >> 20),
+		DiskBytes:  dsk,
+		Accel:      f.accel,
+		UID:        uid,
+		GID:        gid,
+		Created:    time.Now().UTC(),
+	}, nil
+}
+
+// defaultName is the agent and the folder name, plus a short hash of the
+// path when that name is taken.
+func (e *env) defaultName(t target) (string, error) {
+	base := sandbox.CleanName(filepath.Base(t.workspaces[0].Path))
+	if base == "" {
+		base = "root"
+	}
+	name := sandbox.CleanName(t.agent.Name + "-" + base)
+	if _, err := e.store.Get(name); err != nil {
+		return name, nil
+	}
+	sum := sha256.Sum256([]byte(t.workspaces[0].Path))
+	h := hex.EncodeToString(sum[:])[:6]
+	if len(name) > 63-7 {
+		name = strings.TrimRight(name[:63-7], "-.")
+	}
+	name += "-" + h
+	if _, err := e.store.Get(name); err == nil {
+		return "", userErr(nil, "choose one with --name", "no free default name for %s", t.workspaces[0].Path)
+	}
+	return name, nil
+}
+
+// guestIDs are the uid and gid the guest user takes: the caller's, or for
+// root the sudo caller's, else 1000.
+func guestIDs() (int, int) {
+	uid, gid := os.Getuid(), os.Getgid()
+	if uid != 0 {
+		return uid, gid
+	}
+	u, err1 := strconv.Atoi(os.Getenv("SUDO_UID"))
+	g, err2 := strconv.Atoi(os.Getenv("SUDO_GID"))
+	if err1 == nil && err2 == nil && u > 0 {
+		return u, g
+	}
+	return 1000, 1000
+}
+
+// checkSameFlags rejects creation flags given again with other values for
+// an existing sandbox.
+func (e *env) checkSameFlags(cmd *cobra.Command, f *createFlags, t target, sb *sandbox.Sandbox) error {
+	c := sb.Config
+	var bad []string
+	fl := cmd.Flags()
+	if fl.Changed("cpus") && f.cpus != c.CPUs {
+		bad = append(bad, fmt.Sprintf("--cpus (sandbox has %d)", c.CPUs))
+	}
+	if fl.Changed("memory") {
+		if m, err := sandbox.ParseSize(f.memory, "m"); err != nil || int(m>>20) != c.MemoryMiB {
+			bad = append(bad, fmt.Sprintf("--memory (sandbox has %dm)", c.MemoryMiB))
+		}
+	}
+	if fl.Changed("disk") {
+		if d, err := sandbox.ParseSize(f.disk, "g"); err != nil || d != c.DiskBytes {
+			bad = append(bad, fmt.Sprintf("--disk (sandbox has %s)", sandbox.FormatSize(c.DiskBytes)))
+		}
+	}
+	if fl.Changed("accel") && f.accel != c.Accel {
+		bad = append(bad, fmt.Sprintf("--accel (sandbox has %s)", c.Accel))
+	}
+	if t.explicitPaths && !sameWorkspaces(t.workspaces, c.Workspaces) {
+		bad = append(bad, "workspace paths (sandbox has "+describeWorkspaces(c.Workspaces)+")")
+	}
+	if len(bad) > 0 {
+		return userErr(nil, "remove the sandbox with `sbx rm "+c.Name+"` to change them, or use another --name",
+			"sandbox %s exists with other settings: %s", c.Name, strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+func sameWorkspaces(a, b []sandbox.Workspace) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func describeWorkspaces(ws []sandbox.Workspace) string {
+	var s []string
+	for _, w := range ws {
+		p := w.Path
+		if w.ReadOnly {
+			p += ":ro"
+		}
+		s = append(s, p)
+	}
+	return strings.Join(s, " ")
+}
+
+func newCreateCmd(e *env) *cobra.Command {
+	var f createFlags
+	cmd := &cobra.Command{
+		Use:   "create [flags] [AGENT] [PATH...]",
+		Short: "Create a sandbox and boot it in the background",
+		Long: `Create a sandbox for AGENT (default: shell) on the workspace PATH (default:
+the current folder; more paths are extra workspaces, PATH:ro read-only), boot
+its VM in the background and print its name. Attach with ` + "`sbx run NAME`" + ` or
+` + "`sbx exec NAME CMD`" + `; it keeps running until ` + "`sbx stop`" + `.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := e.resolveTarget(args)
+			if err != nil {
+				return err
+			}
+			if t.existing != nil {
+				return userErr(nil, "use `sbx run "+t.existing.Config.Name+"` to start it", "sandbox %s already exists", t.existing.Config.Name)
+			}
+			if f.name != "" {
+				if _, err := e.store.Get(f.name); err == nil {
+					return userErr(nil, "pick another --name or remove it with `sbx rm "+f.name+"`", "sandbox %s already exists", f.name)
+				}
+			}
+			sb, created, err := e.findOrCreate(cmd, &f, t)
+			if err != nil {
+				return err
+			}
+			if !created {
+				return userErr(nil, "use `sbx run "+sb.Config.Name+"` to start it, or give another --name", "sandbox %s already exists for %s", sb.Config.Name, sb.PrimaryWorkspace())
+			}
+			if err := e.ensureRunning(cmd.Context(), sb, true); err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stdout, sb.Config.Name)
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().Lookup("env").Hidden = true
+	return cmd
+}

@@ -1,0 +1,79 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/internal/sandbox"
+)
+
+// lsEntry is one row of `sbx ls --json`.
+type lsEntry struct {
+	Name       string              `json:"name"`
+	ID         string              `json:"id"`
+	Agent      string              `json:"agent"`
+	Status     sandbox.Status      `json:"status"`
+	Reason     string              `json:"reason,omitempty"`
+	Workspace  string              `json:"workspace"`
+	Workspaces []sandbox.Workspace `json:"workspaces"`
+	CPUs       int                 `json:"cpus"`
+	MemoryMiB  int                 `json:"memoryMiB"`
+	DiskBytes  int64               `json:"diskBytes"`
+	Created    time.Time           `json:"created"`
+}
+
+func newLsCmd(e *env) *cobra.Command {
+	var asJSON, quiet bool
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List sandboxes",
+		Args:    cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			all, listErr := e.store.List()
+			entries := []lsEntry{}
+			for _, sb := range all {
+				st, err := e.store.Status(sb)
+				if err != nil {
+					st = sandbox.State{Status: "unknown", Reason: err.Error()}
+				}
+				c := sb.Config
+				entries = append(entries, lsEntry{
+					Name: c.Name, ID: c.ID, Agent: c.Agent, Status: st.Status, Reason: st.Reason,
+					Workspace: sb.PrimaryWorkspace(), Workspaces: c.Workspaces,
+					CPUs: c.CPUs, MemoryMiB: c.MemoryMiB, DiskBytes: c.DiskBytes, Created: c.Created,
+				})
+			}
+			switch {
+			case asJSON:
+				enc := json.NewEncoder(e.stdout)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(entries); err != nil {
+					return err
+				}
+			case quiet:
+				for _, en := range entries {
+					fmt.Fprintln(e.stdout, en.Name)
+				}
+			default:
+				tw := tabwriter.NewWriter(e.stdout, 0, 4, 3, ' ', 0)
+				fmt.Fprintln(tw, "SANDBOX\tAGENT\tSTATUS\tWORKSPACE")
+				for _, en := range entries {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", en.Name, en.Agent, en.Status, en.Workspace)
+				}
+				tw.Flush()
+			}
+			if listErr != nil {
+				fmt.Fprintf(e.stderr, "sbx: some sandboxes could not be read: %v\n", listErr)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print names only")
+	return cmd
+}

@@ -1,0 +1,84 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+)
+
+func newRunCmd(e *env) *cobra.Command {
+	var f createFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags] [AGENT|SANDBOX] [PATH...] [-- AGENT_ARGS...]",
+		Short: "Run an agent in a sandbox, creating and starting it as needed",
+		Long: `Run AGENT (default: shell, which is ` + "`bash -l`" + ` as user agent) in a sandbox on
+the workspace PATH (default: the current folder; more paths are extra
+workspaces, PATH:ro read-only), attached to the terminal.
+
+The sandbox is created if it does not exist and started if it is stopped;
+running again for the same workspace (or --name) opens a new session in the
+same sandbox. The first argument is a known agent, else an existing
+sandbox, else a path. After "--", arguments that start with "-" are added to
+the agent's default arguments; others replace them:
+  sbx run shell . -- -c 'make test'     runs bash -l -c 'make test'
+
+Without a terminal on stdin, the streams are plain pipes and sbx exits with
+the agent's exit code. The VM stops when its last session ends, unless it
+was started with -d.`,
+		Example: `  sbx run                      # a shell in a sandbox on the current folder
+  sbx run shell ~/proj ~/docs:ro
+  sbx run -d --name build .    # boot in the background, print the name
+  sbx run shell . -- -c 'go test ./...'`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var extra []string
+			if n := cmd.ArgsLenAtDash(); n >= 0 {
+				args, extra = args[:n], args[n:]
+			}
+			env, err := parseEnv(f.env)
+			if err != nil {
+				return err
+			}
+			t, err := e.resolveTarget(args)
+			if err != nil {
+				return err
+			}
+			sb, _, err := e.findOrCreate(cmd, &f, t)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			if err := e.ensureRunning(ctx, sb, f.detached); err != nil {
+				return err
+			}
+			if f.detached {
+				fmt.Fprintln(e.stdout, sb.Config.Name)
+				return nil
+			}
+			_, isTerm := terminalFd(e.stdin)
+			code, err := e.attach(ctx, sb, session{
+				argv:  agentArgv(t.agent, extra),
+				env:   env,
+				dir:   sb.PrimaryWorkspace(),
+				user:  "agent",
+				tty:   isTerm,
+				stdin: true,
+			})
+			if f.rm {
+				if rerr := e.removeSandbox(ctx, sb, true); rerr != nil && err == nil {
+					err = rerr
+				}
+			}
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return &ExitError{Code: code}
+			}
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().BoolVarP(&f.detached, "detached", "d", false, "boot the VM in the background without starting the agent; print the name")
+	cmd.Flags().BoolVar(&f.rm, "rm", false, "remove the sandbox when the agent exits")
+	return cmd
+}

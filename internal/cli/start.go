@@ -1,0 +1,88 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/sbx-dev/sbx/api/controlapi"
+	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/supervisor"
+)
+
+// ensureRunning starts sb unless its VM runs. With detached, the VM keeps
+// running after its last session; a running VM asked for detached becomes
+// detached. A crashed sandbox is recovered by a fresh start.
+func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, detached bool) error {
+	unlock, err := e.store.Lock(sb)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := e.store.Status(sb)
+	if err != nil {
+		return err
+	}
+	switch st.Status {
+	case sandbox.StatusRunning:
+		if detached {
+			if err := supervisor.Client(e.store, sb).Detach(ctx); err != nil {
+				return userErr(err, "", "cannot reach sandbox %s", sb.Config.Name)
+			}
+		}
+		return nil
+	case sandbox.StatusStarting, sandbox.StatusStopping:
+		// A supervisor that holds no lock is booting or shutting down
+		// after its last session: let it finish, then start afresh.
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		if st.Status == sandbox.StatusStarting {
+			if err := e.waitRunning(wctx, sb); err == nil {
+				return nil
+			}
+		}
+		if err := supervisor.WaitGone(wctx, st.PID, sb.Config.ID); err != nil {
+			return userErr(err, "see `sbx logs "+sb.Config.Name+"`", "sandbox %s is busy %s", sb.Config.Name, st.Status)
+		}
+	case sandbox.StatusCrashed:
+		fmt.Fprintf(e.stderr, "sbx: sandbox %s had crashed (%s); starting it again\n", sb.Config.Name, st.Reason)
+	}
+	boot, err := e.bootSpec(ctx, sb)
+	if err != nil {
+		return err
+	}
+	boot.Detached = detached
+	progress := func(s controlapi.Status) {
+		if e.debug && len(s.Phases) > 0 {
+			p := s.Phases[len(s.Phases)-1]
+			fmt.Fprintf(e.stderr, "boot: %-8s %6d ms\n", p.Name, p.DurationMS)
+		}
+	}
+	if err := supervisor.Launch(ctx, e.store, sb, boot, progress); err != nil {
+		if errors.Is(err, context.Canceled) {
+			return err
+		}
+		return userErr(err, "see `sbx logs "+sb.Config.Name+"` for the console and supervisor log", "%s", strings.TrimPrefix(err.Error(), ""))
+	}
+	return nil
+}
+
+func (e *env) waitRunning(ctx context.Context, sb *sandbox.Sandbox) error {
+	c := supervisor.Client(e.store, sb)
+	for {
+		st, err := c.Status(ctx)
+		if err == nil && st.State == "running" {
+			return nil
+		}
+		if err == nil && st.State == "failed" {
+			return errors.New(st.Error)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,150 @@
+// Package paths resolves where sbx keeps its state, configuration, cache and
+// runtime sockets, and is the one place that reads the environment knobs that
+// move them.
+//
+// Layout (see docs/state-layout.md):
+//
+//	data     $SBX_HOME or $XDG_DATA_HOME/sbx       sandboxes/<id>/...
+//	config   $SBX_HOME or $XDG_CONFIG_HOME/sbx     (policy, secrets later)
+//	cache    $SBX_CACHE_DIR or $XDG_CACHE_HOME/sbx kernel, initramfs, templates, probes
+//	runtime  $XDG_RUNTIME_DIR/sbx or /tmp/sbx-<uid> <id>/control.sock, agent.sock
+//
+// SBX_HOME moves data and config but never the cache, so tests with a fresh
+// SBX_HOME share the downloaded kernel and built templates.
+package paths
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// MaxSocketPath is the longest unix socket path Linux accepts (sun_path is
+// 108 bytes including the terminating NUL).
+const MaxSocketPath = 107
+
+// Dirs holds the resolved folders. All are absolute.
+type Dirs struct {
+	Data    string
+	Config  string
+	Cache   string
+	Runtime string
+}
+
+// Knob is one environment variable sbx reads. Every variable is listed in
+// Knobs so `sbx diagnose` can print them.
+type Knob struct {
+	Name string
+	Help string
+}
+
+// Knobs lists every environment variable sbx reads.
+var Knobs = []Knob{
+	{"SBX_HOME", "folder for sandbox state and configuration (overrides XDG_DATA_HOME and XDG_CONFIG_HOME)"},
+	{"SBX_CACHE_DIR", "folder for kernels, initramfs images and templates (default $XDG_CACHE_HOME/sbx)"},
+	{"SBX_KERNEL", "guest kernel (vmlinux or vmlinuz) to use instead of Debian's package"},
+	{"SBX_KERNEL_MODULES", "modules folder (lib/modules/<release>) that goes with SBX_KERNEL"},
+	{"SBX_QEMU", "path of qemu-system-x86_64"},
+	{"SBX_AGENT", "path of the sbx-agent binary (default: next to the sbx binary)"},
+	{"SBX_DEBUG", "set to 1 to show error causes and boot phases"},
+}
+
+// Getenv returns the value of a registered knob. It panics for an
+// unregistered name so every knob stays listed.
+func Getenv(name string) string {
+	for _, k := range Knobs {
+		if k.Name == name {
+			return os.Getenv(name)
+		}
+	}
+	panic("paths: unregistered environment knob " + name)
+}
+
+// Resolve computes the folders from the environment. It does not create them.
+func Resolve() (Dirs, error) {
+	home, _ := os.UserHomeDir()
+	xdg := func(env, fallback string) (string, error) {
+		if v := os.Getenv(env); v != "" {
+			return filepath.Abs(v)
+		}
+		if home == "" {
+			return "", fmt.Errorf("cannot find the home folder; set %s or SBX_HOME", env)
+		}
+		return filepath.Join(home, fallback), nil
+	}
+	var d Dirs
+	if h := os.Getenv("SBX_HOME"); h != "" {
+		abs, err := filepath.Abs(h)
+		if err != nil {
+			return d, fmt.Errorf("resolve SBX_HOME: %w", err)
+		}
+		d.Data = abs
+		d.Config = filepath.Join(abs, "config")
+	} else {
+		data, err := xdg("XDG_DATA_HOME", ".local/share")
+		if err != nil {
+			return d, err
+		}
+		conf, err := xdg("XDG_CONFIG_HOME", ".config")
+		if err != nil {
+			return d, err
+		}
+		d.Data = filepath.Join(data, "sbx")
+		d.Config = filepath.Join(conf, "sbx")
+	}
+	if c := os.Getenv("SBX_CACHE_DIR"); c != "" {
+		abs, err := filepath.Abs(c)
+		if err != nil {
+			return d, fmt.Errorf("resolve SBX_CACHE_DIR: %w", err)
+		}
+		d.Cache = abs
+	} else {
+		cache, err := xdg("XDG_CACHE_HOME", ".cache")
+		if err != nil {
+			return d, err
+		}
+		d.Cache = filepath.Join(cache, "sbx")
+	}
+	if r := os.Getenv("XDG_RUNTIME_DIR"); r != "" {
+		d.Runtime = filepath.Join(r, "sbx")
+	} else {
+		d.Runtime = filepath.Join(os.TempDir(), "sbx-"+strconv.Itoa(os.Getuid()))
+	}
+	return d, nil
+}
+
+// SandboxesDir is the folder that holds one folder per sandbox.
+func (d Dirs) SandboxesDir() string { return filepath.Join(d.Data, "sandboxes") }
+
+// SandboxDir is the state folder of sandbox id.
+func (d Dirs) SandboxDir(id string) string { return filepath.Join(d.SandboxesDir(), id) }
+
+// RuntimeDir is the short folder holding the sockets of sandbox id.
+func (d Dirs) RuntimeDir(id string) string { return filepath.Join(d.Runtime, id) }
+
+// EnsureRuntimeDir creates the runtime folder of sandbox id (mode 0700) and
+// checks that the longest socket path in it fits in a sockaddr_un.
+func (d Dirs) EnsureRuntimeDir(id string) (string, error) {
+	if err := os.MkdirAll(d.Runtime, 0o700); err != nil {
+		return "", fmt.Errorf("create runtime folder: %w", err)
+	}
+	st, err := os.Stat(d.Runtime)
+	if err != nil {
+		return "", err
+	}
+	if !st.IsDir() {
+		return "", fmt.Errorf("runtime folder %s is not a folder", d.Runtime)
+	}
+	if owner, ok := ownerUID(st); ok && owner != os.Getuid() {
+		return "", fmt.Errorf("runtime folder %s belongs to another user (uid %d); set XDG_RUNTIME_DIR to a folder of yours", d.Runtime, owner)
+	}
+	dir := d.RuntimeDir(id)
+	if n := len(filepath.Join(dir, "control.sock")); n > MaxSocketPath {
+		return "", fmt.Errorf("socket path %s is %d bytes, over the %d-byte limit of unix sockets; set XDG_RUNTIME_DIR to a shorter folder", filepath.Join(dir, "control.sock"), n, MaxSocketPath)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create runtime folder: %w", err)
+	}
+	return dir, nil
+}

@@ -1,0 +1,454 @@
+// Package sandbox keeps the on-disk state of sandboxes: one folder per
+// sandbox under the data folder, keyed by a random id, holding its
+// configuration (config.json), its last known state (state.json), its root
+// disk overlay and its logs. docs/state-layout.md names every file.
+//
+// The package does no VM work. Mutating operations on one sandbox are
+// serialised by Lock; creating a sandbox (which must check that its name is
+// free) is serialised by the store-wide lock.
+package sandbox
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sbx-dev/sbx/internal/paths"
+)
+
+// Sentinel errors callers branch on.
+var (
+	ErrNotFound      = errors.New("sandbox not found")
+	ErrNameTaken     = errors.New("sandbox name taken")
+	ErrInvalidName   = errors.New("invalid sandbox name")
+	ErrBusy          = errors.New("sandbox busy")
+	ErrNotRunning    = errors.New("sandbox not running")
+	ErrStillRunning  = errors.New("sandbox still running")
+	ErrConfigVersion = errors.New("unsupported config version")
+)
+
+// ConfigVersion is the version written into config.json.
+const ConfigVersion = 1
+
+// File names inside a sandbox folder.
+const (
+	ConfigFile     = "config.json"
+	StateFile      = "state.json"
+	DiskFile       = "disk.qcow2"
+	ConsoleLog     = "console.log"
+	SupervisorLog  = "supervisor.log"
+	SupervisorPID  = "supervisor.pid"
+	LockFile       = "lock"
+	BootFile       = "boot.json"
+	ControlSocket  = "control.sock"
+	AgentSocket    = "agent.sock"
+	QMPSocket      = "qmp.sock"
+	storeLockFile  = ".lock"
+	sandboxesDir   = "sandboxes"
+	idBytes        = 6
+	maxNameLength  = 63
+	minNameLength  = 2
+	stateFileMode  = 0o600
+	configFileMode = 0o600
+)
+
+// Workspace is one host folder shared into the VM at the same path.
+type Workspace struct {
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+}
+
+// TemplateRef names the root image a sandbox's disk is backed by.
+type TemplateRef struct {
+	Name  string `json:"name"`
+	ID    string `json:"id"`
+	Image string `json:"image"`
+}
+
+// Config is the creation-time configuration of a sandbox. It changes only
+// through Store.Create.
+type Config struct {
+	Version    int         `json:"version"`
+	ID         string      `json:"id"`
+	Name       string      `json:"name"`
+	Agent      string      `json:"agent"`
+	Workspaces []Workspace `json:"workspaces"`
+	CPUs       int         `json:"cpus"`
+	MemoryMiB  int         `json:"memoryMiB"`
+	DiskBytes  int64       `json:"diskBytes"`
+	Accel      string      `json:"accel"`
+	Template   TemplateRef `json:"template"`
+	// UID and GID are the ids the guest user takes so workspace files
+	// belong to the caller on the host.
+	UID     int       `json:"uid"`
+	GID     int       `json:"gid"`
+	Created time.Time `json:"created"`
+}
+
+// Status of a sandbox as shown by `sbx ls`.
+type Status string
+
+// Statuses.
+const (
+	StatusStopped  Status = "stopped"
+	StatusStarting Status = "starting"
+	StatusRunning  Status = "running"
+	StatusStopping Status = "stopping"
+	StatusCrashed  Status = "crashed"
+)
+
+// State is the last state a supervisor recorded. It is advisory: Store.Status
+// checks that the recorded supervisor is still alive.
+type State struct {
+	Version  int       `json:"version"`
+	Status   Status    `json:"status"`
+	Reason   string    `json:"reason,omitempty"`
+	PID      int       `json:"pid,omitempty"`
+	Detached bool      `json:"detached,omitempty"`
+	Changed  time.Time `json:"changed"`
+	Started  time.Time `json:"started,omitzero"`
+}
+
+// Sandbox is a sandbox as found on disk.
+type Sandbox struct {
+	Config Config
+	Dir    string
+}
+
+// Path returns the path of a file in the sandbox folder.
+func (s *Sandbox) Path(name string) string { return filepath.Join(s.Dir, name) }
+
+// PrimaryWorkspace is the first workspace, the default working folder.
+func (s *Sandbox) PrimaryWorkspace() string {
+	if len(s.Config.Workspaces) == 0 {
+		return "/"
+	}
+	return s.Config.Workspaces[0].Path
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.-]*$`)
+
+// ValidateName checks a sandbox name: 2 to 63 letters, digits, '-' and '.',
+// starting with a letter or digit.
+func ValidateName(name string) error {
+	switch {
+	case len(name) < minNameLength || len(name) > maxNameLength:
+		return fmt.Errorf("%w %q: use 2 to 63 characters", ErrInvalidName, name)
+	case !nameRE.MatchString(name):
+		return fmt.Errorf("%w %q: use letters, digits, '-' and '.', starting with a letter or digit", ErrInvalidName, name)
+	}
+	return nil
+}
+
+// CleanName turns s into something ValidateName accepts where it can: other
+// characters become '-', runs of '-' collapse, leading junk goes, and the
+// result is cut to 63 characters. It may return a name that is still too
+// short; callers validate.
+func CleanName(s string) string {
+	var b strings.Builder
+	lastDash := false
+	for _, r := range s {
+		ok := r < 128 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.')
+		if ok {
+			b.WriteRune(r)
+			lastDash = false
+			continue
+		}
+		if !lastDash {
+			b.WriteByte('-')
+			lastDash = true
+		}
+	}
+	out := strings.TrimLeft(b.String(), "-.")
+	out = strings.TrimRight(out, "-")
+	if len(out) > maxNameLength {
+		out = strings.TrimRight(out[:maxNameLength], "-.")
+	}
+	return out
+}
+
+// Store is the collection of sandboxes under one data folder.
+type Store struct {
+	dirs paths.Dirs
+}
+
+// NewStore returns the store for dirs. It creates nothing until used.
+func NewStore(dirs paths.Dirs) *Store { return &Store{dirs: dirs} }
+
+// Dirs returns the folders the store was made with.
+func (s *Store) Dirs() paths.Dirs { return s.dirs }
+
+func (s *Store) root() string { return filepath.Join(s.dirs.Data, sandboxesDir) }
+
+// LockStore takes the store-wide lock, used while choosing a name and
+// creating a sandbox. The returned func releases it.
+func (s *Store) LockStore() (func(), error) {
+	if err := os.MkdirAll(s.root(), 0o700); err != nil {
+		return nil, fmt.Errorf("create state folder: %w", err)
+	}
+	return flock(filepath.Join(s.root(), storeLockFile), true)
+}
+
+// Lock takes the exclusive lock of one sandbox, waiting for other sbx
+// commands that hold it. The returned func releases it.
+func (s *Store) Lock(sb *Sandbox) (func(), error) {
+	return flock(sb.Path(LockFile), true)
+}
+
+// TryLock is Lock without waiting: it returns ErrBusy when another command
+// holds the lock.
+func (s *Store) TryLock(sb *Sandbox) (func(), error) {
+	return flock(sb.Path(LockFile), false)
+}
+
+func flock(path string, wait bool) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock: %w", err)
+	}
+	how := unix.LOCK_EX
+	if !wait {
+		how |= unix.LOCK_NB
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), how)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, ErrBusy
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// NewID returns a fresh random sandbox id (12 hex digits).
+func NewID() string {
+	b := make([]byte, idBytes)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Create writes a new sandbox folder with cfg. The caller holds LockStore
+// and has checked the name. cfg.ID must be set.
+func (s *Store) Create(cfg Config) (*Sandbox, error) {
+	if err := ValidateName(cfg.Name); err != nil {
+		return nil, err
+	}
+	if _, err := s.Get(cfg.Name); err == nil {
+		return nil, fmt.Errorf("%w: %s", ErrNameTaken, cfg.Name)
+	}
+	cfg.Version = ConfigVersion
+	dir := filepath.Join(s.root(), cfg.ID)
+	if err := os.MkdirAll(s.root(), 0o700); err != nil {
+		return nil, fmt.Errorf("create state folder: %w", err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create sandbox folder: %w", err)
+	}
+	sb := &Sandbox{Config: cfg, Dir: dir}
+	if err := writeJSON(sb.Path(ConfigFile), cfg, configFileMode); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	if err := s.SetState(sb, State{Status: StatusStopped}); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return sb, nil
+}
+
+// List returns every sandbox, sorted by name. Folders that cannot be read
+// are skipped and reported in the joined error alongside the result.
+func (s *Store) List() ([]*Sandbox, error) {
+	entries, err := os.ReadDir(s.root())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state folder: %w", err)
+	}
+	var out []*Sandbox
+	var errs []error
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		sb, err := s.load(e.Name())
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, sb)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Config.Name < out[j].Config.Name })
+	return out, errors.Join(errs...)
+}
+
+func (s *Store) load(id string) (*Sandbox, error) {
+	dir := filepath.Join(s.root(), id)
+	data, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+	if err != nil {
+		return nil, fmt.Errorf("read sandbox %s: %w", id, err)
+	}
+	var cfg Config
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, ConfigFile), err)
+	}
+	if cfg.Version != ConfigVersion {
+		return nil, fmt.Errorf("%s: %w %d (this sbx reads %d)", filepath.Join(dir, ConfigFile), ErrConfigVersion, cfg.Version, ConfigVersion)
+	}
+	return &Sandbox{Config: cfg, Dir: dir}, nil
+}
+
+// Get finds a sandbox by name, or by id.
+func (s *Store) Get(nameOrID string) (*Sandbox, error) {
+	all, _ := s.List()
+	for _, sb := range all {
+		if sb.Config.Name == nameOrID {
+			return sb, nil
+		}
+	}
+	for _, sb := range all {
+		if sb.Config.ID == nameOrID {
+			return sb, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %s", ErrNotFound, nameOrID)
+}
+
+// Remove deletes the sandbox folder and its runtime folder. The caller holds
+// the sandbox lock and has stopped it. Workspaces are never touched: they
+// are outside the folder.
+func (s *Store) Remove(sb *Sandbox) error {
+	if err := os.RemoveAll(s.dirs.RuntimeDir(sb.Config.ID)); err != nil {
+		return fmt.Errorf("remove runtime folder: %w", err)
+	}
+	// Rename first so a half-removed folder never looks like a sandbox.
+	trash := filepath.Join(s.root(), ".rm-"+sb.Config.ID)
+	if err := os.Rename(sb.Dir, trash); err != nil {
+		return fmt.Errorf("remove sandbox %s: %w", sb.Config.Name, err)
+	}
+	if err := os.RemoveAll(trash); err != nil {
+		return fmt.Errorf("remove sandbox %s: %w", sb.Config.Name, err)
+	}
+	return nil
+}
+
+// ReadState reads state.json. A missing file reads as stopped.
+func (s *Store) ReadState(sb *Sandbox) (State, error) {
+	var st State
+	data, err := os.ReadFile(sb.Path(StateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return State{Status: StatusStopped}, nil
+	}
+	if err != nil {
+		return st, fmt.Errorf("read state of %s: %w", sb.Config.Name, err)
+	}
+	if err := json.Unmarshal(data, &st); err != nil {
+		return st, fmt.Errorf("parse state of %s: %w", sb.Config.Name, err)
+	}
+	return st, nil
+}
+
+// SetState writes state.json atomically.
+func (s *Store) SetState(sb *Sandbox, st State) error {
+	st.Version = 1
+	if st.Changed.IsZero() {
+		st.Changed = time.Now().UTC()
+	}
+	return writeJSON(sb.Path(StateFile), st, stateFileMode)
+}
+
+// Status returns the effective state: a recorded running, starting or
+// stopping state whose supervisor process is gone is reported as crashed.
+func (s *Store) Status(sb *Sandbox) (State, error) {
+	st, err := s.ReadState(sb)
+	if err != nil {
+		return st, err
+	}
+	switch st.Status {
+	case StatusRunning, StatusStarting, StatusStopping:
+		if !SupervisorAlive(st.PID, sb.Config.ID) {
+			st.Status = StatusCrashed
+			if st.Reason == "" {
+				st.Reason = "the supervisor process exited unexpectedly"
+			}
+		}
+	}
+	return st, nil
+}
+
+// SupervisorAlive reports whether pid is a live `sbx supervise id` process.
+func SupervisorAlive(pid int, id string) bool {
+	if pid <= 0 {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	hasSupervise, hasID := false, false
+	for _, a := range args {
+		switch a {
+		case "supervise":
+			hasSupervise = true
+		case id:
+			hasID = true
+		}
+	}
+	return hasSupervise && hasID
+}
+
+func writeJSON(path string, v any, mode os.FileMode) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", filepath.Base(path), err)
+	}
+	data = append(data, '\n')
+	return WriteFileAtomic(path, data, mode)
+}
+
+// WriteFileAtomic writes data to a temporary file beside path and renames it
+// over path, so readers see the old or the new content, never a mix.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,144 @@
+package supervisor
+
+import (
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+
+	"github.com/sbx-dev/sbx/api/controlapi"
+)
+
+func (s *Supervisor) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", s.handleStatus)
+	mux.HandleFunc("POST /v1/stop", s.handleStop)
+	mux.HandleFunc("POST /v1/detach", s.handleDetach)
+	mux.HandleFunc("POST /v1/stream", s.handleStream)
+	return mux
+}
+
+func (s *Supervisor) status() controlapi.Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := controlapi.Status{
+		ID:            s.sb.Config.ID,
+		Name:          s.sb.Config.Name,
+		State:         s.state,
+		Error:         s.errText,
+		Phase:         s.phase,
+		Phases:        append([]controlapi.Phase(nil), s.phases...),
+		Detached:      s.detached,
+		Sessions:      s.sessions,
+		Accel:         s.boot.Accel,
+		KernelRelease: s.hello.KernelRelease,
+		BootID:        s.hello.BootID,
+	}
+	if s.inst != nil {
+		st.VMMPID = s.inst.PID()
+	}
+	return st
+}
+
+func (s *Supervisor) handleStatus(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(s.status())
+}
+
+func (s *Supervisor) handleStop(w http.ResponseWriter, r *http.Request) {
+	s.requestStop()
+	select {
+	case <-s.downc:
+		w.WriteHeader(http.StatusOK)
+	case <-r.Context().Done():
+	}
+}
+
+func (s *Supervisor) handleDetach(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	s.detached = true
+	s.mu.Unlock()
+	w.WriteHeader(http.StatusOK)
+}
+
+// handleStream upgrades the connection and splices it onto a new agent
+// stream.
+func (s *Supervisor) handleStream(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Upgrade") != controlapi.UpgradeProtocol {
+		controlapi.WriteError(w, http.StatusBadRequest, controlapi.Error{Error: "missing Upgrade: " + controlapi.UpgradeProtocol})
+		return
+	}
+	s.mu.Lock()
+	client, state := s.client, s.state
+	s.mu.Unlock()
+	if client == nil || state != "running" {
+		controlapi.WriteError(w, http.StatusServiceUnavailable, controlapi.Error{Error: "sandbox is " + state, Code: controlapi.CodeNotReady})
+		return
+	}
+	stream, err := client.OpenStream(r.Context())
+	if err != nil {
+		controlapi.WriteError(w, http.StatusServiceUnavailable, controlapi.Error{Error: "open agent stream: " + err.Error(), Code: controlapi.CodeNotReady})
+		return
+	}
+	session := r.URL.Query().Get("session") == "1"
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		stream.Close()
+		controlapi.WriteError(w, http.StatusInternalServerError, controlapi.Error{Error: "connection cannot be upgraded", Code: controlapi.CodeInternal})
+		return
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		stream.Close()
+		return
+	}
+	if session {
+		s.mu.Lock()
+		s.sessions++
+		s.mu.Unlock()
+	}
+	_, _ = io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+controlapi.UpgradeProtocol+"\r\n\r\n")
+	go func() {
+		splice(conn, brw.Reader, stream)
+		if session {
+			s.endSession()
+		}
+	}()
+}
+
+func (s *Supervisor) endSession() {
+	s.mu.Lock()
+	s.sessions--
+	last := s.sessions == 0 && !s.detached
+	s.mu.Unlock()
+	if last {
+		s.log.Info("last session ended; stopping", "component", "supervisor")
+		s.requestStop()
+	}
+}
+
+// splice copies both ways between the client conn (read through r, which
+// may hold buffered bytes) and the agent stream until either side ends, then
+// closes both.
+func splice(conn net.Conn, r io.Reader, stream net.Conn) {
+	var once sync.Once
+	closeBoth := func() {
+		once.Do(func() {
+			conn.Close()
+			stream.Close()
+		})
+	}
+	done := make(chan struct{}, 2)
+	go func() {
+		_, _ = io.Copy(stream, r)
+		done <- struct{}{}
+	}()
+	go func() {
+		_, _ = io.Copy(conn, stream)
+		done <- struct{}{}
+	}()
+	<-done
+	closeBoth()
+	<-done
+}

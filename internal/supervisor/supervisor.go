@@ -1,0 +1,392 @@
+// Package supervisor is the per-sandbox host process. `sbx supervise ID`
+// (a hidden re-exec of the sbx binary, started detached by Launch) owns the
+// sandbox's VMM process and its agent connection, serves the control API
+// (api/controlapi) on control.sock, records the sandbox's state in
+// state.json and shuts the VM down when asked, when its last session ends,
+// or when it receives SIGTERM.
+//
+// Lifetime: the supervisor lives exactly as long as its VM. When QEMU exits
+// without being asked to, the supervisor records the sandbox as crashed,
+// with the reason, and exits; the next start recovers it. QEMU is started
+// with a parent-death signal, so a killed supervisor never leaves a VM
+// behind.
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sbx-dev/sbx/api/agentapi"
+	"github.com/sbx-dev/sbx/api/controlapi"
+	"github.com/sbx-dev/sbx/internal/agentclient"
+	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/vm"
+	"github.com/sbx-dev/sbx/internal/vm/qemu"
+)
+
+// BootVersion is the version of boot.json.
+const BootVersion = 1
+
+// Boot is what the CLI resolved for one start of a sandbox (boot.json in
+// the sandbox folder): the assets and the accelerator. Written by Launch,
+// read by the supervisor.
+type Boot struct {
+	Version       int    `json:"version"`
+	QEMU          string `json:"qemu"`
+	Kernel        string `json:"kernel"`
+	KernelRelease string `json:"kernelRelease"`
+	Initrd        string `json:"initrd"`
+	Accel         string `json:"accel"`
+	TSCkHz        int    `json:"tscKHz"`
+	CPUs          int    `json:"cpus"`
+	Detached      bool   `json:"detached"`
+}
+
+// Timeouts.
+const (
+	agentTimeoutTCG = 3 * time.Minute
+	agentTimeoutKVM = time.Minute
+	shutdownTimeout = 30 * time.Second
+)
+
+// Supervisor runs one sandbox. Create it with New and call Run once.
+type Supervisor struct {
+	store *sandbox.Store
+	sb    *sandbox.Sandbox
+	boot  Boot
+	log   *slog.Logger
+
+	stopOnce sync.Once
+	stopc    chan struct{} // closed when a stop is requested
+	downc    chan struct{} // closed when the VM is down
+
+	mu       sync.Mutex
+	state    string                 // guarded by mu
+	phase    string                 // guarded by mu
+	phases   []controlapi.Phase     // guarded by mu
+	errText  string                 // guarded by mu
+	detached bool                   // guarded by mu
+	sessions int                    // guarded by mu
+	client   *agentclient.Client    // guarded by mu
+	hello    agentapi.HelloResponse // guarded by mu
+	inst     vm.Instance            // guarded by mu
+}
+
+// New prepares a supervisor for sb, reading boot.json.
+func New(store *sandbox.Store, sb *sandbox.Sandbox, log *slog.Logger) (*Supervisor, error) {
+	data, err := os.ReadFile(sb.Path(sandbox.BootFile))
+	if err != nil {
+		return nil, fmt.Errorf("read boot spec: %w", err)
+	}
+	var b Boot
+	if err := json.Unmarshal(data, &b); err != nil {
+		return nil, fmt.Errorf("parse boot spec: %w", err)
+	}
+	if b.Version != BootVersion {
+		return nil, fmt.Errorf("boot spec version %d, want %d", b.Version, BootVersion)
+	}
+	return &Supervisor{
+		store: store, sb: sb, boot: b, log: log.With("sandbox", sb.Config.Name),
+		stopc: make(chan struct{}), downc: make(chan struct{}),
+		state: "starting", detached: b.Detached,
+	}, nil
+}
+
+// Run boots the VM, serves the control API and returns when the VM is down.
+// Cancelling ctx shuts the VM down cleanly.
+func (s *Supervisor) Run(ctx context.Context) (err error) {
+	id := s.sb.Config.ID
+	var cleanups []func()
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}()
+	rt, err := s.store.Dirs().EnsureRuntimeDir(id)
+	if err != nil {
+		return s.fail(err)
+	}
+	started := time.Now().UTC()
+	if err := s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusStarting, PID: os.Getpid(), Detached: s.boot.Detached, Started: started}); err != nil {
+		return err
+	}
+
+	sock := filepath.Join(rt, sandbox.ControlSocket)
+	os.Remove(sock)
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return s.fail(fmt.Errorf("listen on control socket: %w", err))
+	}
+	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	srvDone := make(chan struct{})
+	go func() {
+		defer close(srvDone)
+		_ = srv.Serve(ln)
+	}()
+	cleanups = append(cleanups, func() {
+		srv.Close()
+		<-srvDone
+		os.Remove(sock)
+	})
+
+	inst, err := s.startVM(ctx, rt)
+	if err != nil {
+		return s.fail(err)
+	}
+	cleanups = append(cleanups, func() { inst.Kill() })
+
+	s.mu.Lock()
+	s.state = "running"
+	s.phase = ""
+	s.mu.Unlock()
+	if err := s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusRunning, PID: os.Getpid(), Detached: s.isDetached(), Started: started}); err != nil {
+		s.log.Error("record state", "err", err)
+	}
+	s.log.Info("sandbox running", "component", "supervisor")
+
+	var exit vm.Exit
+	requested := false
+	select {
+	case exit = <-inst.Wait():
+	case <-s.stopc:
+		requested = true
+		exit = s.shutdown(ctx, inst)
+	case <-ctx.Done():
+		requested = true
+		exit = s.shutdown(context.WithoutCancel(ctx), inst)
+	}
+	close(s.downc)
+	s.mu.Lock()
+	if s.client != nil {
+		s.client.Close()
+	}
+	s.mu.Unlock()
+	if requested {
+		s.log.Info("sandbox stopped", "component", "supervisor", "exit", exit.Code)
+		return s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusStopped})
+	}
+	reason := describeExit(exit)
+	s.log.Error("vm exited unexpectedly", "component", "supervisor", "reason", reason)
+	if err := s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusCrashed, Reason: reason}); err != nil {
+		return err
+	}
+	return fmt.Errorf("vm exited unexpectedly: %s", reason)
+}
+
+func describeExit(e vm.Exit) string {
+	switch {
+	case e.Signal != "":
+		return "qemu was killed (" + e.Signal + ")"
+	case e.Err != nil:
+		return "qemu ended: " + e.Err.Error()
+	case e.Code == 0:
+		return "the guest powered off by itself"
+	default:
+		return "qemu exited with code " + strconv.Itoa(e.Code)
+	}
+}
+
+// fail records a failed start and returns err.
+func (s *Supervisor) fail(err error) error {
+	s.mu.Lock()
+	s.state = "failed"
+	s.errText = err.Error()
+	s.mu.Unlock()
+	s.log.Error("start failed", "component", "supervisor", "err", err)
+	if serr := s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusCrashed, Reason: "start failed: " + err.Error()}); serr != nil {
+		s.log.Error("record state", "err", serr)
+	}
+	// Give a waiting CLI a moment to read the failure over the socket.
+	time.Sleep(500 * time.Millisecond)
+	return err
+}
+
+func (s *Supervisor) isDetached() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.detached
+}
+
+// phaseFunc runs one named boot phase, logging and recording its duration.
+func (s *Supervisor) phaseFunc(name string, f func() error) error {
+	s.mu.Lock()
+	s.phase = name
+	s.mu.Unlock()
+	start := time.Now()
+	err := f()
+	d := time.Since(start)
+	s.log.Info("boot phase", "component", "supervisor", "phase", name, "duration", d.String(), "err", err)
+	s.mu.Lock()
+	s.phases = append(s.phases, controlapi.Phase{Name: name, DurationMS: d.Milliseconds()})
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error) {
+	cfg := s.sb.Config
+	accel := vm.Accel(s.boot.Accel)
+	vc := vm.Config{
+		Name:        cfg.Name,
+		Kernel:      s.boot.Kernel,
+		Initrd:      s.boot.Initrd,
+		Cmdline:     "console=ttyS0 panic=-1 quiet loglevel=4 sbx.root=/dev/vda sbx.rootfstype=ext4",
+		CPUs:        s.boot.CPUs,
+		MemoryMiB:   cfg.MemoryMiB,
+		Accel:       accel,
+		TSCkHz:      s.boot.TSCkHz,
+		Disks:       []vm.Disk{{Path: s.sb.Path(sandbox.DiskFile), Format: "qcow2"}},
+		AgentSocket: filepath.Join(rt, sandbox.AgentSocket),
+		ConsoleLog:  s.sb.Path(sandbox.ConsoleLog),
+	}
+	var ws []agentapi.Workspace
+	for i, w := range cfg.Workspaces {
+		tag := "ws" + strconv.Itoa(i)
+		vc.Shares = append(vc.Shares, vm.Share{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly})
+		ws = append(ws, agentapi.Workspace{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly})
+	}
+	// A fresh console log per boot keeps `sbx logs` about this boot.
+	os.Remove(vc.ConsoleLog)
+
+	backend := qemu.New(s.boot.QEMU)
+	inst, err := backend.New(ctx, vc, s.log)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.inst = inst
+	s.mu.Unlock()
+	timeout := agentTimeoutTCG
+	if accel == vm.AccelKVM {
+		timeout = agentTimeoutKVM
+	}
+	bootCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	err = s.phaseFunc("vmm", func() error { return inst.Start(bootCtx, vmmLog{s.log}) })
+	if err != nil {
+		return nil, err
+	}
+	var client *agentclient.Client
+	err = s.phaseFunc("agent", func() error {
+		// The guest's answer to hello is the agent being up: this phase is
+		// the kernel boot plus the agent's own start.
+		type result struct {
+			c   *agentclient.Client
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			c, err := agentclient.Dial(bootCtx, inst.AgentConn(), s.log.With("component", "agent"))
+			done <- result{c, err}
+		}()
+		select {
+		case r := <-done:
+			client = r.c
+			return r.err
+		case ex := <-inst.Wait():
+			return fmt.Errorf("%w: %s; see %s", vm.ErrVMExitedEarly, describeExit(ex), vc.ConsoleLog)
+		case <-bootCtx.Done():
+			return fmt.Errorf("%w within %s (%s); see %s", vm.ErrAgentTimeout, timeout, accel, vc.ConsoleLog)
+		}
+	})
+	if err != nil {
+		inst.Kill()
+		return nil, err
+	}
+	s.mu.Lock()
+	s.client = client
+	s.hello = client.Info()
+	s.mu.Unlock()
+	err = s.phaseFunc("setup", func() error {
+		stream, err := client.OpenStream(bootCtx)
+		if err != nil {
+			return err
+		}
+		defer stream.Close()
+		resp, err := agentclient.Call(bootCtx, stream, agentapi.Request{Op: agentapi.OpSetup, Setup: &agentapi.SetupRequest{
+			Hostname:   cfg.Name,
+			User:       "agent",
+			UID:        cfg.UID,
+			GID:        cfg.GID,
+			Workspaces: ws,
+		}})
+		if err != nil {
+			return err
+		}
+		if !resp.OK {
+			return errors.New(resp.Error)
+		}
+		return nil
+	})
+	if err != nil {
+		inst.Kill()
+		return nil, err
+	}
+	return inst, nil
+}
+
+// shutdown asks the guest to power off and waits for QEMU to exit, killing
+// it after shutdownTimeout.
+func (s *Supervisor) shutdown(ctx context.Context, inst vm.Instance) vm.Exit {
+	s.mu.Lock()
+	s.state = "stopping"
+	client := s.client
+	s.mu.Unlock()
+	_ = s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusStopping, PID: os.Getpid()})
+	ctx, cancel := context.WithTimeout(ctx, shutdownTimeout)
+	defer cancel()
+	if client != nil {
+		go func() {
+			stream, err := client.OpenStream(ctx)
+			if err != nil {
+				s.log.Warn("shutdown: open stream", "err", err)
+				return
+			}
+			defer stream.Close()
+			if _, err := agentclient.Call(ctx, stream, agentapi.Request{Op: agentapi.OpShutdown, Shutdown: &agentapi.ShutdownRequest{}}); err != nil {
+				s.log.Debug("shutdown call", "err", err)
+			}
+		}()
+	}
+	select {
+	case ex := <-inst.Wait():
+		return ex
+	case <-ctx.Done():
+		s.log.Warn("guest did not power off in time; killing qemu", "component", "supervisor", "timeout", shutdownTimeout)
+		inst.Kill()
+		return <-inst.Wait()
+	}
+}
+
+// requestStop starts a clean shutdown once.
+func (s *Supervisor) requestStop() {
+	s.stopOnce.Do(func() { close(s.stopc) })
+}
+
+type vmmLog struct{ log *slog.Logger }
+
+func (v vmmLog) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		if line != "" {
+			v.log.Warn(line, "component", "vm")
+		}
+	}
+	return len(p), nil
+}
+
+var _ io.Writer = vmmLog{}

@@ -1,0 +1,254 @@
+// Package qemu is the QEMU backend of package vm: a `-M microvm` machine
+// with virtio-mmio devices and direct kernel boot.
+//
+// Args is a pure function from vm.Config to argv (golden-tested); the
+// instance runs that argv and connects to the agent's virtio-serial port,
+// which QEMU serves on a unix socket.
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sbx-dev/sbx/internal/vm"
+)
+
+// AgentPortName is the name of the virtio-serial port the guest agent
+// listens on; the guest finds it under /sys/class/virtio-ports.
+const AgentPortName = "sbx.agent"
+
+// Backend runs VMs with qemu-system-x86_64.
+type Backend struct {
+	// Binary is the path of qemu-system-x86_64.
+	Binary string
+}
+
+var _ vm.Backend = (*Backend)(nil)
+
+// New returns the QEMU backend using binary.
+func New(binary string) *Backend { return &Backend{Binary: binary} }
+
+// Name implements vm.Backend.
+func (b *Backend) Name() string { return "qemu" }
+
+// New implements vm.Backend.
+func (b *Backend) New(_ context.Context, cfg vm.Config, log *slog.Logger) (vm.Instance, error) {
+	if cfg.Accel != vm.AccelKVM && cfg.Accel != vm.AccelTCG {
+		return nil, fmt.Errorf("accelerator %q: %w", cfg.Accel, vm.ErrNotSupported)
+	}
+	if cfg.AgentSocket == "" {
+		return nil, errors.New("qemu: no agent socket in config")
+	}
+	return &instance{binary: b.Binary, cfg: cfg, log: log, waitc: make(chan vm.Exit, 1)}, nil
+}
+
+// Args returns QEMU's argv (without the binary) for cfg. It is a pure
+// function of cfg.
+func Args(cfg vm.Config) []string {
+	var a []string
+	a = append(a, machineArgs(cfg)...)
+	a = append(a, bootArgs(cfg)...)
+	a = append(a, consoleArgs(cfg)...)
+	a = append(a, diskArgs(cfg)...)
+	a = append(a, shareArgs(cfg)...)
+	a = append(a, agentArgs(cfg)...)
+	a = append(a, "-device", "virtio-rng-device")
+	if cfg.PIDFile != "" {
+		a = append(a, "-pidfile", cfg.PIDFile)
+	}
+	return a
+}
+
+func machineArgs(cfg vm.Config) []string {
+	a := []string{"-nodefaults", "-no-user-config", "-nographic", "-display", "none"}
+	switch cfg.Accel {
+	case vm.AccelKVM:
+		a = append(a, "-M", "microvm,pit=off,pic=off,rtc=on", "-accel", "kvm", "-cpu", "host")
+	default:
+		// Under TCG the guest needs the PIT and RTC to calibrate its clock
+		// (ENVIRONMENT.md); the translation cache is capped so an idle VM
+		// does not hold a gigabyte of it.
+		tb := cfg.TCGCacheMiB
+		if tb <= 0 {
+			tb = 256
+		}
+		a = append(a, "-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg,tb-size="+strconv.Itoa(tb), "-cpu", "max")
+	}
+	a = append(a, "-smp", strconv.Itoa(max(cfg.CPUs, 1)), "-m", strconv.Itoa(cfg.MemoryMiB)+"M")
+	return a
+}
+
+func bootArgs(cfg vm.Config) []string {
+	cmdline := cfg.Cmdline
+	if cfg.Accel == vm.AccelTCG && cfg.TSCkHz > 0 {
+		cmdline = strings.TrimSpace(cmdline + " tsc=reliable tsc_early_khz=" + strconv.Itoa(cfg.TSCkHz) + " lpj=4000000 no_timer_check")
+	}
+	return []string{"-kernel", cfg.Kernel, "-initrd", cfg.Initrd, "-append", cmdline}
+}
+
+func consoleArgs(cfg vm.Config) []string {
+	if cfg.ConsoleLog == "" {
+		return []string{"-serial", "null"}
+	}
+	return []string{"-chardev", "file,id=console,path=" + escape(cfg.ConsoleLog), "-serial", "chardev:console"}
+}
+
+func diskArgs(cfg vm.Config) []string {
+	var a []string
+	for i, d := range cfg.Disks {
+		id := "disk" + strconv.Itoa(i)
+		opts := "id=" + id + ",if=none,file=" + escape(d.Path) + ",format=" + d.Format + ",cache=writeback,discard=unmap"
+		if d.ReadOnly {
+			opts += ",readonly=on"
+		}
+		a = append(a, "-drive", opts, "-device", "virtio-blk-device,drive="+id)
+	}
+	return a
+}
+
+func shareArgs(cfg vm.Config) []string {
+	var a []string
+	for _, s := range cfg.Shares {
+		opts := "local,id=" + s.Tag + ",path=" + escape(s.Path) + ",security_model=none"
+		if s.ReadOnly {
+			opts += ",readonly=on"
+		}
+		a = append(a, "-fsdev", opts, "-device", "virtio-9p-device,fsdev="+s.Tag+",mount_tag="+s.Tag)
+	}
+	return a
+}
+
+func agentArgs(cfg vm.Config) []string {
+	return []string{
+		"-chardev", "socket,id=agent,path=" + escape(cfg.AgentSocket) + ",server=on,wait=off",
+		"-device", "virtio-serial-device,max_ports=2",
+		"-device", "virtserialport,chardev=agent,name=" + AgentPortName,
+	}
+}
+
+// escape doubles commas, QEMU's escape inside option values.
+func escape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+type instance struct {
+	binary string
+	cfg    vm.Config
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd // guarded by mu
+	conn   net.Conn  // guarded by mu
+	killed bool      // guarded by mu
+
+	waitc chan vm.Exit
+}
+
+var _ vm.Instance = (*instance)(nil)
+
+func (i *instance) Start(ctx context.Context, stderr io.Writer) error {
+	args := Args(i.cfg)
+	i.log.Debug("starting qemu", "component", "vm", "argv", strings.Join(args, " "))
+	os.Remove(i.cfg.AgentSocket)
+	cmd := exec.Command(i.binary, args...)
+	cmd.Stdin = nil
+	cmd.Stdout = stderr
+	cmd.Stderr = stderr
+	// QEMU dies with its supervisor, so a killed supervisor never leaves an
+	// orphan VM holding the disk.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("start %s: %w", i.binary, vm.ErrVMMNotFound)
+		}
+		return fmt.Errorf("start qemu: %w", err)
+	}
+	i.mu.Lock()
+	i.cmd = cmd
+	i.mu.Unlock()
+	exited := make(chan struct{})
+	go func() {
+		err := cmd.Wait()
+		ex := vm.Exit{Code: cmd.ProcessState.ExitCode(), At: time.Now()}
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			ex.Signal = ws.Signal().String()
+		}
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			ex.Err = err
+		}
+		close(exited)
+		i.waitc <- ex
+		close(i.waitc)
+	}()
+
+	conn, err := i.dialAgent(ctx, exited)
+	if err != nil {
+		i.Kill()
+		return err
+	}
+	i.mu.Lock()
+	i.conn = conn
+	i.mu.Unlock()
+	return nil
+}
+
+// dialAgent connects to the agent socket QEMU creates shortly after start.
+func (i *instance) dialAgent(ctx context.Context, exited <-chan struct{}) (net.Conn, error) {
+	var d net.Dialer
+	for {
+		conn, err := d.DialContext(ctx, "unix", i.cfg.AgentSocket)
+		if err == nil {
+			return conn, nil
+		}
+		select {
+		case <-exited:
+			return nil, fmt.Errorf("qemu: %w", vm.ErrVMExitedEarly)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to agent socket: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (i *instance) AgentConn() net.Conn {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.conn
+}
+
+func (i *instance) PID() int {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.cmd == nil || i.cmd.Process == nil {
+		return 0
+	}
+	return i.cmd.Process.Pid
+}
+
+func (i *instance) Wait() <-chan vm.Exit { return i.waitc }
+
+func (i *instance) Kill() error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.conn != nil {
+		i.conn.Close()
+	}
+	if i.cmd == nil || i.cmd.Process == nil || i.killed {
+		return nil
+	}
+	i.killed = true
+	if err := i.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("kill qemu: %w", err)
+	}
+	return nil
+}

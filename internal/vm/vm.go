@@ -1,0 +1,115 @@
+// Package vm defines the interface between sbx and a virtual machine monitor.
+//
+// A Backend (QEMU today; Cloud Hypervisor or Firecracker may follow) turns a
+// Config into a running Instance. The contract every backend keeps:
+//
+//   - New prepares but starts nothing; it fails with ErrNotSupported when the
+//     backend cannot honour the Config (an accelerator, a device kind).
+//   - Start launches the VMM and returns once the guest agent's channel is
+//     connected (not once the guest answered: the caller speaks the agent
+//     protocol). On failure everything Start created is torn down.
+//   - Wait's channel yields exactly one Exit when the VMM process ends, for
+//     whatever reason, and is then closed.
+//   - Kill is idempotent and safe after a failed Start; it ends the VMM at
+//     once. A clean shutdown is the guest's job (the agent's shutdown op),
+//     after which Wait reports the exit.
+//
+// Backends depend on this package, never the reverse; this package imports
+// no backend.
+package vm
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Errors callers branch on.
+var (
+	ErrNotSupported  = errors.New("not supported by this backend")
+	ErrAgentTimeout  = errors.New("guest agent did not connect in time")
+	ErrVMMNotFound   = errors.New("virtual machine monitor not found")
+	ErrKVMUnusable   = errors.New("kvm cannot run a guest on this host")
+	ErrVMExitedEarly = errors.New("vm exited during start")
+)
+
+// Accel is the CPU accelerator.
+type Accel string
+
+// Accelerators.
+const (
+	AccelKVM Accel = "kvm"
+	AccelTCG Accel = "tcg"
+)
+
+// Disk is one block device, in order: the first is the root disk (/dev/vda).
+type Disk struct {
+	Path     string
+	Format   string // "qcow2" or "raw"
+	ReadOnly bool
+}
+
+// Share is a host folder exported to the guest under Tag.
+type Share struct {
+	Tag      string
+	Path     string
+	ReadOnly bool
+}
+
+// Config describes one VM. Paths are absolute.
+type Config struct {
+	Name      string
+	Kernel    string
+	Initrd    string
+	Cmdline   string
+	CPUs      int
+	MemoryMiB int
+	Accel     Accel
+	// TSCkHz is the host TSC frequency, given to TCG guests so their clock
+	// runs at the right speed.
+	TSCkHz int
+	// TCGCacheMiB caps QEMU's translation cache under TCG.
+	TCGCacheMiB int
+	Disks       []Disk
+	Shares      []Share
+	// AgentSocket is the unix socket the VMM serves the agent channel on.
+	AgentSocket string
+	// ConsoleLog receives the guest's serial console.
+	ConsoleLog string
+	// PIDFile, when set, receives the VMM's pid.
+	PIDFile string
+}
+
+// Exit is how a VMM process ended.
+type Exit struct {
+	Code   int    // exit code, or -1 when killed by a signal
+	Signal string // signal name when killed by one
+	Err    error  // error waiting for the process, if any
+	At     time.Time
+}
+
+// Backend is one VMM implementation.
+type Backend interface {
+	// Name is the backend's short name ("qemu").
+	Name() string
+	// New prepares, without starting, a VM described by cfg.
+	New(ctx context.Context, cfg Config, log *slog.Logger) (Instance, error)
+}
+
+// Instance is one VM. See the package comment for the call order.
+type Instance interface {
+	// Start launches the VMM and connects the agent channel. Output of the
+	// VMM process itself (not the guest console) goes to stderr.
+	Start(ctx context.Context, stderr io.Writer) error
+	// AgentConn is the connected agent channel; valid after Start.
+	AgentConn() net.Conn
+	// PID is the VMM's process id; valid after Start.
+	PID() int
+	// Wait yields the exit of the VMM process.
+	Wait() <-chan Exit
+	// Kill ends the VMM at once. Idempotent.
+	Kill() error
+}
