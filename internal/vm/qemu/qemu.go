@@ -71,10 +71,10 @@ func Args(cfg vm.Config) []string {
 }
 
 func machineArgs(cfg vm.Config) []string {
-	a := []string{"-nodefaults", "-no-user-config", "-nographic", "-display", "none"}
+	a := []string{"-nodefaults", "-no-user-config", "-display", "none"}
 	switch cfg.Accel {
 	case vm.AccelKVM:
-		a = append(a, "-M", "microvm,pit=off,pic=off,rtc=on", "-accel", "kvm", "-cpu", "host")
+		a = append(a, "-M", "microvm,rtc=on", "-accel", "kvm", "-cpu", "host")
 	default:
 		// Under TCG the guest needs the PIT and RTC to calibrate its clock
 		// (ENVIRONMENT.md); the translation cache is capped so an idle VM

@@ -1,0 +1,61 @@
+package qemu
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/sbx-dev/sbx/internal/vm"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func TestArgsGolden(t *testing.T) {
+	base := vm.Config{
+		Name:        "demo",
+		Kernel:      "/cache/kernel/6.1/vmlinux",
+		Initrd:      "/cache/initramfs/abc.cpio",
+		Cmdline:     "console=ttyS0 sbx.root=/dev/vda",
+		CPUs:        1,
+		MemoryMiB:   2048,
+		Accel:       vm.AccelTCG,
+		TSCkHz:      2445432,
+		Disks:       []vm.Disk{{Path: "/state/ab12/disk.qcow2", Format: "qcow2"}},
+		Shares:      []vm.Share{{Tag: "ws0", Path: "/home/me/proj"}, {Tag: "ws1", Path: "/home/me/docs,v2", ReadOnly: true}},
+		AgentSocket: "/run/user/1000/sbx/ab12/agent.sock",
+		ConsoleLog:  "/state/ab12/console.log",
+	}
+	kvm := base
+	kvm.Accel = vm.AccelKVM
+	kvm.CPUs = 2
+	kvm.Shares = nil
+	for name, cfg := range map[string]vm.Config{"tcg": base, "kvm": kvm} {
+		t.Run(name, func(t *testing.T) {
+			got := strings.Join(Args(cfg), "\n") + "\n"
+			path := filepath.Join("testdata", name+".argv")
+			if *update {
+				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test -update)", err)
+			}
+			if diff := cmp.Diff(string(want), got); diff != "" {
+				t.Errorf("argv mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestNewRejectsUnknownAccel(t *testing.T) {
+	_, err := New("qemu").New(t.Context(), vm.Config{Accel: "hvf", AgentSocket: "/x"}, nil)
+	if err == nil {
+		t.Fatal("want error for unknown accelerator")
+	}
+}
