@@ -1,0 +1,240 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sbx-dev/sbx/api/agentapi"
+)
+
+// NinePOptions are the 9p mount options for workspaces. access=client
+// (the 9p2000.L default, spelled out) attaches one fid per guest uid and
+// checks permissions in the guest; QEMU (as root, security_model=none or
+// passthrough) then creates each file with the creating guest uid and gid,
+// so a file the agent user (uid U) creates is owned by U on the host.
+// access=any would attach once and create everything as one uid.
+const NinePOptions = "trans=virtio,version=9p2000.L,msize=524288,access=client"
+
+// Guest applies setup requests and powers the machine off: the
+// system-changing half of the agent, used by Init. It must run as root in
+// the guest.
+type Guest struct {
+	log *slog.Logger
+	etc string
+
+	mu      sync.Mutex
+	mounted []agentapi.Workspace // guarded by mu; in mount order
+}
+
+// NewGuest returns a Guest reading and rewriting users under etcDir
+// ("/etc" when empty).
+func NewGuest(log *slog.Logger, etcDir string) *Guest {
+	if etcDir == "" {
+		etcDir = "/etc"
+	}
+	return &Guest{log: log, etc: etcDir}
+}
+
+// Setup sets the hostname, renumbers the agent user, and mounts the
+// workspaces. It is idempotent; a workspace already mounted at its path
+// with its tag is left alone. All steps are attempted; their errors are
+// joined.
+func (g *Guest) Setup(ctx context.Context, req *agentapi.SetupRequest) error {
+	var errs []error
+	if req.Hostname != "" {
+		if err := g.setHostname(req.Hostname); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if req.User != "" {
+		if err := g.setUser(req.User, req.UID, req.GID); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, ws := range req.Workspaces {
+		if err := ctx.Err(); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		if err := g.mountWorkspace(ws); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (g *Guest) setHostname(name string) error {
+	if err := unix.Sethostname([]byte(name)); err != nil {
+		return fmt.Errorf("set hostname %q: %w", name, err)
+	}
+	// Best effort: tools read these files (sudo resolves the hostname).
+	_ = os.WriteFile(filepath.Join(g.etc, "hostname"), []byte(name+"\n"), 0o644)
+	hosts := filepath.Join(g.etc, "hosts")
+	b, err := os.ReadFile(hosts)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var lines []string
+	for l := range strings.Lines(string(b)) {
+		if !strings.HasPrefix(l, "127.0.1.1") {
+			lines = append(lines, strings.TrimRight(l, "\n"))
+		}
+	}
+	if !slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "127.0.0.1") }) {
+		lines = append([]string{"127.0.0.1\tlocalhost"}, lines...)
+	}
+	lines = append(lines, "127.0.1.1\t"+name)
+	_ = os.WriteFile(hosts, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+	return nil
+}
+
+func (g *Guest) setUser(name string, uid, gid int) error {
+	if uid < 0 || gid < 0 {
+		return fmt.Errorf("set up user %s: invalid uid %d or gid %d", name, uid, gid)
+	}
+	oldUID, oldGID, changed, err := renumberUser(g.etc, name, uid, gid)
+	if err != nil {
+		return fmt.Errorf("set up user %s: %w", name, err)
+	}
+	if !changed {
+		return nil
+	}
+	acct, err := lookupAccount(g.etc, name)
+	if err != nil {
+		return fmt.Errorf("set up user %s: %w", name, err)
+	}
+	start := time.Now()
+	if err := chownTree(acct.Home, oldUID, oldGID, uid, gid); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("set up user %s: %w", name, err)
+	}
+	g.log.Info("renumbered user", "user", name, "uid", uid, "gid", gid, "old_uid", oldUID, "old_gid", oldGID, "duration", time.Since(start))
+	return nil
+}
+
+// mountedAt returns the source and fstype mounted at path, from mountinfo.
+func mountedAt(path string) (source, fstype string, ok bool) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", "", false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// id parent maj:min root mountpoint opts [optional...] - fstype source superopts
+		pre, post, found := strings.Cut(sc.Text(), " - ")
+		if !found {
+			continue
+		}
+		pf, qf := strings.Fields(pre), strings.Fields(post)
+		if len(pf) < 5 || len(qf) < 2 {
+			continue
+		}
+		if unescapeMount(pf[4]) == path {
+			source, fstype, ok = qf[1], qf[0], true // the last one wins (stacked mounts)
+		}
+	}
+	return source, fstype, ok
+}
+
+func unescapeMount(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
+}
+
+func (g *Guest) mountWorkspace(ws agentapi.Workspace) error {
+	if ws.Tag == "" || !filepath.IsAbs(ws.Path) {
+		return fmt.Errorf("mount workspace %q at %q: need a tag and an absolute path", ws.Tag, ws.Path)
+	}
+	path := filepath.Clean(ws.Path)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if src, fstype, ok := mountedAt(path); ok && fstype == "9p" {
+		if src == ws.Tag {
+			return nil
+		}
+		return fmt.Errorf("mount workspace %q at %s: share %q is already mounted there", ws.Tag, path, src)
+	}
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		return fmt.Errorf("mount workspace %q: %w", ws.Tag, err)
+	}
+	var flags uintptr = unix.MS_NOSUID | unix.MS_NODEV
+	if ws.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	start := time.Now()
+	if err := unix.Mount(ws.Tag, path, "9p", flags, NinePOptions); err != nil {
+		return fmt.Errorf("mount workspace %q at %s: %w", ws.Tag, path, err)
+	}
+	g.mounted = append(g.mounted, agentapi.Workspace{Tag: ws.Tag, Path: path, ReadOnly: ws.ReadOnly})
+	g.log.Info("mounted workspace", "tag", ws.Tag, "path", path, "read_only", ws.ReadOnly, "duration", time.Since(start))
+	return nil
+}
+
+// PowerOff stops every process, syncs, unmounts workspaces and other
+// filesystems (best effort), remounts the root read-only and powers the
+// machine off. It does not return unless the power-off call fails, in
+// which case it logs and halts the calling goroutine forever.
+func (g *Guest) PowerOff() {
+	g.log.Info("powering off")
+	unix.Sync()
+	_ = unix.Kill(-1, unix.SIGTERM)
+	time.Sleep(500 * time.Millisecond)
+	_ = unix.Kill(-1, unix.SIGKILL)
+	g.mu.Lock()
+	for _, ws := range slices.Backward(g.mounted) {
+		if err := unix.Unmount(ws.Path, 0); err != nil {
+			_ = unix.Unmount(ws.Path, unix.MNT_DETACH)
+		}
+	}
+	g.mounted = nil
+	g.mu.Unlock()
+	unmountAll(g.log)
+	powerOff(g.log)
+}
+
+// unmountAll unmounts everything but the root and the kernel filesystems,
+// deepest first, and remounts the root read-only.
+func unmountAll(log *slog.Logger) {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err == nil {
+		var points []string
+		for l := range strings.Lines(string(b)) {
+			f := strings.Fields(l)
+			if len(f) < 3 {
+				continue
+			}
+			p := unescapeMount(f[1])
+			switch {
+			case p == "/", p == "/proc", p == "/sys", p == "/dev", strings.HasPrefix(p, "/sys/"), strings.HasPrefix(p, "/proc/"):
+				continue
+			}
+			points = append(points, p)
+		}
+		for _, p := range slices.Backward(points) {
+			if err := unix.Unmount(p, 0); err != nil {
+				log.Debug("unmount", "path", p, "err", err)
+			}
+		}
+	}
+	unix.Sync()
+	if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		log.Warn("remount root read-only", "err", err)
+	}
+	unix.Sync()
+}
+
+func powerOff(log *slog.Logger) {
+	err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	log.Error("power off failed; halting", "err", err)
+	select {}
+}
