@@ -1,0 +1,146 @@
+package bootassets
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Layout of the initramfs, read by the guest agent.
+const (
+	// InitramfsModulesDir holds every module file, flat, by its file name.
+	InitramfsModulesDir = "/lib/modules"
+	// InitramfsModulesOrder lists the absolute paths of the module files,
+	// one a line, in the order they must be loaded.
+	InitramfsModulesOrder = "/lib/sbx/modules.order"
+)
+
+// initramfsFormat changes whenever the layout below changes, so cached
+// images built by an older sbx are not reused.
+const initramfsFormat = "sbx-initramfs-v1"
+
+var initramfsDirs = []string{"/dev", "/proc", "/sys", "/run", "/tmp", "/sysroot", "/lib", "/lib/modules", "/lib/sbx"}
+
+// EnsureInitramfs returns the path of a newc cpio initramfs for kernel k
+// whose /init is agentBinary (mode 0755). It contains the directories
+// /dev /proc /sys /run /tmp /sysroot /lib/sbx, the character device
+// /dev/console (5,1), the modules of ModuleClosure(k.ModulesDir,
+// BootModules) as /lib/modules/<file>.ko and InitramfsModulesOrder. When
+// k.ModulesDir is empty no modules are packed (the kernel must have the
+// drivers built in) and modules.order is empty.
+//
+// The file is <cacheDir>/initramfs/<sha256 of the inputs>.cpio, built
+// under a lock into a temp file and renamed, so it is safe to call
+// concurrently and returns at once when the same inputs were seen before.
+// The returned file must not be modified.
+func EnsureInitramfs(ctx context.Context, cacheDir string, k Kernel, agentBinary string) (string, error) {
+	var mods []string
+	if k.ModulesDir != "" {
+		var err error
+		mods, err = ModuleClosure(k.ModulesDir, BootModules)
+		if err != nil {
+			return "", fmt.Errorf("collect guest modules for kernel %s: %w", k.Release, err)
+		}
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n", initramfsFormat)
+	for _, p := range append([]string{agentBinary}, mods...) {
+		sum, err := fileSHA256(p)
+		if err != nil {
+			return "", fmt.Errorf("hash initramfs input: %w", err)
+		}
+		fmt.Fprintf(h, "%s %s\n", filepath.Base(p), sum)
+	}
+	dir := filepath.Join(cacheDir, "initramfs")
+	final := filepath.Join(dir, hex.EncodeToString(h.Sum(nil))+".cpio")
+	if _, err := os.Stat(final); err == nil {
+		return final, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("create initramfs cache: %w", err)
+	}
+	unlock, err := lockFile(ctx, filepath.Join(dir, ".lock"))
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if _, err := os.Stat(final); err == nil {
+		return final, nil
+	}
+	removeStaleTemps(dir)
+	f, err := os.CreateTemp(dir, ".tmp-initramfs-*")
+	if err != nil {
+		return "", fmt.Errorf("create initramfs: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if err := writeInitramfs(ctx, bw, agentBinary, mods); err != nil {
+		return "", fmt.Errorf("write initramfs: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return "", fmt.Errorf("write initramfs: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return "", fmt.Errorf("write initramfs: %w", err)
+	}
+	if err := f.Chmod(0o444); err != nil {
+		return "", fmt.Errorf("chmod initramfs: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("write initramfs: %w", err)
+	}
+	if err := os.Rename(f.Name(), final); err != nil {
+		return "", fmt.Errorf("move initramfs into cache: %w", err)
+	}
+	return final, nil
+}
+
+func writeInitramfs(ctx context.Context, w io.Writer, agentBinary string, mods []string) error {
+	c := &newcWriter{w: w}
+	for _, d := range initramfsDirs {
+		if err := c.entry(d, cpioDir|0o755, 0, 0, 0); err != nil {
+			return err
+		}
+	}
+	if err := c.entry("/dev/console", cpioChar|0o600, 0, 5, 1); err != nil {
+		return err
+	}
+	addFile := func(name, src string, perm uint32) error {
+		f, err := os.Open(src)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		return c.file(name, perm, st.Size(), f)
+	}
+	if err := addFile("/init", agentBinary, 0o755); err != nil {
+		return fmt.Errorf("add agent as /init: %w", err)
+	}
+	var order strings.Builder
+	for _, m := range mods {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		name := InitramfsModulesDir + "/" + filepath.Base(m)
+		if err := addFile(name, m, 0o644); err != nil {
+			return fmt.Errorf("add module: %w", err)
+		}
+		order.WriteString(name + "\n")
+	}
+	o := order.String()
+	if err := c.file(InitramfsModulesOrder, 0o644, int64(len(o)), strings.NewReader(o)); err != nil {
+		return err
+	}
+	return c.close()
+}

@@ -1,0 +1,191 @@
+package bootassets
+
+import (
+	"bufio"
+	"bytes"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// BootModules are the modules every sandbox guest loads: the virtio-mmio
+// transport and devices of the microvm machine, 9p for shared folders,
+// ext4 for the root disk and overlay. ModuleClosure adds their dependencies.
+var BootModules = []string{
+	"virtio_mmio",
+	"virtio_console",
+	"virtio_blk",
+	"virtio_net",
+	"virtio_rng",
+	"9pnet_virtio",
+	"9p",
+	"crc32c_generic",
+	"ext4",
+	"overlay",
+}
+
+// ErrCompressedModule is returned for modules shipped as .ko.xz or .ko.zst,
+// which ModuleClosure does not unpack yet.
+var ErrCompressedModule = errors.New("compressed kernel modules are not supported yet")
+
+// ErrModuleNotFound is returned when a module is neither a file under the
+// modules directory nor built into the kernel.
+var ErrModuleNotFound = errors.New("kernel module not found")
+
+// normModule makes a module name canonical: the kernel treats '-' and '_'
+// in module names as the same character.
+func normModule(name string) string {
+	return strings.ReplaceAll(name, "-", "_")
+}
+
+// moduleName returns the module name of a file name, or "" if it is not a
+// module file.
+func moduleName(file string) string {
+	for _, ext := range []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"} {
+		if s, ok := strings.CutSuffix(file, ext); ok {
+			return normModule(s)
+		}
+	}
+	return ""
+}
+
+// ModuleClosure resolves names (dashes and underscores alike) to module
+// files under modulesDir/kernel and adds, recursively, the modules each one
+// names in the depends= field of its .modinfo ELF section. It returns
+// absolute paths in load order: every module after all of its
+// dependencies, each once. Modules listed in modulesDir/modules.builtin are
+// built into the kernel and skipped silently. Errors: ErrModuleNotFound
+// for an unknown name, ErrCompressedModule for .ko.xz/.ko.zst files, and a
+// plain error for unreadable files or a dependency cycle.
+func ModuleClosure(modulesDir string, names []string) ([]string, error) {
+	builtin, err := readBuiltin(filepath.Join(modulesDir, "modules.builtin"))
+	if err != nil {
+		return nil, err
+	}
+	index := map[string]string{}
+	err = filepath.WalkDir(filepath.Join(modulesDir, "kernel"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		if n := moduleName(d.Name()); n != "" {
+			if _, dup := index[n]; !dup {
+				index[n] = p
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("index modules in %s: %w", modulesDir, err)
+	}
+
+	var order []string
+	const (
+		visiting = 1
+		done     = 2
+	)
+	state := map[string]int{}
+	var visit func(name string, chain []string) error
+	visit = func(name string, chain []string) error {
+		name = normModule(name)
+		switch state[name] {
+		case done:
+			return nil
+		case visiting:
+			return fmt.Errorf("module dependency cycle: %s -> %s", strings.Join(chain, " -> "), name)
+		}
+		path, ok := index[name]
+		if !ok {
+			if builtin[name] {
+				state[name] = done
+				return nil
+			}
+			if len(chain) > 0 {
+				return fmt.Errorf("%w: %s (needed by %s) in %s", ErrModuleNotFound, name, chain[len(chain)-1], modulesDir)
+			}
+			return fmt.Errorf("%w: %s in %s", ErrModuleNotFound, name, modulesDir)
+		}
+		if !strings.HasSuffix(path, ".ko") {
+			return fmt.Errorf("%w: %s (a kernel whose modules are plain .ko files is needed)", ErrCompressedModule, path)
+		}
+		state[name] = visiting
+		deps, err := moduleDepends(path)
+		if err != nil {
+			return err
+		}
+		for _, d := range deps {
+			if err := visit(d, append(chain, name)); err != nil {
+				return err
+			}
+		}
+		state[name] = done
+		order = append(order, path)
+		return nil
+	}
+	for _, n := range names {
+		if err := visit(n, nil); err != nil {
+			return nil, err
+		}
+	}
+	return order, nil
+}
+
+// readBuiltin returns the module names in a modules.builtin file
+// (lines like kernel/fs/ext4/ext4.ko). A missing file means none.
+func readBuiltin(path string) (map[string]bool, error) {
+	m := map[string]bool{}
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return m, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read builtin modules: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if n := moduleName(filepath.Base(strings.TrimSpace(sc.Text()))); n != "" {
+			m[n] = true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read builtin modules: %w", err)
+	}
+	return m, nil
+}
+
+// moduleDepends returns the depends= list of a .ko file's .modinfo section.
+func moduleDepends(path string) ([]string, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read module %s: %w", path, err)
+	}
+	defer f.Close()
+	sec := f.Section(".modinfo")
+	if sec == nil {
+		return nil, fmt.Errorf("module %s has no .modinfo section", path)
+	}
+	data, err := sec.Data()
+	if err != nil {
+		return nil, fmt.Errorf("read .modinfo of %s: %w", path, err)
+	}
+	var deps []string
+	for field := range bytes.SplitSeq(data, []byte{0}) {
+		v, ok := bytes.CutPrefix(field, []byte("depends="))
+		if !ok {
+			continue
+		}
+		for d := range strings.SplitSeq(string(v), ",") {
+			if d = strings.TrimSpace(d); d != "" {
+				deps = append(deps, d)
+			}
+		}
+	}
+	return deps, nil
+}
