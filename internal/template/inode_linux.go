@@ -1,0 +1,13 @@
+package template
+
+import (
+	"io/fs"
+	"syscall"
+)
+
+func inodeOf(info fs.FileInfo) (ino uint64, nlink uint64) {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return st.Ino, uint64(st.Nlink)
+	}
+	return 0, 1
+}

@@ -1,0 +1,394 @@
+package template
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultName is the name of the built-in template.
+const DefaultName = "shell"
+
+// DefaultPackages are installed into the default template on top of
+// debootstrap's minbase variant.
+var DefaultPackages = []string{
+	"bash", "coreutils", "curl", "ca-certificates", "git", "iproute2", "procps",
+	"sudo", "less", "vim-tiny", "openssh-client", "xz-utils", "netbase",
+}
+
+// Agent account inside every template.
+const (
+	AgentUser = "agent"
+	AgentUID  = 1000
+	AgentGID  = 1000
+	AgentHome = "/home/agent"
+)
+
+// headroomBytes is the free space added to a new image; the guest grows
+// the file system to its disk at boot, so this only needs to cover the
+// first moments.
+const headroomBytes = 1 << 30
+
+var (
+	// ErrNotFound is returned when no template has the name.
+	ErrNotFound = errors.New("template not found")
+	// ErrInUse is returned by Remove when a sandbox disk is backed by the
+	// template's image.
+	ErrInUse = errors.New("template is in use")
+	// ErrNeedRoot is returned when building a template needs root.
+	ErrNeedRoot = errors.New("building a template needs root")
+)
+
+// Template is a root file system image sandboxes boot from.
+type Template struct {
+	Name      string
+	ID        string // sha256 hex of the image content
+	Image     string // path to the ext4 raw image
+	Created   time.Time
+	SizeBytes int64 // apparent size of the image
+}
+
+// manifest is <name>.json.
+type manifest struct {
+	Version  int       `json:"version"`
+	Name     string    `json:"name"`
+	ID       string    `json:"id"`
+	Created  time.Time `json:"created"`
+	Suite    string    `json:"suite,omitempty"`
+	Packages []string  `json:"packages,omitempty"`
+}
+
+func templatesDir(cacheDir string) string { return filepath.Join(cacheDir, "templates") }
+
+// Lookup returns the template called name, or an error wrapping
+// ErrNotFound.
+func Lookup(cacheDir, name string) (Template, error) {
+	if err := validName(name); err != nil {
+		return Template{}, err
+	}
+	dir := templatesDir(cacheDir)
+	b, err := os.ReadFile(filepath.Join(dir, name+".json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return Template{}, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	if err != nil {
+		return Template{}, fmt.Errorf("read template %s: %w", name, err)
+	}
+	var m manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return Template{}, fmt.Errorf("parse template manifest %s: %w", name, err)
+	}
+	if m.Version != 1 {
+		return Template{}, fmt.Errorf("template %s: manifest version %d not supported", name, m.Version)
+	}
+	img := filepath.Join(dir, m.ID+".ext4")
+	st, err := os.Stat(img)
+	if err != nil {
+		return Template{}, fmt.Errorf("template %s image: %w (remove it with `sbx template rm %s` and rebuild)", name, err, name)
+	}
+	return Template{Name: m.Name, ID: m.ID, Image: img, Created: m.Created, SizeBytes: st.Size()}, nil
+}
+
+// List returns every template in cacheDir, sorted by name. Broken entries
+// are skipped. A missing cache is an empty list.
+func List(cacheDir string) ([]Template, error) {
+	ents, err := os.ReadDir(templatesDir(cacheDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list templates: %w", err)
+	}
+	var out []Template
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || strings.HasPrefix(name, ".") {
+			continue
+		}
+		t, err := Lookup(cacheDir, name)
+		if err != nil {
+			continue
+		}
+		out = append(out, t)
+	}
+	slices.SortFunc(out, func(a, b Template) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// Remove deletes template name: its manifest, and its image unless another
+// template names the same image. inUse reports whether a sandbox disk is
+// backed by an image id; when it says true Remove returns an error wrapping
+// ErrInUse and changes nothing. inUse may be nil.
+func Remove(cacheDir, name string, inUse func(id string) bool) error {
+	ctx := context.Background()
+	unlock, err := lockFile(ctx, filepath.Join(templatesDir(cacheDir), ".lock"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	t, err := Lookup(cacheDir, name)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		// A manifest without its image can still be removed.
+		mf := filepath.Join(templatesDir(cacheDir), name+".json")
+		if _, serr := os.Stat(mf); serr == nil {
+			return os.Remove(mf)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if inUse != nil && inUse(t.ID) {
+		return fmt.Errorf("remove template %s: %w by a sandbox (remove the sandboxes that use it first)", name, ErrInUse)
+	}
+	if err := os.Remove(filepath.Join(templatesDir(cacheDir), name+".json")); err != nil {
+		return fmt.Errorf("remove template %s: %w", name, err)
+	}
+	all, err := List(cacheDir)
+	if err != nil {
+		return err
+	}
+	for _, o := range all {
+		if o.ID == t.ID {
+			return nil
+		}
+	}
+	if err := os.Remove(t.Image); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove template image: %w", err)
+	}
+	return nil
+}
+
+func validName(name string) error {
+	if name == "" || strings.ContainsAny(name, "/\\") || strings.HasPrefix(name, ".") {
+		return fmt.Errorf("invalid template name %q", name)
+	}
+	return nil
+}
+
+// EnsureDefault returns the default template "shell", building it on first
+// use: debootstrap (minbase, DefaultPackages) of the host's suite from the
+// host's apt mirror, configured for the guest agent, packed into a sparse
+// ext4 image. Building needs root, debootstrap and mkfs.ext4, takes about
+// a minute and writes progress lines (and debootstrap's output) to
+// progress, which may be nil. Builds are serialised by a lock across
+// processes and renamed into place, so an interrupted build leaves nothing
+// usable half-written; a later call cleans its leftovers.
+func EnsureDefault(ctx context.Context, cacheDir string, progress io.Writer) (Template, error) {
+	if t, err := Lookup(cacheDir, DefaultName); err == nil {
+		return t, nil
+	}
+	if progress == nil {
+		progress = io.Discard
+	}
+	dir := templatesDir(cacheDir)
+	unlock, err := lockFile(ctx, filepath.Join(dir, ".lock"))
+	if err != nil {
+		return Template{}, err
+	}
+	defer unlock()
+	if t, err := Lookup(cacheDir, DefaultName); err == nil {
+		return t, nil
+	}
+	removeStaleTemps(dir)
+	hr, err := DetectHostRelease("/")
+	if err != nil {
+		return Template{}, err
+	}
+	return build(ctx, dir, DefaultName, hr, DefaultPackages, progress)
+}
+
+func build(ctx context.Context, dir, name string, hr HostRelease, pkgs []string, progress io.Writer) (Template, error) {
+	if os.Geteuid() != 0 {
+		return Template{}, fmt.Errorf("%w (debootstrap needs chroot and device nodes): run `sudo sbx template build %s` once, or run sbx as root", ErrNeedRoot, name)
+	}
+	debootstrap, err := exec.LookPath("debootstrap")
+	if err != nil {
+		return Template{}, fmt.Errorf("debootstrap not found: install it with `apt-get install debootstrap`: %w", err)
+	}
+	mkfs, err := exec.LookPath("mkfs.ext4")
+	if err != nil {
+		return Template{}, fmt.Errorf("mkfs.ext4 not found: install it with `apt-get install e2fsprogs`: %w", err)
+	}
+	tmp, err := os.MkdirTemp(dir, ".tmp-"+name+"-")
+	if err != nil {
+		return Template{}, fmt.Errorf("create template temp dir: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	root := filepath.Join(tmp, "root")
+
+	start := time.Now()
+	fmt.Fprintf(progress, "building template %s (first run only, about a minute)...\n", name)
+	cmd := exec.CommandContext(ctx, debootstrap, "--variant=minbase",
+		"--include="+strings.Join(pkgs, ","), hr.Suite, root, hr.Mirror)
+	cmd.Stdout, cmd.Stderr = progress, progress
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive")
+	if err := cmd.Run(); err != nil {
+		hint := ""
+		if log, rerr := os.ReadFile(filepath.Join(root, "debootstrap", "debootstrap.log")); rerr == nil {
+			hint = "; last lines of debootstrap.log: " + lastLines(string(log), 5)
+		}
+		return Template{}, fmt.Errorf("debootstrap %s from %s: %w%s", hr.Suite, hr.Mirror, err, hint)
+	}
+	tBoot := time.Since(start)
+	if err := configure(ctx, root); err != nil {
+		return Template{}, fmt.Errorf("configure template %s: %w", name, err)
+	}
+	used, err := duBytes(root)
+	if err != nil {
+		return Template{}, err
+	}
+	size := roundUp(used+used/10+headroomBytes, 1<<20)
+	fmt.Fprintf(progress, "packing template %s into an ext4 image (%d MiB)...\n", name, size>>20)
+	t1 := time.Now()
+	img := filepath.Join(tmp, "image.ext4")
+	f, err := os.Create(img)
+	if err != nil {
+		return Template{}, fmt.Errorf("create image: %w", err)
+	}
+	f.Close()
+	if out, err := exec.CommandContext(ctx, mkfs, "-q", "-L", "sbx-root", "-d", root, "-F", img, strconv.FormatInt(size>>10, 10)+"k").CombinedOutput(); err != nil {
+		return Template{}, fmt.Errorf("mkfs.ext4: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	tMkfs := time.Since(t1)
+	if err := os.RemoveAll(root); err != nil {
+		return Template{}, fmt.Errorf("remove build tree: %w", err)
+	}
+	id, err := fileSHA256(img)
+	if err != nil {
+		return Template{}, err
+	}
+	if err := os.Chmod(img, 0o444); err != nil {
+		return Template{}, fmt.Errorf("chmod image: %w", err)
+	}
+	finalImg := filepath.Join(dir, id+".ext4")
+	if err := os.Rename(img, finalImg); err != nil {
+		return Template{}, fmt.Errorf("move image into cache: %w", err)
+	}
+	m := manifest{Version: 1, Name: name, ID: id, Created: time.Now().UTC().Truncate(time.Second), Suite: hr.Suite, Packages: pkgs}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return Template{}, fmt.Errorf("encode manifest: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, name+".json"), append(b, '\n'), 0o444); err != nil {
+		return Template{}, fmt.Errorf("write manifest: %w", err)
+	}
+	fmt.Fprintf(progress, "template %s ready in %.0fs (debootstrap %.0fs, image %.1fs)\n", name, time.Since(start).Seconds(), tBoot.Seconds(), tMkfs.Seconds())
+	return Lookup(filepath.Dir(dir), name)
+}
+
+// configure turns a debootstrap tree into a root the guest agent boots.
+func configure(ctx context.Context, root string) error {
+	chroot := func(args ...string) error {
+		out, err := exec.CommandContext(ctx, "chroot", append([]string{root}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("chroot %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	if err := chroot("groupadd", "-g", strconv.Itoa(AgentGID), AgentUser); err != nil {
+		return err
+	}
+	if err := chroot("useradd", "-m", "-u", strconv.Itoa(AgentUID), "-g", strconv.Itoa(AgentGID),
+		"-d", AgentHome, "-s", "/bin/bash", AgentUser); err != nil {
+		return err
+	}
+	files := []struct {
+		path string
+		data string
+		mode os.FileMode
+	}{
+		{"etc/sudoers.d/agent", AgentUser + " ALL=(ALL) NOPASSWD:ALL\n", 0o440},
+		{"etc/hostname", "sbx\n", 0o644},
+		{"etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tsbx\n", 0o644},
+		{"etc/fstab", "# empty: the sbx guest agent mounts everything\n", 0o644},
+		{"etc/resolv.conf", "", 0o644}, // written by the guest agent at boot
+	}
+	for _, f := range files {
+		p := filepath.Join(root, f.path)
+		os.Remove(p) // may be a symlink
+		if err := os.WriteFile(p, []byte(f.data), f.mode); err != nil {
+			return fmt.Errorf("write /%s: %w", f.path, err)
+		}
+		if err := os.Chmod(p, f.mode); err != nil {
+			return fmt.Errorf("chmod /%s: %w", f.path, err)
+		}
+	}
+	// Drop what only the build needed: downloaded packages, apt lists and
+	// caches, logs.
+	for _, g := range []string{"var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*", "var/log/*.log", "var/log/apt/*"} {
+		m, _ := filepath.Glob(filepath.Join(root, g))
+		for _, p := range m {
+			if filepath.Base(p) == "partial" || filepath.Base(p) == "lock" {
+				continue
+			}
+			if err := os.RemoveAll(p); err != nil {
+				return fmt.Errorf("clean %s: %w", p, err)
+			}
+		}
+	}
+	return nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// duBytes sums the allocated size of everything under root (hard links
+// once), rounded per file to 4 KiB blocks as ext4 will store them.
+func duBytes(root string) (int64, error) {
+	var total int64
+	seen := map[uint64]bool{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if ino, nlink := inodeOf(info); nlink > 1 {
+			if seen[ino] {
+				return nil
+			}
+			seen[ino] = true
+		}
+		total += roundUp(info.Size(), 4096) + 256 // plus an inode
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("measure template tree: %w", err)
+	}
+	return total, nil
+}
+
+func roundUp(n, to int64) int64 { return (n + to - 1) / to * to }
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("hash %s: %w", path, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, bufio.NewReaderSize(f, 1<<20)); err != nil {
+		return "", fmt.Errorf("hash %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

@@ -1,0 +1,192 @@
+package template
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func writeFile(t *testing.T, p, data string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDetectHostRelease(t *testing.T) {
+	const osRelease = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n"
+	const deb822 = `Types: deb
+# a comment
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+`
+	tests := []struct {
+		name  string
+		files map[string]string
+		want  HostRelease
+		err   error
+	}{
+		{
+			name: "deb822",
+			files: map[string]string{
+				"etc/apt/sources.list.d/debian.sources":              deb822,
+				"etc/apt/sources.list.d/other.list.disabled-by-x":    "deb http://other.example/apt bookworm main\n",
+				"etc/apt/sources.list.d/nodesource.sources.disabled": "Types: deb\nURIs: http://node.example\nSuites: nodistro\n",
+			},
+			want: HostRelease{Suite: "bookworm", Mirror: "http://mirror.example/debian"},
+		},
+		{
+			name: "one-line with options, security first",
+			files: map[string]string{
+				"etc/apt/sources.list": "# deb http://commented.example/debian bookworm main\n" +
+					"deb http://sec.example/debian-security bookworm-security main\n" +
+					"deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main contrib\n",
+			},
+			want: HostRelease{Suite: "bookworm", Mirror: "http://one.example/debian"},
+		},
+		{
+			name: "only updates suite",
+			files: map[string]string{
+				"etc/apt/sources.list": "deb http://upd.example/debian bookworm-updates main\n",
+			},
+			want: HostRelease{Suite: "bookworm", Mirror: "http://upd.example/debian"},
+		},
+		{
+			name:  "disabled stanza",
+			files: map[string]string{"etc/apt/sources.list.d/d.sources": "Enabled: no\nTypes: deb\nURIs: http://x.example\nSuites: bookworm\n"},
+			err:   ErrNoMirror,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			writeFile(t, filepath.Join(root, "etc/os-release"), osRelease)
+			for p, d := range tt.files {
+				writeFile(t, filepath.Join(root, p), d)
+			}
+			got, err := DetectHostRelease(root)
+			if tt.err != nil {
+				if !errors.Is(err, tt.err) {
+					t.Fatalf("err = %v, want %v", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// fakeTemplate writes a manifest and an image as a build would.
+func fakeTemplate(t *testing.T, cache, name, id string) {
+	t.Helper()
+	dir := filepath.Join(cache, "templates")
+	writeFile(t, filepath.Join(dir, id+".ext4"), "image "+id)
+	b, err := json.Marshal(manifest{Version: 1, Name: name, ID: id, Created: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Suite: "bookworm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, name+".json"), string(b))
+}
+
+func TestLookupListRemove(t *testing.T) {
+	cache := t.TempDir()
+	if l, err := List(cache); err != nil || len(l) != 0 {
+		t.Fatalf("empty cache: List = %v, %v", l, err)
+	}
+	fakeTemplate(t, cache, "shell", "aaaa")
+	fakeTemplate(t, cache, "claude", "bbbb")
+	fakeTemplate(t, cache, "alias", "bbbb")
+
+	got, err := Lookup(cache, "shell")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Template{Name: "shell", ID: "aaaa", Image: filepath.Join(cache, "templates", "aaaa.ext4"),
+		Created: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), SizeBytes: int64(len("image aaaa"))}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Lookup (-want +got):\n%s", diff)
+	}
+	if _, err := Lookup(cache, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Lookup(nope) = %v, want ErrNotFound", err)
+	}
+	if _, err := Lookup(cache, "../x"); err == nil {
+		t.Error("Lookup(../x): no error")
+	}
+	l, err := List(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tp := range l {
+		names = append(names, tp.Name)
+	}
+	if diff := cmp.Diff([]string{"alias", "claude", "shell"}, names); diff != "" {
+		t.Errorf("List names (-want +got):\n%s", diff)
+	}
+
+	inUse := func(id string) bool { return id == "aaaa" }
+	if err := Remove(cache, "shell", inUse); !errors.Is(err, ErrInUse) {
+		t.Errorf("Remove in-use = %v, want ErrInUse", err)
+	}
+	if _, err := Lookup(cache, "shell"); err != nil {
+		t.Errorf("in-use template was touched: %v", err)
+	}
+	// Removing one of two names keeps the shared image.
+	if err := Remove(cache, "claude", inUse); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(cache, "templates", "bbbb.ext4")); err != nil {
+		t.Errorf("shared image removed: %v", err)
+	}
+	if err := Remove(cache, "alias", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(cache, "templates", "bbbb.ext4")); !os.IsNotExist(err) {
+		t.Errorf("image of last name not removed: %v", err)
+	}
+	if err := Remove(cache, "alias", nil); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Remove twice = %v, want ErrNotFound", err)
+	}
+}
+
+func TestRealDefaultTemplate(t *testing.T) {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		t.Skip("no home")
+	}
+	tp, err := Lookup(filepath.Join(home, ".cache", "sbx"), DefaultName)
+	if err != nil {
+		t.Skipf("no default template in ~/.cache/sbx: %v", err)
+	}
+	st, err := os.Stat(tp.Image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm()&0o222 != 0 {
+		t.Errorf("image %s is writable (%v)", tp.Image, st.Mode())
+	}
+	if !strings.HasSuffix(tp.Image, tp.ID+".ext4") {
+		t.Errorf("image %s not named by id %s", tp.Image, tp.ID)
+	}
+}
