@@ -1,0 +1,150 @@
+package archive
+
+import (
+	"archive/tar"
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+type entry struct {
+	name, body, link string
+	typ              byte
+}
+
+func makeTar(t *testing.T, entries []entry) *bytes.Buffer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: 0o644, Size: int64(len(e.body)), Linkname: e.link}
+		if e.typ == tar.TypeDir {
+			h.Mode = 0o755
+		}
+		if e.typ != tar.TypeReg {
+			h.Size = 0
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if e.typ == tar.TypeReg {
+			tw.Write([]byte(e.body))
+		}
+	}
+	tw.Close()
+	return &buf
+}
+
+func TestExtractRefusesEscapes(t *testing.T) {
+	tests := []struct {
+		name    string
+		entries []entry
+	}{
+		{"symlink to dir outside then through it", []entry{
+			{name: "t/", typ: tar.TypeDir},
+			{name: "t/link", typ: tar.TypeSymlink, link: "OUTSIDE"},
+			{name: "t/link/passwd", typ: tar.TypeReg, body: "pwned"},
+		}},
+		{"symlink to root then through it", []entry{
+			{name: "t/", typ: tar.TypeDir},
+			{name: "t/link", typ: tar.TypeSymlink, link: "/"},
+			{name: "t/link/OUTSIDE_REL/passwd", typ: tar.TypeReg, body: "pwned"},
+		}},
+		{"relative symlink climbing out", []entry{
+			{name: "t/", typ: tar.TypeDir},
+			{name: "t/up", typ: tar.TypeSymlink, link: "../../.."},
+			{name: "t/up/x", typ: tar.TypeReg, body: "pwned"},
+		}},
+		{"dotdot name", []entry{{name: "t/../../x", typ: tar.TypeReg, body: "pwned"}}},
+		{"absolute name", []entry{{name: "/OUTSIDE/x", typ: tar.TypeReg, body: "pwned"}}},
+		{"hard link to outside", []entry{
+			{name: "t/", typ: tar.TypeDir},
+			{name: "t/h", typ: tar.TypeLink, link: "../OUTSIDE/secret"},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			outside := t.TempDir()
+			if err := os.WriteFile(filepath.Join(outside, "secret"), []byte("s"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			rel, _ := filepath.Rel("/", outside)
+			for i := range tt.entries {
+				e := &tt.entries[i]
+				e.link = replace(e.link, "OUTSIDE_REL", rel)
+				e.link = replace(e.link, "OUTSIDE", outside)
+				e.name = replace(e.name, "OUTSIDE_REL", rel)
+				e.name = replace(e.name, "OUTSIDE", outside)
+			}
+			dst := t.TempDir()
+			err := Extract(makeTar(t, tt.entries), dst, Options{})
+			if err == nil {
+				t.Fatal("extract succeeded, want an error")
+			}
+			t.Logf("error: %v", err)
+			ents, _ := os.ReadDir(outside)
+			if len(ents) != 1 {
+				t.Errorf("outside directory changed: %v", ents)
+			}
+			if _, err := os.Lstat(filepath.Join(outside, "passwd")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("file written outside")
+			}
+		})
+	}
+}
+
+func replace(s, old, new string) string { return string(bytes.ReplaceAll([]byte(s), []byte(old), []byte(new))) }
+
+func TestExtractDockerSemantics(t *testing.T) {
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "d", "sub"), 0o755)
+	os.WriteFile(filepath.Join(src, "d", "sub", "f"), []byte("x"), 0o600)
+	os.WriteFile(filepath.Join(src, "file"), []byte("y"), 0o644)
+
+	write := func(p string) *bytes.Buffer {
+		var b bytes.Buffer
+		if err := Write(&b, p); err != nil {
+			t.Fatal(err)
+		}
+		return &b
+	}
+	dst := t.TempDir()
+	// Existing dir: inside.
+	if err := Extract(write(filepath.Join(src, "d")), dst, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dst, "d", "sub", "f")); err != nil || string(b) != "x" {
+		t.Errorf("dir into dir: %q %v", b, err)
+	}
+	// New name: created as it.
+	if err := Extract(write(filepath.Join(src, "d")), filepath.Join(dst, "new"), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "new", "sub", "f")); err != nil {
+		t.Error(err)
+	}
+	// Contents ("dir/."): into an existing dir, merged.
+	if err := Extract(write(filepath.Join(src, "d")+"/."), filepath.Join(dst, "new"), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "new", "sub", "f")); err != nil {
+		t.Error(err)
+	}
+	// File over existing file.
+	if err := Extract(write(filepath.Join(src, "file")), filepath.Join(dst, "d", "sub", "f"), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "d", "sub", "f")); string(b) != "y" {
+		t.Errorf("file over file: %q", b)
+	}
+	// File mode preserved.
+	if fi, _ := os.Stat(filepath.Join(dst, "new", "sub", "f")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode = %v, want 0600", fi.Mode().Perm())
+	}
+	// Missing parent.
+	if err := Extract(write(filepath.Join(src, "file")), filepath.Join(dst, "no", "such"), Options{}); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing parent: got %v, want ErrNotExist", err)
+	}
+}
