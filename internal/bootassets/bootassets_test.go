@@ -454,4 +454,3 @@ func TestLockFileWaitsAndHonoursContext(t *testing.T) {
 	}
 	unlock2()
 }
-

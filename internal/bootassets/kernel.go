@@ -65,8 +65,8 @@ type Options struct {
 
 // kernelManifest is kernel.json in a cached kernel directory.
 type kernelManifest struct {
-	Version int    `json:"version"`
-	Kernel         // paths relative to the directory
+	Version int       `json:"version"`
+	Kernel            // paths relative to the directory
 	Created time.Time `json:"created"`
 }
 
@@ -301,6 +301,12 @@ func (o Options) debianKernel(ctx context.Context, cacheDir, pkg string, progres
 		return Kernel{}, fmt.Errorf("create download dir: %w", err)
 	}
 	if err := aptDownload(ctx, dl, name+"="+version); err != nil {
+		// Offline with newer apt lists than the cache: an older kernel
+		// boots just as well.
+		if k, ok := newestCachedDebianKernel(kernelRoot); ok {
+			fmt.Fprintf(progress, "note: could not download kernel %s (%v); using cached kernel %s\n", name, err, k.Release)
+			return k, nil
+		}
 		return Kernel{}, err
 	}
 	debs, _ := filepath.Glob(filepath.Join(dl, "*.deb"))

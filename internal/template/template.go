@@ -131,7 +131,8 @@ func List(cacheDir string) ([]Template, error) {
 // Remove deletes template name: its manifest, and its image unless another
 // template names the same image. inUse reports whether a sandbox disk is
 // backed by an image id; when it says true Remove returns an error wrapping
-// ErrInUse and changes nothing. inUse may be nil.
+// ErrInUse and changes nothing. inUse may be nil. Remove takes the
+// templates lock, so it waits for a build in progress to finish.
 func Remove(cacheDir, name string, inUse func(id string) bool) error {
 	ctx := context.Background()
 	unlock, err := lockFile(ctx, filepath.Join(templatesDir(cacheDir), ".lock"))
