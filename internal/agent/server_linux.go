@@ -70,7 +70,8 @@ func NewServer(cfg Config) (*Server, error) {
 // host opens, until the session ends (the host closed it, the connection
 // broke) or ctx is done. It closes conn, waits for all its stream handlers
 // (exec handlers kill their processes when their stream breaks), and
-// returns nil when the session ended normally.
+// returns nil when the session ended normally (the peer closed it, or the
+// connection reached EOF or was closed), ctx's error when ctx ended it.
 func (s *Server) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = nil
@@ -91,7 +92,8 @@ func (s *Server) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if errors.Is(err, io.EOF) || errors.Is(err, yamux.ErrSessionShutdown) {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, net.ErrClosed) ||
+				errors.Is(err, yamux.ErrSessionShutdown) {
 				return nil
 			}
 			return fmt.Errorf("accept agent stream: %w", err)

@@ -95,7 +95,9 @@ func TestExtractRefusesEscapes(t *testing.T) {
 	}
 }
 
-func replace(s, old, new string) string { return string(bytes.ReplaceAll([]byte(s), []byte(old), []byte(new))) }
+func replace(s, old, new string) string {
+	return string(bytes.ReplaceAll([]byte(s), []byte(old), []byte(new)))
+}
 
 func TestExtractDockerSemantics(t *testing.T) {
 	src := t.TempDir()
