@@ -454,3 +454,34 @@ func TestLockFileWaitsAndHonoursContext(t *testing.T) {
 	}
 	unlock2()
 }
+
+func TestCachedKernel(t *testing.T) {
+	cache := t.TempDir()
+	if _, err := CachedKernel(cache, Options{}); !errors.Is(err, ErrKernelNotCached) {
+		t.Fatalf("empty cache: err = %v, want ErrKernelNotCached", err)
+	}
+	dir := filepath.Join(cache, "kernel", "6.1.0-9-amd64")
+	if err := os.MkdirAll(filepath.Join(dir, "lib", "modules", "6.1.0-9-amd64"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "vmlinux"), fakeKO(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := `{"version":1,"path":"vmlinux","release":"6.1.0-9-amd64","modulesDir":"lib/modules/6.1.0-9-amd64","source":"debian-package:linux-image-6.1.0-9-amd64=6.1.1-1"}`
+	if err := os.WriteFile(filepath.Join(dir, "kernel.json"), []byte(m), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := CachedKernel(cache, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Kernel{
+		Path:       filepath.Join(dir, "vmlinux"),
+		Release:    "6.1.0-9-amd64",
+		ModulesDir: filepath.Join(dir, "lib", "modules", "6.1.0-9-amd64"),
+		Source:     "debian-package:linux-image-6.1.0-9-amd64=6.1.1-1",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("CachedKernel (-want +got):\n%s", diff)
+	}
+}

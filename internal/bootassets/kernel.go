@@ -531,3 +531,72 @@ func fileSHA256(path string) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// ErrKernelNotCached is returned by CachedKernel when no kernel has been
+// prepared yet.
+var ErrKernelNotCached = errors.New("no guest kernel prepared yet")
+
+// CachedKernel returns the kernel EnsureKernel would return without
+// downloading, unpacking or writing anything: the user's kernel as named
+// by o (its vmlinux if one was already extracted, else the file itself),
+// else the cached Debian kernel that apt's current lists name, else the
+// newest cached Debian kernel, else the host kernel if one was prepared.
+// It returns an error wrapping ErrKernelNotCached when there is none. It
+// suits `sbx diagnose`, which must not start a download.
+func CachedKernel(cacheDir string, o Options) (Kernel, error) {
+	if o.KernelPath != "" {
+		k := Kernel{Path: o.KernelPath, ModulesDir: o.ModulesDir, Source: SourceUser}
+		if _, err := os.Stat(o.KernelPath); err != nil {
+			return Kernel{}, fmt.Errorf("kernel named by SBX_KERNEL: %w", err)
+		}
+		if ef, err := elf.Open(o.KernelPath); err == nil {
+			ef.Close()
+		} else if sum, err := fileSHA256(o.KernelPath); err == nil {
+			if p := filepath.Join(cacheDir, "kernel", "user-"+sum[:16], "vmlinux"); fileExists(p) {
+				k.Path = p
+			}
+		}
+		if o.ModulesDir != "" {
+			k.Release = filepath.Base(filepath.Clean(o.ModulesDir))
+		} else if r, err := KernelRelease(o.KernelPath); err == nil {
+			k.Release = r
+		}
+		return k, nil
+	}
+	kernelRoot := filepath.Join(cacheDir, "kernel")
+	pkg := o.Package
+	if pkg == "" {
+		pkg = DefaultKernelPackage
+	}
+	if b, err := os.ReadFile(filepath.Join(kernelRoot, "resolved-"+pkg+".json")); err == nil {
+		var r resolvedPackage
+		if json.Unmarshal(b, &r) == nil && r.Release != "" {
+			if k, err := loadCachedKernel(filepath.Join(kernelRoot, r.Release)); err == nil {
+				return k, nil
+			}
+		}
+	}
+	if k, ok := newestCachedDebianKernel(kernelRoot); ok {
+		return k, nil
+	}
+	var uts syscall.Utsname
+	if syscall.Uname(&uts) == nil {
+		var rb []byte
+		for _, c := range uts.Release {
+			if c == 0 {
+				break
+			}
+			rb = append(rb, byte(c))
+		}
+		rel := string(rb)
+		if p := filepath.Join(kernelRoot, "host-"+rel, "vmlinux"); fileExists(p) {
+			return Kernel{Path: p, Release: rel, ModulesDir: "/lib/modules/" + rel, Source: SourceHost}, nil
+		}
+	}
+	return Kernel{}, fmt.Errorf("%w in %s", ErrKernelNotCached, kernelRoot)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

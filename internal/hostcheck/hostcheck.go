@@ -92,9 +92,24 @@ func QEMU(ctx context.Context) (path, version string, err error) {
 	return findVersioned(ctx, "qemu-system-x86_64", "qemu-system-x86")
 }
 
-// QEMUImg finds qemu-img likewise.
-func QEMUImg(ctx context.Context) (path, version string, err error) {
-	return findVersioned(ctx, "qemu-img", "qemu-utils")
+// QEMUImg finds qemu-img on PATH and checks that it runs. A missing binary
+// gives an error wrapping ErrNotFound with the command that installs it.
+func QEMUImg(ctx context.Context) (path string, err error) {
+	p, _, err := findVersioned(ctx, "qemu-img", "qemu-utils")
+	return p, err
+}
+
+// QEMUVersion returns the version of the QEMU binary at path.
+func QEMUVersion(ctx context.Context, path string) (string, error) {
+	out, err := exec.CommandContext(ctx, path, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("run %s --version: %w", path, err)
+	}
+	m := qemuVersionRE.FindSubmatch(out)
+	if m == nil {
+		return "", fmt.Errorf("no version in the output of %s --version", path)
+	}
+	return string(m[1]), nil
 }
 
 func findVersioned(ctx context.Context, prog, debPkg string) (string, string, error) {
@@ -102,15 +117,8 @@ func findVersioned(ctx context.Context, prog, debPkg string) (string, string, er
 	if err != nil {
 		return "", "", fmt.Errorf("%w: %s is not installed (Debian/Ubuntu: apt-get install %s)", ErrNotFound, prog, debPkg)
 	}
-	out, err := exec.CommandContext(ctx, p, "--version").Output()
-	if err != nil {
-		return p, "", fmt.Errorf("run %s --version: %w", p, err)
-	}
-	m := qemuVersionRE.FindSubmatch(out)
-	if m == nil {
-		return p, "", fmt.Errorf("no version in the output of %s --version", p)
-	}
-	return p, string(m[1]), nil
+	v, err := QEMUVersion(ctx, p)
+	return p, v, err
 }
 
 // DiskFree returns the bytes available to an unprivileged user on the file

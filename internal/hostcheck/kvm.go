@@ -43,7 +43,8 @@ type kvmProbeResult struct {
 	Probed time.Time `json:"probed"`
 }
 
-// KVMUsable reports whether QEMU can really boot a guest with -accel kvm
+// KVMUsable reports whether QEMU (the binary qemu, or qemu-system-x86_64
+// from PATH when qemu is empty) can really boot a guest with -accel kvm
 // here. It returns false at once, with the reason, when /dev/kvm is
 // missing or cannot be opened. Otherwise it boots kernelPath (with
 // initrdPath, or a tiny generated initramfs when initrdPath is empty)
@@ -53,7 +54,7 @@ type kvmProbeResult struct {
 // version and the probed kernel (path, size, mtime), so later calls are
 // instant. err is non-nil only when the probe could not be run (no QEMU,
 // ctx cancelled, cache dir unwritable); a false answer is not an error.
-func KVMUsable(ctx context.Context, cacheDir, kernelPath, initrdPath string) (usable bool, reason string, err error) {
+func KVMUsable(ctx context.Context, cacheDir, qemu, kernelPath, initrdPath string) (usable bool, reason string, err error) {
 	f, err := os.OpenFile(devKVM, os.O_RDWR, 0)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -62,7 +63,12 @@ func KVMUsable(ctx context.Context, cacheDir, kernelPath, initrdPath string) (us
 		return false, fmt.Sprintf("cannot open /dev/kvm: %v (add your user to the kvm group)", err), nil
 	}
 	f.Close()
-	qemu, qver, err := QEMU(ctx)
+	var qver string
+	if qemu == "" {
+		qemu, qver, err = QEMU(ctx)
+	} else {
+		qver, err = QEMUVersion(ctx, qemu)
+	}
 	if err != nil {
 		return false, "", err
 	}
@@ -70,7 +76,7 @@ func KVMUsable(ctx context.Context, cacheDir, kernelPath, initrdPath string) (us
 	if err != nil {
 		return false, "", fmt.Errorf("kvm probe kernel: %w", err)
 	}
-	key := fmt.Sprintf("host=%s qemu=%s kernel=%s:%d:%d", hostRelease(), qver, kernelPath, kst.Size(), kst.ModTime().UnixNano())
+	key := fmt.Sprintf("host=%s qemu=%s:%s kernel=%s:%d:%d", hostRelease(), qemu, qver, kernelPath, kst.Size(), kst.ModTime().UnixNano())
 	cachePath := filepath.Join(cacheDir, "kvm-probe.json")
 	cache := readProbeCache(cachePath)
 	if r, ok := cache.Results[key]; ok {
