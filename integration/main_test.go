@@ -165,3 +165,16 @@ func (h *harness) dumpLogs() {
 		h.t.Logf("==> %s <==\n%s", m, data)
 	}
 }
+
+// workspace makes a temporary workspace owned by the uid the guest user
+// takes, as a user's own project folder would be.
+func workspace(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	if os.Getuid() == 0 {
+		if err := os.Chown(dir, wantUID(), wantUID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}

@@ -49,7 +49,7 @@ func (h *harness) status(name string) lsRow {
 // stopping when the session ends.
 func TestRunCommand(t *testing.T) {
 	h := newHarness(t)
-	ws := t.TempDir()
+	ws := workspace(t)
 	secretDir := t.TempDir()
 	marker := filepath.Join(secretDir, "host-only-marker")
 	if err := os.WriteFile(marker, []byte("host secret"), 0o644); err != nil {
@@ -129,7 +129,7 @@ func waitStatus(t *testing.T, h *harness, name, want string) {
 // rm deletes everything but the workspace.
 func TestLifecycle(t *testing.T) {
 	h := newHarness(t)
-	ws := t.TempDir()
+	ws := workspace(t)
 	os.WriteFile(filepath.Join(ws, "keep.txt"), []byte("workspace file"), 0o644)
 	name := strings.TrimSpace(h.mustSbx("create", "--name", "t-life", ws).stdout)
 	if name != "t-life" {
@@ -200,7 +200,7 @@ func TestLifecycle(t *testing.T) {
 // changes of the caller's terminal.
 func TestPTYResize(t *testing.T) {
 	h := newHarness(t)
-	ws := t.TempDir()
+	ws := workspace(t)
 	name := strings.TrimSpace(h.mustSbx("create", "--name", "t-pty", ws).stdout)
 	cmd := exec.Command(sbxBin, "exec", "-it", name, "sh", "-c", `stty size; echo ready; read line; stty size; tty`)
 	cmd.Env = h.env
@@ -245,7 +245,7 @@ func TestPTYResize(t *testing.T) {
 // next run recovers the sandbox.
 func TestCrashRecovery(t *testing.T) {
 	h := newHarness(t)
-	ws := t.TempDir()
+	ws := workspace(t)
 	name := strings.TrimSpace(h.mustSbx("run", "-d", "--name", "t-crash", ws).stdout)
 	id := h.status(name).ID
 	pid := qemuPID(t, id)
@@ -264,7 +264,7 @@ func TestCrashRecovery(t *testing.T) {
 }
 
 // qemuPID finds the QEMU process of sandbox id by its agent socket path.
-func qemuPID(t *testing.T, id string) int {
+func qemuPID(t testing.TB, id string) int {
 	t.Helper()
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {

@@ -143,9 +143,6 @@ func (e *env) chooseAccel(ctx context.Context, want, qemu string, k bootassets.K
 }
 
 func (e *env) warnTCG(reason string) {
-	fmtReason := reason
-	if fmtReason == "" {
-		fmtReason = "KVM unusable"
-	}
-	e.printf(e.stderr, "sbx: KVM cannot run guests here (%s); using TCG emulation, which is slow\n", fmtReason)
+	e.log.Debug("kvm unusable", "reason", reason)
+	e.printf(e.stderr, "sbx: KVM cannot run guests here; using TCG emulation, which is slow (see `sbx diagnose`)\n")
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -175,7 +176,29 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 		}
 		return nil, false, userErr(err, "", "cannot create the disk of sandbox %s", cfg.Name)
 	}
+	e.warnUnwritable(sb)
 	return sb, true, nil
+}
+
+// warnUnwritable says when the guest user will not be able to write the
+// primary workspace, which happens when root runs sbx on a root-owned
+// folder (the guest user then has uid 1000).
+func (e *env) warnUnwritable(sb *sandbox.Sandbox) {
+	ws := sb.PrimaryWorkspace()
+	st, err := os.Stat(ws)
+	if err != nil {
+		return
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return
+	}
+	uid, gid := sb.Config.UID, sb.Config.GID
+	mode := st.Mode().Perm()
+	writable := (int(sys.Uid) == uid && mode&0o200 != 0) || (int(sys.Gid) == gid && mode&0o020 != 0) || mode&0o002 != 0
+	if !writable {
+		fmt.Fprintf(e.stderr, "sbx: warning: %s belongs to uid %d; the sandbox user (uid %d) can write there only with sudo. Run sbx as the folder's owner, or set SUDO_UID/SUDO_GID.\n", ws, sys.Uid, uid)
+	}
 }
 
 func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target) (sandbox.Config, error) {
