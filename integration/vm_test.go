@@ -284,3 +284,69 @@ func qemuPID(t testing.TB, id string) int {
 	t.Fatalf("no qemu process for sandbox %s", id)
 	return 0
 }
+
+// TestSessions: creation flags that differ are refused by name, exec -d
+// returns at once, SIGINT reaches a process without a terminal, and two
+// commands racing to start one stopped sandbox boot it once.
+func TestSessions(t *testing.T) {
+	h := newHarness(t)
+	ws := workspace(t)
+	name := strings.TrimSpace(h.mustSbx("create", "--name", "t-ses", ws).stdout)
+	if res := h.sbx("run", "--cpus", "2", "-m", "1g", name); res.code == 0 || !strings.Contains(res.stderr, "--cpus") || !strings.Contains(res.stderr, "--memory") {
+		t.Errorf("run with other creation flags: exit %d stderr %q", res.code, res.stderr)
+	}
+	if res := h.sbx("create", "--name", "t-ses2", ws); res.code != 0 {
+		t.Errorf("second sandbox with --name on the same workspace: %s", res.stderr)
+	}
+
+	res := h.mustSbx("exec", "-d", name, "sh", "-c", "sleep 1; echo bg > /tmp/bg")
+	if res.took > 20*time.Second {
+		t.Logf("exec -d took %s", res.took)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if out := h.sbx("exec", name, "cat", "/tmp/bg"); out.stdout == "bg\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("exec -d: background command did not run")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	// SIGINT to sbx reaches the process in the sandbox.
+	cmd := exec.Command(sbxBin, "exec", name, "sh", "-c", `trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 0.2; done`)
+	cmd.Env = h.env
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	n, _ := out.Read(buf)
+	if !strings.Contains(string(buf[:n]), "ready") {
+		t.Fatalf("no ready line: %q", buf[:n])
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	rest := make([]byte, 256)
+	m, _ := out.Read(rest)
+	err := cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 5 || !strings.Contains(string(rest[:m]), "got-int") {
+		t.Errorf("SIGINT not delivered: err %v output %q", err, rest[:m])
+	}
+
+	// Two commands race to start the stopped sandbox: both succeed, one VM.
+	h.mustSbx("stop", name)
+	id := h.status(name).ID
+	errs := make(chan result, 2)
+	for range 2 {
+		go func() { errs <- h.sbx("exec", name, "cat", "/proc/sys/kernel/random/boot_id") }()
+	}
+	r1, r2 := <-errs, <-errs
+	if r1.code != 0 || r2.code != 0 {
+		t.Fatalf("racing execs: %+v %+v", r1, r2)
+	}
+	if r1.stdout != r2.stdout {
+		t.Errorf("racing execs saw two boots: %q vs %q", r1.stdout, r2.stdout)
+	}
+	qemuPID(t, id)
+}

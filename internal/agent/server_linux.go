@@ -63,7 +63,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.EtcDir == "" {
 		cfg.EtcDir = "/etc"
 	}
-	return &Server{cfg: cfg, log: cfg.Log.With("component", "agent")}, nil
+	return &Server{cfg: cfg, log: cfg.Log}, nil
 }
 
 // Serve runs a yamux server session on conn and handles every stream the

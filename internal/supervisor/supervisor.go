@@ -291,7 +291,7 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 		}
 		done := make(chan result, 1)
 		go func() {
-			c, err := agentclient.Dial(bootCtx, inst.AgentConn(), s.log.With("component", "agent"))
+			c, err := agentclient.Dial(bootCtx, inst.AgentConn(), s.log)
 			done <- result{c, err}
 		}()
 		select {
