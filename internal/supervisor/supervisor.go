@@ -63,10 +63,11 @@ const (
 
 // Supervisor runs one sandbox. Create it with New and call Run once.
 type Supervisor struct {
-	store *sandbox.Store
-	sb    *sandbox.Sandbox
-	boot  Boot
-	log   *slog.Logger
+	store   *sandbox.Store
+	sb      *sandbox.Sandbox
+	boot    Boot
+	log     *slog.Logger
+	backend vm.Backend
 
 	stopOnce sync.Once
 	stopc    chan struct{} // closed when a stop is requested
@@ -84,8 +85,14 @@ type Supervisor struct {
 	inst     vm.Instance            // guarded by mu
 }
 
+// Options are optional settings of New.
+type Options struct {
+	// Backend runs the VM; nil means QEMU at the path in boot.json.
+	Backend vm.Backend
+}
+
 // New prepares a supervisor for sb, reading boot.json.
-func New(store *sandbox.Store, sb *sandbox.Sandbox, log *slog.Logger) (*Supervisor, error) {
+func New(store *sandbox.Store, sb *sandbox.Sandbox, log *slog.Logger, opts Options) (*Supervisor, error) {
 	data, err := os.ReadFile(sb.Path(sandbox.BootFile))
 	if err != nil {
 		return nil, fmt.Errorf("read boot spec: %w", err)
@@ -97,8 +104,12 @@ func New(store *sandbox.Store, sb *sandbox.Sandbox, log *slog.Logger) (*Supervis
 	if b.Version != BootVersion {
 		return nil, fmt.Errorf("boot spec version %d, want %d", b.Version, BootVersion)
 	}
+	backend := opts.Backend
+	if backend == nil {
+		backend = qemu.New(b.QEMU)
+	}
 	return &Supervisor{
-		store: store, sb: sb, boot: b, log: log.With("sandbox", sb.Config.Name),
+		store: store, sb: sb, boot: b, log: log.With("sandbox", sb.Config.Name), backend: backend,
 		stopc: make(chan struct{}), downc: make(chan struct{}),
 		state: "starting", detached: b.Detached,
 	}, nil
@@ -262,8 +273,7 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 	// A fresh console log per boot keeps `sbx logs` about this boot.
 	os.Remove(vc.ConsoleLog)
 
-	backend := qemu.New(s.boot.QEMU)
-	inst, err := backend.New(ctx, vc, s.log)
+	inst, err := s.backend.New(ctx, vc, s.log)
 	if err != nil {
 		return nil, err
 	}
