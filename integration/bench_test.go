@@ -166,7 +166,7 @@ func BenchmarkColdStart(b *testing.B) {
 	var runs, bares []time.Duration
 	for i := 0; i < max(b.N, 3); i++ {
 		name := "cold" + strconv.Itoa(i)
-		runs = append(runs, firstOutput(b, h, "run", "--rm", "--name", name, "shell", ws, "--", "-c", "echo ready"))
+		runs = append(runs, firstOutput(b, h, "run", "--name", name, "shell", ws, "--", "-c", "echo ready"))
 	}
 	spec := readBoot(b, h)
 	for i := 0; i < 3; i++ {

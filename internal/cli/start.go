@@ -27,7 +27,7 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, detached b
 	}
 	switch st.Status {
 	case sandbox.StatusRunning:
-		if detached {
+		if detached && !st.Detached {
 			if err := supervisor.Client(e.store, sb).Detach(ctx); err != nil {
 				return userErr(err, "", "cannot reach sandbox %s", sb.Config.Name)
 			}

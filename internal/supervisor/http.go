@@ -6,8 +6,10 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/sbx-dev/sbx/api/controlapi"
+	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
 func (s *Supervisor) routes() http.Handler {
@@ -57,8 +59,18 @@ func (s *Supervisor) handleStop(w http.ResponseWriter, r *http.Request) {
 
 func (s *Supervisor) handleDetach(w http.ResponseWriter, _ *http.Request) {
 	s.mu.Lock()
+	already := s.detached
 	s.detached = true
 	s.mu.Unlock()
+	if !already {
+		if st, err := s.store.ReadState(s.sb); err == nil && st.Status == sandbox.StatusRunning {
+			st.Detached = true
+			st.Changed = time.Time{}
+			if err := s.store.SetState(s.sb, st); err != nil {
+				s.log.Warn("record detached state", "err", err)
+			}
+		}
+	}
 	w.WriteHeader(http.StatusOK)
 }
 

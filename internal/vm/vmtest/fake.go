@@ -60,10 +60,10 @@ type Instance struct {
 	user string
 
 	mu     sync.Mutex
-	host   net.Conn                 // guarded by mu
+	host   net.Conn                // guarded by mu
 	setups []agentapi.SetupRequest // guarded by mu
-	exited bool                     // guarded by mu
-	cancel context.CancelFunc       // guarded by mu
+	exited bool                    // guarded by mu
+	cancel context.CancelFunc      // guarded by mu
 
 	wg    sync.WaitGroup
 	waitc chan vm.Exit
