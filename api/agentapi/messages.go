@@ -152,6 +152,32 @@ type SetupRequest struct {
 	GID int `json:"gid"`
 	// Workspaces are 9p shares to mount, in order.
 	Workspaces []Workspace `json:"workspaces,omitempty"`
+	// Network, if set, configures the guest's network card and the
+	// environment every process gets (proxy settings, CA paths).
+	Network *NetworkSetup `json:"network,omitempty"`
+}
+
+// NetworkSetup is the guest side of the sandbox network: a static address
+// on the user-mode network, its resolver, the proxy environment and the
+// proxy's CA. Applying it again replaces the previous values.
+type NetworkSetup struct {
+	// MAC selects the interface to configure; empty means the first
+	// non-loopback interface.
+	MAC string `json:"mac,omitempty"`
+	// Address is the guest's address with its prefix ("192.168.127.2/24").
+	Address string `json:"address"`
+	// Gateway is the default route ("192.168.127.1").
+	Gateway string `json:"gateway"`
+	// DNS lists the resolvers written to /etc/resolv.conf.
+	DNS []string `json:"dns,omitempty"`
+	// MTU of the interface; 0 keeps the default.
+	MTU int `json:"mtu,omitempty"`
+	// Env entries (KEY=VALUE) every process in the guest gets, between the
+	// login environment and the request's own: HTTP_PROXY and friends.
+	// They are also written for login shells and kept across sudo.
+	Env []string `json:"env,omitempty"`
+	// CACertPEM is a CA certificate the guest trusts system-wide.
+	CACertPEM string `json:"ca_cert_pem,omitempty"`
 }
 
 // Workspace is one host directory shared over 9p.

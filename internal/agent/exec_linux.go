@@ -84,9 +84,10 @@ func setWinsize(f *os.File, rows, cols uint16) error {
 	return ierr
 }
 
-// buildEnv returns the login environment of a, then extra (later entries
-// win, as in a shell).
-func buildEnv(a account, req *agentapi.ExecRequest) []string {
+// buildEnv returns the login environment of a, then base (the guest-wide
+// environment from setup), then the request's own (later entries win, as
+// in a shell).
+func buildEnv(a account, base []string, req *agentapi.ExecRequest) []string {
 	env := []string{
 		"HOME=" + a.Home,
 		"USER=" + a.Name,
@@ -101,6 +102,7 @@ func buildEnv(a account, req *agentapi.ExecRequest) []string {
 		}
 		env = append(env, "TERM="+term)
 	}
+	env = append(env, base...)
 	env = append(env, req.Env...)
 	// Keep the last value of each key, in first-seen order.
 	idx := map[string]int{}
@@ -183,7 +185,11 @@ func (s *Server) start(req *agentapi.ExecRequest) (*process, error) {
 	if err != nil {
 		return nil, &startError{agentapi.CodeNotFound, err.Error()}
 	}
-	env := buildEnv(acct, req)
+	var base []string
+	if s.cfg.BaseEnv != nil {
+		base = s.cfg.BaseEnv()
+	}
+	env := buildEnv(acct, base, req)
 	dir := req.Dir
 	if dir == "" {
 		dir = acct.Home

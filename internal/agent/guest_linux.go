@@ -35,6 +35,7 @@ type Guest struct {
 
 	mu      sync.Mutex
 	mounted []agentapi.Workspace // guarded by mu; in mount order
+	env     []string             // guarded by mu; from the network setup
 }
 
 // NewGuest returns a Guest reading and rewriting users under etcDir
@@ -67,6 +68,11 @@ func (g *Guest) Setup(ctx context.Context, req *agentapi.SetupRequest) error {
 			return errors.Join(append(errs, err)...)
 		}
 		if err := g.mountWorkspace(ws); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if req.Network != nil {
+		if err := g.setupNetwork(req.Network); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -129,7 +129,7 @@ func boot(log *slog.Logger, con *console) error {
 	log.Info("boot done", "duration", time.Since(bootStart), "port", port)
 
 	guest := NewGuest(log, "/etc")
-	srv, err := NewServer(Config{Log: log, Reaper: reaper, Setup: guest.Setup, PowerOff: guest.PowerOff})
+	srv, err := NewServer(Config{Log: log, Reaper: reaper, Setup: guest.Setup, PowerOff: guest.PowerOff, BaseEnv: guest.Env})
 	if err != nil {
 		return err
 	}

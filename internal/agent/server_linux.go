@@ -36,6 +36,9 @@ type Config struct {
 	// Setup applies a setup request; nil answers setup with
 	// CodeUnsupported.
 	Setup func(ctx context.Context, req *agentapi.SetupRequest) error
+	// BaseEnv, if set, returns environment entries every exec gets on top
+	// of the login environment (and below the request's own).
+	BaseEnv func() []string
 	// PowerOff is called, in its own goroutine, after a shutdown request
 	// was answered; nil answers shutdown with CodeUnsupported.
 	PowerOff func()
