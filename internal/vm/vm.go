@@ -59,6 +59,16 @@ type Share struct {
 	ReadOnly bool
 }
 
+// Net is a network card connected to a user-mode network stack.
+type Net struct {
+	// Socket is the unix socket the network stack listens on; the VMM
+	// connects to it and exchanges Ethernet frames, each preceded by its
+	// length as 4 bytes big-endian.
+	Socket string
+	// MAC is the card's address.
+	MAC string
+}
+
 // Config describes one VM. Paths are absolute.
 type Config struct {
 	Name      string
@@ -75,6 +85,9 @@ type Config struct {
 	TCGCacheMiB int
 	Disks       []Disk
 	Shares      []Share
+	// Net, if set, gives the VM one network card wired to a user-mode
+	// network listening on a unix socket.
+	Net *Net
 	// AgentSocket is the unix socket the VMM serves the agent channel on.
 	AgentSocket string
 	// ConsoleLog receives the guest's serial console.

@@ -62,6 +62,7 @@ func Args(cfg vm.Config) []string {
 	a = append(a, consoleArgs(cfg)...)
 	a = append(a, diskArgs(cfg)...)
 	a = append(a, shareArgs(cfg)...)
+	a = append(a, netArgs(cfg)...)
 	a = append(a, agentArgs(cfg)...)
 	a = append(a, "-device", "virtio-rng-device")
 	if cfg.PIDFile != "" {
@@ -127,6 +128,16 @@ func shareArgs(cfg vm.Config) []string {
 		a = append(a, "-fsdev", opts, "-device", "virtio-9p-device,fsdev="+s.Tag+",mount_tag="+s.Tag)
 	}
 	return a
+}
+
+func netArgs(cfg vm.Config) []string {
+	if cfg.Net == nil {
+		return nil
+	}
+	return []string{
+		"-netdev", "stream,id=net0,server=off,addr.type=unix,addr.path=" + escape(cfg.Net.Socket),
+		"-device", "virtio-net-device,netdev=net0,mac=" + cfg.Net.MAC,
+	}
 }
 
 func agentArgs(cfg vm.Config) []string {

@@ -28,11 +28,13 @@ func TestArgsGolden(t *testing.T) {
 		Shares:      []vm.Share{{Tag: "ws0", Path: "/home/me/proj"}, {Tag: "ws1", Path: "/home/me/docs,v2", ReadOnly: true}},
 		AgentSocket: "/run/user/1000/sbx/ab12/agent.sock",
 		ConsoleLog:  "/state/ab12/console.log",
+		Net:         &vm.Net{Socket: "/run/user/1000/sbx/ab12/net.sock", MAC: "5a:94:ef:e4:0c:ee"},
 	}
 	kvm := base
 	kvm.Accel = vm.AccelKVM
 	kvm.CPUs = 2
 	kvm.Shares = nil
+	kvm.Net = nil
 	for name, cfg := range map[string]vm.Config{"tcg": base, "kvm": kvm} {
 		t.Run(name, func(t *testing.T) {
 			got := strings.Join(Args(cfg), "\n") + "\n"
