@@ -1,0 +1,278 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sbx-dev/sbx/internal/resolve"
+)
+
+// Via values for Target.Via and Event.Via.
+const (
+	ViaForward     = "forward"
+	ViaTransparent = "transparent"
+)
+
+// Scheme values for Target.Scheme and Event.Scheme.
+const (
+	SchemeHTTP  = "http"
+	SchemeHTTPS = "https"
+	SchemeTCP   = "tcp"
+)
+
+// Target is the destination a decision is asked for.
+type Target struct {
+	// Host is the name or IP literal as requested (CONNECT authority, Host
+	// header, TLS SNI, or the dialed IP when nothing better is known),
+	// lower-cased, without brackets or a trailing dot.
+	Host string
+	Port uint16
+	// IPs are the addresses Host resolved to through Config.Resolver (the
+	// literal itself for an IP). It may be empty when resolution failed; the
+	// proxy then cannot connect even if the decision allows it. When allowed,
+	// the proxy dials exactly these addresses and never resolves Host again
+	// for this connection or request.
+	IPs []netip.Addr
+	// Via is ViaForward or ViaTransparent.
+	Via string
+	// Scheme is SchemeHTTP, SchemeHTTPS or SchemeTCP. A CONNECT to port 443
+	// is "https", to any other port "tcp".
+	Scheme string
+}
+
+// Decision is the policy's answer for a Target.
+type Decision struct {
+	Allow bool
+	// Rule names the rule that matched, or the default that applied.
+	Rule string
+	// Reason is a short human explanation.
+	Reason string
+	// Hint is the command that would change the outcome, for example
+	// "sbx policy allow network example.com". Shown on the 403 page.
+	Hint string
+}
+
+// Event is one audited decision. It never carries headers, query strings or
+// bodies.
+type Event struct {
+	Time    time.Time
+	Host    string
+	IP      netip.Addr // first resolved address; zero if none
+	Port    uint16
+	Via     string
+	Scheme  string
+	Allowed bool
+	Rule    string
+	Reason  string
+	Method  string // empty for tunnels decided without seeing a request
+	Path    string // URL path only, never the query
+}
+
+// Config configures a Proxy. Only Decide is semantically required.
+type Config struct {
+	// Decide returns the policy decision for a target. It must be fast and
+	// safe for concurrent use. Nil denies everything.
+	Decide func(ctx context.Context, t Target) Decision
+	// Resolver resolves upstream names. Nil means resolve.System().
+	Resolver resolve.Resolver
+	// Dial connects to an upstream address ("ip:port", always an IP). Nil
+	// means a net.Dialer with a 10s timeout.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// CA signs the leaf certificates shown when TLS is terminated. Nil
+	// disables termination: Intercept is ignored and blocked transparent
+	// TLS connections are reset instead of shown a 403 page.
+	CA *CA
+	// Intercept reports whether TLS to host:port is terminated (so the
+	// proxy sees and may modify requests). Nil never intercepts.
+	Intercept func(host string, port uint16) bool
+	// ModifyRequest is called on every request the proxy sees in clear
+	// (plain HTTP, or terminated HTTPS), after hop-by-hop headers were
+	// removed and just before it goes upstream. It must not retain the
+	// request. Nil does nothing.
+	ModifyRequest func(*http.Request)
+	// Audit receives every decision, synchronously; it must not block for
+	// long. Nil drops events.
+	Audit func(Event)
+	// UpstreamRoots verifies upstream TLS. Nil means the system roots (the
+	// caller honours SSL_CERT_FILE by building this pool).
+	UpstreamRoots *x509.CertPool
+	// Log receives debug and error records (never headers or queries). Nil
+	// discards.
+	Log *slog.Logger
+}
+
+// Proxy is a policy-enforcing forward and transparent HTTP(S) proxy. Create
+// it with New, use Serve and HandleConn concurrently, and Close it when done.
+type Proxy struct {
+	cfg       Config
+	log       *slog.Logger
+	transport *http.Transport
+	rp        *httputil.ReverseProxy
+
+	wg sync.WaitGroup // in-flight Serve and HandleConn work
+}
+
+// New returns a Proxy for cfg. It starts no goroutines.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Resolver == nil {
+		cfg.Resolver = resolve.System()
+	}
+	if cfg.Dial == nil {
+		d := &net.Dialer{Timeout: 10 * time.Second}
+		cfg.Dial = d.DialContext
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Intercept != nil && cfg.CA == nil {
+		return nil, errors.New("new proxy: intercept set without a ca")
+	}
+	p := &Proxy{cfg: cfg, log: cfg.Log.With("component", "proxy")}
+	p.transport = &http.Transport{
+		Proxy:                 nil, // never chain to the host's proxy settings
+		DialContext:           p.dialVetted,
+		TLSClientConfig:       &tls.Config{RootCAs: cfg.UpstreamRoots, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:     true,
+		DisableCompression:    true,
+		MaxIdleConns:          512,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:       p.rewrite,
+		Transport:     p.transport,
+		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ErrorHandler:  p.upstreamError,
+	}
+	return p, nil
+}
+
+// Close releases idle upstream connections. It does not stop Serve or
+// HandleConn (cancel their contexts for that). It is idempotent.
+func (p *Proxy) Close() error {
+	p.transport.CloseIdleConnections()
+	return nil
+}
+
+// decide resolves host (unless it is an IP literal), asks the policy and
+// audits the answer.
+func (p *Proxy) decide(ctx context.Context, host string, port uint16, via, scheme string, req *http.Request) (Target, Decision) {
+	t := Target{Host: host, Port: port, Via: via, Scheme: scheme}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		t.IPs = []netip.Addr{ip.Unmap()}
+	} else if ips, err := p.cfg.Resolver.LookupNetIP(ctx, "ip", host); err != nil {
+		p.log.DebugContext(ctx, "resolve upstream", "host", host, "err", err)
+	} else {
+		for _, a := range ips {
+			t.IPs = append(t.IPs, a.Unmap())
+		}
+	}
+	return t, p.decideTarget(ctx, t, req)
+}
+
+// decideTarget asks the policy about an already resolved target and audits.
+func (p *Proxy) decideTarget(ctx context.Context, t Target, req *http.Request) Decision {
+	var d Decision
+	if p.cfg.Decide == nil {
+		d = Decision{Rule: "default", Reason: "no policy configured"}
+	} else {
+		d = p.cfg.Decide(ctx, t)
+	}
+	p.audit(t, d, req)
+	return d
+}
+
+func (p *Proxy) audit(t Target, d Decision, req *http.Request) {
+	if p.cfg.Audit == nil {
+		return
+	}
+	ev := Event{
+		Time: time.Now(), Host: t.Host, Port: t.Port, Via: t.Via, Scheme: t.Scheme,
+		Allowed: d.Allow, Rule: d.Rule, Reason: d.Reason,
+	}
+	if len(t.IPs) > 0 {
+		ev.IP = t.IPs[0]
+	}
+	if req != nil {
+		ev.Method = req.Method
+		if req.URL != nil {
+			ev.Path = req.URL.Path
+		}
+	}
+	p.cfg.Audit(ev)
+}
+
+// dialTarget connects to the first reachable vetted address of t.
+func (p *Proxy) dialTarget(ctx context.Context, t Target) (net.Conn, error) {
+	if len(t.IPs) == 0 {
+		return nil, fmt.Errorf("dial %s: no address resolved", net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port))))
+	}
+	var errs []error
+	for _, ip := range t.IPs {
+		c, err := p.cfg.Dial(ctx, "tcp", netip.AddrPortFrom(ip, t.Port).String())
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("dial %s: %w", net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port))), errors.Join(errs...))
+}
+
+type vettedKey struct{}
+
+// dialVetted is the upstream transport's dialer. It only dials the addresses
+// vetted for the request (carried in ctx), and only for the host:port they
+// were vetted for; anything else fails closed.
+func (p *Proxy) dialVetted(ctx context.Context, network, addr string) (net.Conn, error) {
+	t, ok := ctx.Value(vettedKey{}).(*Target)
+	if !ok {
+		return nil, fmt.Errorf("dial %s: no vetted destination", addr)
+	}
+	if want := net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port))); addr != want {
+		return nil, fmt.Errorf("dial %s: vetted destination is %s", addr, want)
+	}
+	return p.dialTarget(ctx, *t)
+}
+
+func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, context.Canceled) {
+		p.log.DebugContext(r.Context(), "upstream request canceled", "host", r.Host)
+	} else {
+		p.log.WarnContext(r.Context(), "upstream request", "host", r.Host, "err", err)
+	}
+	host := r.Host
+	if t, ok := r.Context().Value(vettedKey{}).(*Target); ok {
+		host = net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port)))
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusBadGateway)
+	fmt.Fprintf(w, "sbx proxy: could not reach %s: %s\n", host, shortError(err))
+}
+
+// shortError drops *url.Error wrapping, which carries the URL (and so the
+// query).
+func shortError(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return err.Error()
+}
