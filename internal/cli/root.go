@@ -84,6 +84,7 @@ only the workspace folder crosses into the VM, read-write at the same path.`,
 		newDiagnoseCmd(e),
 		newVersionCmd(e),
 		newSuperviseCmd(e),
+		newPolicyCmd(e),
 	)
 	root.InitDefaultCompletionCmd()
 	return root, &e.debug
