@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -362,5 +363,29 @@ func TestRuleID(t *testing.T) {
 	}
 	if a.ID == NewRule(Allow, r, "sb1", "", time.Time{}).ID {
 		t.Error("global and sandbox rule share an id")
+	}
+}
+
+// TestBalancedDocs: docs/policy.md lists exactly the balanced entries.
+func TestBalancedDocs(t *testing.T) {
+	data, err := os.ReadFile("../../docs/policy.md")
+	if err != nil {
+		t.Skipf("docs not found: %v", err)
+	}
+	_, table, _ := strings.Cut(string(data), "## The balanced list")
+	table, _, _ = strings.Cut(table, "## File format")
+	var documented []string
+	for line := range strings.SplitSeq(table, "\n") {
+		if rest, ok := strings.CutPrefix(line, "| `"); ok {
+			res, _, _ := strings.Cut(rest, "`")
+			documented = append(documented, res)
+		}
+	}
+	var want []string
+	for _, b := range Balanced {
+		want = append(want, b.Resource)
+	}
+	if diff := cmp.Diff(want, documented); diff != "" {
+		t.Errorf("docs/policy.md balanced list differs from Balanced (-code +docs):\n%s", diff)
 	}
 }

@@ -105,7 +105,7 @@ func TestStoreConcurrentUpdates(t *testing.T) {
 func TestStoreMalformed(t *testing.T) {
 	for _, c := range []struct {
 		name, content, want string
-		line               int
+		line                int
 	}{
 		{"syntax", "{\n  \"version\": 1,\n  \"default\": \"balanced\"\n  \"rules\": []\n}\n", "invalid character", 4},
 		{"type", "{\n  \"version\": \"one\"\n}\n", "cannot unmarshal", 2},
