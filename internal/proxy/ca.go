@@ -204,17 +204,13 @@ func (ca *CA) Leaf(host string) (*tls.Certificate, error) {
 		return nil, errors.New("mint leaf: empty host")
 	}
 	now := ca.now()
-	ca.mu.Lock()
-	if el, ok := ca.items[host]; ok {
-		e := el.Value.(*leafEntry)
-		if now.Add(24 * time.Hour).Before(e.cert.Leaf.NotAfter) {
-			ca.lru.MoveToFront(el)
-			ca.mu.Unlock()
-			return e.cert, nil
-		}
+	if c := ca.cached(host, now); c != nil {
+		return c, nil
 	}
-	ca.mu.Unlock()
 	v, err, _ := ca.flight.Do(host, func() (any, error) {
+		if c := ca.cached(host, now); c != nil {
+			return c, nil
+		}
 		c, err := ca.mint(host, now)
 		if err != nil {
 			return nil, err
@@ -238,6 +234,23 @@ func (ca *CA) Leaf(host string) (*tls.Certificate, error) {
 		return nil, err
 	}
 	return v.(*tls.Certificate), nil
+}
+
+// cached returns the cached leaf for host if it has more than a day of
+// validity left, marking it recently used.
+func (ca *CA) cached(host string, now time.Time) *tls.Certificate {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	el, ok := ca.items[host]
+	if !ok {
+		return nil
+	}
+	e := el.Value.(*leafEntry)
+	if !now.Add(24 * time.Hour).Before(e.cert.Leaf.NotAfter) {
+		return nil
+	}
+	ca.lru.MoveToFront(el)
+	return e.cert
 }
 
 func (ca *CA) mint(host string, now time.Time) (*tls.Certificate, error) {

@@ -7,6 +7,8 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -142,13 +144,16 @@ func newUpstream(tb testing.TB) *upstream {
 	tb.Helper()
 	testCAs(tb)
 	u := &upstream{}
-	u.plain = httptest.NewServer(http.HandlerFunc(echoHandler))
+	u.plain = httptest.NewUnstartedServer(http.HandlerFunc(echoHandler))
+	u.plain.Config.ErrorLog = log.New(io.Discard, "", 0)
+	u.plain.Start()
 	leaf, err := upstreamCA.Leaf("api.test")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	u.tls = httptest.NewUnstartedServer(http.HandlerFunc(echoHandler))
 	u.tls.EnableHTTP2 = true
+	u.tls.Config.ErrorLog = log.New(io.Discard, "", 0)
 	u.tls.TLS = &tls.Config{Certificates: []tls.Certificate{*leaf}}
 	u.tls.StartTLS()
 	tb.Cleanup(u.plain.Close)
@@ -186,6 +191,8 @@ type envOptions struct {
 	intercept func(host string, port uint16) bool
 	resolver  resolve.Resolver // nil → hosts file
 	noCA      bool
+	log       *slog.Logger          // nil → testLogger
+	modify    func(r *http.Request) // runs after the env's own ModifyRequest
 }
 
 // allowHosts is a Decide that allows the listed hosts on any port except 25.
@@ -245,6 +252,9 @@ func newEnv(tb testing.TB, o envOptions) *env {
 			e.mods++
 			e.mu.Unlock()
 			r.Header.Set("X-Injected", "yes")
+			if o.modify != nil {
+				o.modify(r)
+			}
 		},
 		Audit: func(ev Event) {
 			e.mu.Lock()
@@ -253,6 +263,9 @@ func newEnv(tb testing.TB, o envOptions) *env {
 		},
 		UpstreamRoots: upstreamPool,
 		Log:           testLogger(tb),
+	}
+	if o.log != nil {
+		cfg.Log = o.log
 	}
 	if !o.noCA {
 		cfg.CA = proxyCA

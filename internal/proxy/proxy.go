@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/sbx-dev/sbx/internal/resolve"
@@ -120,8 +119,6 @@ type Proxy struct {
 	log       *slog.Logger
 	transport *http.Transport
 	rp        *httputil.ReverseProxy
-
-	wg sync.WaitGroup // in-flight Serve and HandleConn work
 }
 
 // New returns a Proxy for cfg. It starts no goroutines.
