@@ -371,7 +371,7 @@ func newPolicyRmCmd(e *env) *cobra.Command {
 		Use:   "rm network --resource R | --id ID [--sandbox S]",
 		Short: "Remove rules by resource (allow and deny) or by id",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(_ *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := networkArg(args); err != nil {
 				return err
 			}
@@ -380,6 +380,9 @@ func newPolicyRmCmd(e *env) *cobra.Command {
 			}
 			scope, err := e.sandboxScope(sandboxName)
 			if err != nil {
+				return err
+			}
+			if err := e.ensurePolicyDefault(cmd.Context()); err != nil {
 				return err
 			}
 			canon := ""
@@ -585,7 +588,10 @@ func newPolicyLogCmd(e *env) *cobra.Command {
 		Use:   "log [SANDBOX]",
 		Short: "Show allowed and blocked connections, grouped, newest first",
 		Args:  cobra.MaximumNArgs(1),
-		RunE: func(_ *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := e.ensurePolicyDefault(cmd.Context()); err != nil {
+				return err
+			}
 			var sbs []*sandbox.Sandbox
 			var listErr error
 			if len(args) == 1 {
