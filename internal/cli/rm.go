@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
@@ -80,6 +81,10 @@ func (e *env) removeSandbox(ctx context.Context, sb *sandbox.Sandbox, force bool
 			return err
 		}
 		return userErr(err, "", "cannot remove sandbox %s", sb.Config.Name)
+	}
+	// Sandbox-scoped rules are keyed by the sandbox id and go with it.
+	if _, err := policy.NewStore(e.dirs.Config).RemoveSandbox(sb.Config.ID); err != nil {
+		return userErr(err, "remove them with `sbx policy rm network --id ID`", "sandbox %s removed, but its policy rules could not be", sb.Config.Name)
 	}
 	return nil
 }
