@@ -166,15 +166,22 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
+// resolveTimeout bounds one upstream name lookup.
+const resolveTimeout = 10 * time.Second
+
 // decide resolves host (unless it is an IP literal), asks the policy and
 // audits the answer.
 func (p *Proxy) decide(ctx context.Context, host string, port uint16, via, scheme string, req *http.Request) (Target, Decision) {
 	t := Target{Host: host, Port: port, Via: via, Scheme: scheme}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		t.IPs = []netip.Addr{ip.Unmap()}
-	} else if ips, err := p.cfg.Resolver.LookupNetIP(ctx, "ip", host); err != nil {
-		p.log.DebugContext(ctx, "resolve upstream", "host", host, "err", err)
 	} else {
+		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+		ips, err := p.cfg.Resolver.LookupNetIP(rctx, "ip", host)
+		cancel()
+		if err != nil {
+			p.log.DebugContext(ctx, "resolve upstream", "host", host, "err", err)
+		}
 		for _, a := range ips {
 			t.IPs = append(t.IPs, a.Unmap())
 		}

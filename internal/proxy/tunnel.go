@@ -98,5 +98,6 @@ func (p *Proxy) terminate(ctx context.Context, conn net.Conn, t Target, blocked 
 		_ = tc.Close()
 		return
 	}
+	t.Scheme = SchemeHTTPS // known now, whatever the CONNECT port suggested
 	p.serveConn(ctx, nc, tc, &connInfo{via: t.Via, scheme: SchemeHTTPS, target: &t, defaultPort: t.Port, blocked: blocked})
 }
