@@ -88,7 +88,11 @@ func (p *Proxy) serveClear(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	t.Scheme = ci.scheme
-	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(ctx, vettedKey{}, &t)))
+	ctx = context.WithValue(ctx, vettedKey{}, &t)
+	if r.ProtoMajor == 2 {
+		ctx = context.WithValue(ctx, clientH2Key{}, true)
+	}
+	p.rp.ServeHTTP(w, r.WithContext(ctx))
 }
 
 // rewrite points the outbound request at the vetted target.

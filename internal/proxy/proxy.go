@@ -115,10 +115,13 @@ type Config struct {
 // Proxy is a policy-enforcing forward and transparent HTTP(S) proxy. Create
 // it with New, use Serve and HandleConn concurrently, and Close it when done.
 type Proxy struct {
-	cfg       Config
-	log       *slog.Logger
-	transport *http.Transport
-	rp        *httputil.ReverseProxy
+	cfg Config
+	log *slog.Logger
+	// h1 and h2 carry requests upstream; the upstream protocol mirrors the
+	// client's: HTTP/2 (when the upstream offers it) only for requests that
+	// arrived over HTTP/2.
+	h1, h2 *http.Transport
+	rp     *httputil.ReverseProxy
 }
 
 // New returns a Proxy for cfg. It starts no goroutines.
@@ -137,22 +140,33 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, errors.New("new proxy: intercept set without a ca")
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With("component", "proxy")}
-	p.transport = &http.Transport{
-		Proxy:                 nil, // never chain to the host's proxy settings
-		DialContext:           p.dialVetted,
-		TLSClientConfig:       &tls.Config{RootCAs: cfg.UpstreamRoots, MinVersion: tls.VersionTLS12},
-		ForceAttemptHTTP2:     true,
-		DisableCompression:    true,
-		MaxIdleConns:          512,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
+	newTransport := func(h2 bool) *http.Transport {
+		tr := &http.Transport{
+			Proxy:                 nil, // never chain to the host's proxy settings
+			DialContext:           p.dialVetted,
+			TLSClientConfig:       &tls.Config{RootCAs: cfg.UpstreamRoots, MinVersion: tls.VersionTLS12},
+			ForceAttemptHTTP2:     h2,
+			DisableCompression:    true,
+			MaxIdleConns:          512,
+			MaxIdleConnsPerHost:   64,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   10 * time.Second,
+			ExpectContinueTimeout: time.Second,
+		}
+		if !h2 {
+			tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+		}
+		return tr
 	}
+	p.h1 = newTransport(false)
+	p.h2 = newTransport(true)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:       p.rewrite,
-		Transport:     p.transport,
-		FlushInterval: -1,
+		Transport:     roundTripperFunc(p.roundTrip),
+		// Streaming responses (unknown length, text/event-stream) are flushed
+		// after every write whatever this says; known-length bodies at least
+		// this often, saving a write per small response.
+		FlushInterval: 20 * time.Millisecond,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ErrorHandler:  p.upstreamError,
 	}
@@ -162,7 +176,8 @@ func New(cfg Config) (*Proxy, error) {
 // Close releases idle upstream connections. It does not stop Serve or
 // HandleConn (cancel their contexts for that). It is idempotent.
 func (p *Proxy) Close() error {
-	p.transport.CloseIdleConnections()
+	p.h1.CloseIdleConnections()
+	p.h2.CloseIdleConnections()
 	return nil
 }
 
@@ -239,6 +254,21 @@ func (p *Proxy) dialTarget(ctx context.Context, t Target) (net.Conn, error) {
 	}
 	return nil, fmt.Errorf("dial %s: %w", net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port))), errors.Join(errs...))
 }
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// roundTrip sends an outbound request over the transport matching the
+// protocol the client used (see Proxy.h1).
+func (p *Proxy) roundTrip(r *http.Request) (*http.Response, error) {
+	if h2, _ := r.Context().Value(clientH2Key{}).(bool); h2 {
+		return p.h2.RoundTrip(r)
+	}
+	return p.h1.RoundTrip(r)
+}
+
+type clientH2Key struct{}
 
 type vettedKey struct{}
 

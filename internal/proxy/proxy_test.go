@@ -174,9 +174,9 @@ func TestInterceptHTTP1AndHTTP2(t *testing.T) {
 				if resp.Proto != wantProto {
 					t.Errorf("client proto = %s, want %s", resp.Proto, wantProto)
 				}
-				// Upstream negotiates HTTP/2 on its own whenever it can.
-				if got := resp.Header.Get("X-Upstream-Proto"); got != "HTTP/2.0" {
-					t.Errorf("upstream proto = %s, want HTTP/2.0", got)
+				// The upstream protocol mirrors the client's.
+				if got := resp.Header.Get("X-Upstream-Proto"); got != wantProto {
+					t.Errorf("upstream proto = %s, want %s", got, wantProto)
 				}
 			}
 			var paths []string
@@ -196,7 +196,8 @@ func TestInterceptHTTP1AndHTTP2(t *testing.T) {
 
 func TestInterceptUpstreamUntrusted(t *testing.T) {
 	e := newEnv(t, envOptions{intercept: interceptAPI})
-	e.p.transport.TLSClientConfig.RootCAs = proxyPool // not the upstream's CA
+	e.p.h1.TLSClientConfig.RootCAs = proxyPool // not the upstream's CA
+	e.p.h2.TLSClientConfig.RootCAs = proxyPool
 	resp, body := get(t, e.client(proxyPool, false), fmt.Sprintf("https://api.test:%d/", port(t, e.up.tls)))
 	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "certificate") {
 		t.Fatalf("untrusted upstream: %d %q, want 502 naming the certificate", resp.StatusCode, body)
