@@ -161,8 +161,8 @@ func New(cfg Config) (*Proxy, error) {
 	p.h1 = newTransport(false)
 	p.h2 = newTransport(true)
 	p.rp = &httputil.ReverseProxy{
-		Rewrite:       p.rewrite,
-		Transport:     roundTripperFunc(p.roundTrip),
+		Rewrite:   p.rewrite,
+		Transport: roundTripperFunc(p.roundTrip),
 		// Streaming responses (unknown length, text/event-stream) are flushed
 		// after every write whatever this says; known-length bodies at least
 		// this often, saving a write per small response.
