@@ -63,14 +63,18 @@ const (
 )
 
 // LoadOrCreateCA loads the CA kept in dir (ca.pem, ca-key.pem), generating
-// an ECDSA P-256 CA named "sbx sandbox proxy CA" on first use. The directory
-// is created 0700 and the key written 0600; an existing key file that is
+// an ECDSA P-256 CA named "sbx sandbox proxy CA" on first use. dir belongs
+// to the CA: it is created (or reset to) 0700 and the key written 0600; an existing key file that is
 // readable by group or others is refused. Creation is not guarded against a
 // concurrent creator in another process; the supervisor creates the CA once
 // per install before starting sandboxes.
 func LoadOrCreateCA(dir string) (*CA, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create ca dir: %w", err)
+	}
+	// The directory is the CA's own: tighten it if it was made looser.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("restrict ca dir: %w", err)
 	}
 	certPath, keyPath := filepath.Join(dir, caCertFile), filepath.Join(dir, caKeyFile)
 	certPEM, cerr := os.ReadFile(certPath)
