@@ -66,8 +66,8 @@ const (
 // an ECDSA P-256 CA named "sbx sandbox proxy CA" on first use. dir belongs
 // to the CA: it is created (or reset to) 0700 and the key written 0600; an
 // existing key file readable by group or others is refused. Creation is not
-// guarded against a concurrent creator in another process; the supervisor creates the CA once
-// per install before starting sandboxes.
+// guarded against a concurrent creator in another process; the supervisor
+// creates the CA once per install before starting sandboxes.
 func LoadOrCreateCA(dir string) (*CA, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create ca dir: %w", err)
