@@ -50,6 +50,7 @@ fuzz:
 # bench measures boot, exec round trip and memory, each against a baseline
 # measured in the same run; results also go to bin/bench.json.
 bench: build
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 2s ./internal/proxy/
 	SBX_BENCH_JSON=$(BIN)/bench.json $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration/
 
 lint:
