@@ -62,6 +62,10 @@ func (d *filterDispatcher) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumbe
 	case header.TCPProtocolNumber, header.UDPProtocolNumber:
 		d.next.DeliverNetworkPacket(proto, pkt)
 	case header.ICMPv4ProtocolNumber:
+		if d.s.cfg.passICMP {
+			d.next.DeliverNetworkPacket(proto, pkt)
+			return
+		}
 		d.s.cfg.Flows.Dropped(ipFlow(ip), "icmp")
 	default:
 		d.s.cfg.Flows.Dropped(ipFlow(ip), strconv.Itoa(int(tp)))

@@ -62,6 +62,10 @@ type Config struct {
 	DNS DNSHandler
 	// Log receives debug and error records; nil discards them.
 	Log *slog.Logger
+
+	// passICMP lets ICMP through to gVisor: tests only, to show what the
+	// filter prevents.
+	passICMP bool
 }
 
 // withDefaults fills zero fields and validates the result, reporting every
@@ -120,7 +124,7 @@ type Stack struct {
 	cancel context.CancelFunc
 
 	stack  *stack.Stack
-	sw     *tap.Switch
+	link   *guestLink
 	dhcp   *dhcp.Server
 	dns    *dnsServer
 	gwAddr tcpip.Address
@@ -174,9 +178,8 @@ func (s *Stack) build() error {
 	if err != nil {
 		return fmt.Errorf("create link endpoint: %w", err)
 	}
-	s.sw = tap.NewSwitch(false)
-	link.Connect(s.sw)
-	s.sw.Connect(link)
+	s.link = &guestLink{ep: link, gateway: tcpip.LinkAddress(gatewayMAC)}
+	link.Connect(s.link)
 
 	s.stack = stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
@@ -250,10 +253,11 @@ func (s *Stack) startDHCP() error {
 // AcceptQEMU serves one QEMU `-netdev stream` (or `-netdev socket`)
 // connection: Ethernet frames, each preceded by its length as 4 bytes big
 // endian. It blocks until the connection ends, ctx is cancelled, or the Stack
-// is closed, and it closes conn before returning. It returns nil when the
-// connection ended because of ctx or Close, ErrClosed when called after
-// Close, and otherwise the read error that ended it (io.EOF included, when
-// QEMU went away).
+// is closed, and it closes conn before returning. One connection is served at
+// a time: while one is, AcceptQEMU fails at once with ErrLinkBusy; after it
+// ended, QEMU may connect again. It returns nil when the connection ended
+// because of ctx or Close or because QEMU closed it (io.EOF), ErrClosed when
+// called after Close, and otherwise the error that ended it.
 func (s *Stack) AcceptQEMU(ctx context.Context, conn net.Conn) error {
 	s.mu.Lock()
 	if s.closed {
@@ -261,10 +265,16 @@ func (s *Stack) AcceptQEMU(ctx context.Context, conn net.Conn) error {
 		_ = conn.Close()
 		return ErrClosed
 	}
+	if err := s.link.attach(conn); err != nil {
+		s.mu.Unlock()
+		_ = conn.Close()
+		return err
+	}
 	s.conns[conn] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer func() {
+		s.link.detach(conn)
 		s.mu.Lock()
 		delete(s.conns, conn)
 		s.mu.Unlock()
@@ -274,15 +284,13 @@ func (s *Stack) AcceptQEMU(ctx context.Context, conn net.Conn) error {
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
 	s.log.Debug("guest link connected")
-	err := s.sw.Accept(ctx, conn, types.QemuProtocol)
+	err := s.link.serve(conn)
 	_ = conn.Close()
-	if ctx.Err() != nil || s.isClosed() {
+	if ctx.Err() != nil || s.isClosed() || errors.Is(err, io.EOF) {
+		s.log.Debug("guest link disconnected")
 		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("serve guest link: %w", err)
-	}
-	return nil
+	return fmt.Errorf("serve guest link: %w", err)
 }
 
 // ListenTCP listens on Gateway:port inside the network. Connections the guest
