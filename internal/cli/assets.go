@@ -108,6 +108,17 @@ func (e *env) bootSpec(ctx context.Context, sb *sandbox.Sandbox) (supervisor.Boo
 	if err != nil && accel == vm.AccelTCG {
 		e.log.Warn("cannot read the host TSC frequency; the guest clock may drift", "err", err)
 	}
+	hostsFile := paths.Getenv("SBX_HOSTS_FILE")
+	if hostsFile != "" {
+		abs, err := filepath.Abs(hostsFile)
+		if err != nil {
+			return b, userErr(err, "", "bad SBX_HOSTS_FILE %q", hostsFile)
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return b, userErr(err, "point SBX_HOSTS_FILE at a hosts-format file, or unset it", "SBX_HOSTS_FILE %s cannot be read", abs)
+		}
+		hostsFile = abs
+	}
 	cpus := sb.Config.CPUs
 	if cpus == 0 {
 		// The default follows the accelerator of this start: 1 under TCG,
@@ -120,6 +131,7 @@ func (e *env) bootSpec(ctx context.Context, sb *sandbox.Sandbox) (supervisor.Boo
 	return supervisor.Boot{
 		QEMU: q, Kernel: k.Path, KernelRelease: k.Release, Initrd: initrd,
 		Accel: string(accel), TSCkHz: tsc, CPUs: cpus,
+		MAC: sb.Config.MAC, ConfigDir: e.dirs.Config, HostsFile: hostsFile,
 	}, nil
 }
 

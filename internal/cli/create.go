@@ -243,6 +243,7 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target) (sandbox.C
 		Accel:      f.accel,
 		UID:        uid,
 		GID:        gid,
+		MAC:        sandbox.NewMAC(),
 		Created:    time.Now().UTC(),
 	}, nil
 }

@@ -49,6 +49,15 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, detached b
 	case sandbox.StatusCrashed:
 		fmt.Fprintf(e.stderr, "sbx: sandbox %s had crashed (%s); starting it again\n", sb.Config.Name, st.Reason)
 	}
+	// The first start asks for the default network policy (or takes
+	// balanced without a terminal). A malformed policy file does not stop
+	// the start: the sandbox's network then denies everything.
+	if err := e.ensurePolicyDefault(ctx); err != nil {
+		if errors.Is(err, context.Canceled) {
+			return err
+		}
+		fmt.Fprintf(e.stderr, "sbx: warning: %v; the sandbox's network denies everything until the policy is fixed\n", err)
+	}
 	boot, err := e.bootSpec(ctx, sb)
 	if err != nil {
 		return err

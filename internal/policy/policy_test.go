@@ -389,3 +389,31 @@ func TestBalancedDocs(t *testing.T) {
 		t.Errorf("docs/policy.md balanced list differs from Balanced (-code +docs):\n%s", diff)
 	}
 }
+
+func TestMayAllowName(t *testing.T) {
+	f := File{Version: 1, Default: PresetDenyAll}
+	for _, r := range []struct {
+		a   Action
+		res string
+	}{{Allow, "db.example.com:5432"}, {Allow, "**.ok.test"}, {Deny, "bad.ok.test"}} {
+		res, err := ParseResource(r.res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Rules = append(f.Rules, NewRule(r.a, res, "", "user", time.Time{}))
+	}
+	s, err := Compile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]bool{
+		"db.example.com": true, "a.ok.test": true, "bad.ok.test": false, "other.test": false, "localhost": false,
+	} {
+		if got := s.MayAllowName(name, ""); got != want {
+			t.Errorf("MayAllowName(%q) = %v, want %v", name, got, want)
+		}
+	}
+	if DenyAll(nil).MayAllowName("x.test", "") {
+		t.Error("a deny-all set may allow a name")
+	}
+}

@@ -262,3 +262,26 @@ func (r Resource) matchHost(host string, port uint16) bool {
 	}
 	return false
 }
+
+// MayAllowName reports whether some connection to host (a name, judged
+// without its addresses) could be allowed for sandbox at some port: by a
+// bare host rule, a host:port rule, or the default. The DNS resolver
+// answers only such names, so a query cannot carry data out through a name
+// the policy would never let the sandbox reach.
+func (s *Set) MayAllowName(host, sandbox string) bool {
+	if s == nil || s.err != nil {
+		return false
+	}
+	ports := []uint16{0, 80, 443}
+	for i := range s.rules {
+		if p := s.rules[i].res.Port; p != 0 {
+			ports = append(ports, p)
+		}
+	}
+	for _, p := range ports {
+		if s.Evaluate(Request{Host: host, Port: p, Sandbox: sandbox}).Allow {
+			return true
+		}
+	}
+	return false
+}

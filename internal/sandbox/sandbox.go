@@ -90,8 +90,10 @@ type Config struct {
 	Template   TemplateRef `json:"template"`
 	// UID and GID are the ids the guest user takes so workspace files
 	// belong to the caller on the host.
-	UID     int       `json:"uid"`
-	GID     int       `json:"gid"`
+	UID int `json:"uid"`
+	GID int `json:"gid"`
+	// MAC is the guest network card's address, fixed at creation.
+	MAC     string    `json:"mac"`
 	Created time.Time `json:"created"`
 }
 
@@ -234,6 +236,14 @@ func flock(path string, wait bool) (func(), error) {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// NewMAC returns a random locally administered unicast MAC address.
+func NewMAC() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	b[0] = b[0]&0xfe | 0x02
+	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5])
 }
 
 // NewID returns a fresh random sandbox id (12 hex digits).

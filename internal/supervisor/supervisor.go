@@ -51,7 +51,14 @@ type Boot struct {
 	Accel         string `json:"accel"`
 	TSCkHz        int    `json:"tscKHz"`
 	CPUs          int    `json:"cpus"`
-	Detached      bool   `json:"detached"`
+	// MAC is the guest network card's address.
+	MAC string `json:"mac"`
+	// ConfigDir holds the policy file and the proxy CA.
+	ConfigDir string `json:"configDir"`
+	// HostsFile is SBX_HOSTS_FILE: a hosts-format file that overrides
+	// upstream name resolution (tests map their domains to loopback).
+	HostsFile string `json:"hostsFile,omitempty"`
+	Detached  bool   `json:"detached"`
 }
 
 // Timeouts.
@@ -68,6 +75,7 @@ type Supervisor struct {
 	boot    Boot
 	log     *slog.Logger
 	backend vm.Backend
+	net     *network // set by Run before the VM starts
 
 	stopOnce sync.Once
 	stopc    chan struct{} // closed when a stop is requested
@@ -103,6 +111,9 @@ func New(store *sandbox.Store, sb *sandbox.Sandbox, log *slog.Logger, opts Optio
 	}
 	if b.Version != BootVersion {
 		return nil, fmt.Errorf("boot spec version %d, want %d", b.Version, BootVersion)
+	}
+	if b.ConfigDir == "" || !filepath.IsAbs(b.ConfigDir) || b.MAC == "" {
+		return nil, fmt.Errorf("boot spec %s lacks the config folder or the mac address", sb.Path(sandbox.BootFile))
 	}
 	backend := opts.Backend
 	if backend == nil {
@@ -151,6 +162,21 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		<-srvDone
 		os.Remove(sock)
 	})
+
+	netCtx, cancelNet := context.WithCancel(context.WithoutCancel(ctx))
+	nw, err := newNetwork(netCtx, s.sb, s.boot, s.log)
+	if err != nil {
+		cancelNet()
+		return s.fail(err)
+	}
+	cleanups = append(cleanups, func() {
+		cancelNet()
+		nw.close()
+	})
+	if err := nw.start(netCtx, filepath.Join(rt, NetSocket)); err != nil {
+		return s.fail(err)
+	}
+	s.net = nw
 
 	inst, err := s.startVM(ctx, rt)
 	if err != nil {
@@ -263,6 +289,7 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 		Disks:       []vm.Disk{{Path: s.sb.Path(sandbox.DiskFile), Format: "qcow2"}},
 		AgentSocket: filepath.Join(rt, sandbox.AgentSocket),
 		ConsoleLog:  s.sb.Path(sandbox.ConsoleLog),
+		Net:         &vm.Net{Socket: filepath.Join(rt, NetSocket), MAC: s.boot.MAC},
 	}
 	var ws []agentapi.Workspace
 	for i, w := range cfg.Workspaces {
@@ -334,6 +361,7 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 			UID:        cfg.UID,
 			GID:        cfg.GID,
 			Workspaces: ws,
+			Network:    s.net.guestSetup(),
 		}})
 		if err != nil {
 			return err

@@ -46,7 +46,7 @@ func start(t *testing.T, detached bool) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	boot, _ := json.Marshal(Boot{Version: BootVersion, Accel: "tcg", Detached: detached, CPUs: 1})
+	boot, _ := json.Marshal(Boot{Version: BootVersion, Accel: "tcg", Detached: detached, CPUs: 1, MAC: sandbox.NewMAC(), ConfigDir: filepath.Join(base, "config")})
 	if err := os.WriteFile(sb.Path(sandbox.BootFile), boot, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func (f *fixture) exec(t *testing.T, session bool, argv ...string) (string, int)
 func TestSessionEndStopsVM(t *testing.T) {
 	f := start(t, false)
 	inst := f.backend.Instances()[0]
-	if got := inst.Setups(); len(got) != 1 || got[0].Hostname != "fake" || got[0].UID != 1000 || len(got[0].Workspaces) != 1 || got[0].Workspaces[0].Tag != "ws0" {
+	if got := inst.Setups(); len(got) != 1 || got[0].Hostname != "fake" || got[0].UID != 1000 || len(got[0].Workspaces) != 1 || got[0].Workspaces[0].Tag != "ws0" || got[0].Network == nil || got[0].Network.Gateway != "192.168.127.1" {
 		t.Errorf("setup request: %+v", got)
 	}
 	// A stream that is not a session does not keep the VM up or stop it.

@@ -1,0 +1,392 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sbx-dev/sbx/api/agentapi"
+	"github.com/sbx-dev/sbx/internal/audit"
+	"github.com/sbx-dev/sbx/internal/netstack"
+	"github.com/sbx-dev/sbx/internal/policy"
+	"github.com/sbx-dev/sbx/internal/proxy"
+	"github.com/sbx-dev/sbx/internal/resolve"
+	"github.com/sbx-dev/sbx/internal/sandbox"
+)
+
+// Network constants of every sandbox's user-mode network.
+const (
+	// ProxyPort is the forward proxy's port on the gateway.
+	ProxyPort = 3128
+	// AuditFile is the per-sandbox decision log.
+	AuditFile = "audit.jsonl"
+	// NetSocket is the unix socket QEMU's network card connects to.
+	NetSocket = "net.sock"
+)
+
+// network is one sandbox's user-mode network: the netstack the VM's card is
+// wired to, the DNS resolver, the proxy, the policy engine and the audit
+// log. Everything the guest sends goes through flow, the per-flow decision.
+type network struct {
+	sandboxID   string
+	sandboxName string
+	log         *slog.Logger
+	engine      *policy.Engine
+	audit       *audit.Logger
+	hosts       *resolve.HostsFile // nil without SBX_HOSTS_FILE
+	lookup      resolve.Resolver
+	names       *netstack.PolicyResolver
+	ca          *proxy.CA
+	proxy       *proxy.Proxy
+	stack       *netstack.Stack
+	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
+	mac         net.HardwareAddr
+
+	dropMu   sync.Mutex
+	lastDrop map[string]time.Time // guarded by dropMu; rate-limits drop events
+
+	wg sync.WaitGroup
+}
+
+// hostResolver answers host.sbx.internal with the host's loopback and
+// everything else through next.
+type hostResolver struct{ next resolve.Resolver }
+
+func (h hostResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	if strings.EqualFold(strings.TrimSuffix(host, "."), netstack.HostName) {
+		if network == "ip6" {
+			return []netip.Addr{netip.IPv6Loopback()}, nil
+		}
+		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+	}
+	return h.next.LookupNetIP(ctx, network, host)
+}
+
+// newNetwork builds the network of sandbox sb. Start serves it.
+func newNetwork(ctx context.Context, sb *sandbox.Sandbox, boot Boot, log *slog.Logger) (_ *network, err error) {
+	n := &network{
+		sandboxID: sb.Config.ID, sandboxName: sb.Config.Name, log: log.With("component", "netstack"),
+		lastDrop: map[string]time.Time{},
+	}
+	defer func() {
+		if err != nil {
+			n.close()
+		}
+	}()
+	hostAddrs := hostAddresses()
+	n.engine, err = policy.NewEngine(policy.NewStore(boot.ConfigDir), policy.EngineOptions{SpecialAddrs: hostAddrs, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("load network policy: %w", err)
+	}
+	if perr := n.engine.Err(); perr != nil {
+		log.Error("network policy is malformed; denying everything", "err", perr)
+	}
+	n.audit, err = audit.Open(sb.Path(AuditFile), log)
+	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	var base resolve.Resolver = resolve.System()
+	if boot.HostsFile != "" {
+		n.hosts, err = resolve.NewHostsFile(boot.HostsFile, base)
+		if err != nil {
+			return nil, fmt.Errorf("read SBX_HOSTS_FILE %s: %w", boot.HostsFile, err)
+		}
+		base = n.hosts
+	}
+	n.lookup = hostResolver{next: base}
+	n.names = &netstack.PolicyResolver{
+		Allowed: func(name string) bool { return n.engine.Set().MayAllowName(name, n.sandboxID) },
+		Lookup: func(ctx context.Context, name string) ([]netip.Addr, error) {
+			return n.lookup.LookupNetIP(ctx, "ip", name)
+		},
+	}
+	n.ca, err = proxy.LoadOrCreateCA(filepath.Join(boot.ConfigDir, "ca"))
+	if err != nil {
+		return nil, fmt.Errorf("load the proxy CA: %w", err)
+	}
+	var d net.Dialer
+	d.Timeout = 10 * time.Second
+	n.dial = d.DialContext
+	n.proxy, err = proxy.New(proxy.Config{
+		Decide:   n.decideProxy,
+		Resolver: n.lookup,
+		Dial:     n.dial,
+		CA:       n.ca,
+		Audit:    n.auditProxy,
+		Log:      log.With("component", "proxy"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start proxy: %w", err)
+	}
+	n.mac, err = net.ParseMAC(boot.MAC)
+	if err != nil {
+		return nil, fmt.Errorf("guest mac %q: %w", boot.MAC, err)
+	}
+	n.stack, err = netstack.New(ctx, netstack.Config{
+		GuestMAC: n.mac,
+		Flows:    n,
+		DNS:      n.names,
+		Log:      n.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start network stack: %w", err)
+	}
+	return n, nil
+}
+
+// start listens on sock for QEMU's network card and serves the forward
+// proxy and the policy watcher until ctx ends.
+func (n *network) start(ctx context.Context, sock string) error {
+	os.Remove(sock)
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("listen for the vm's network card: %w", err)
+	}
+	pl, err := n.stack.ListenTCP(ProxyPort)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen for the forward proxy: %w", err)
+	}
+	n.wg.Add(3)
+	go func() {
+		defer n.wg.Done()
+		defer ln.Close()
+		go func() {
+			<-ctx.Done()
+			ln.Close()
+		}()
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if err := n.stack.AcceptQEMU(ctx, conn); err != nil && !errors.Is(err, netstack.ErrClosed) {
+				n.log.Warn("network card connection ended", "err", err)
+			}
+			conn.Close()
+		}
+	}()
+	go func() {
+		defer n.wg.Done()
+		if err := n.proxy.Serve(ctx, pl); err != nil {
+			n.log.Warn("forward proxy ended", "err", err)
+		}
+	}()
+	go func() {
+		defer n.wg.Done()
+		_ = n.engine.Watch(ctx, policy.DefaultWatchInterval)
+	}()
+	return nil
+}
+
+// close stops everything; the caller has cancelled start's ctx first.
+func (n *network) close() {
+	if n.stack != nil {
+		n.stack.Close()
+	}
+	n.wg.Wait()
+	if n.proxy != nil {
+		n.proxy.Close()
+	}
+	if n.audit != nil {
+		n.audit.Close()
+	}
+}
+
+// guestSetup is the guest half of the network.
+func (n *network) guestSetup() *agentapi.NetworkSetup {
+	gw := netstack.DefaultGateway.String()
+	proxyURL := "http://" + gw + ":" + strconv.Itoa(ProxyPort)
+	noProxy := "localhost,127.0.0.1,::1"
+	pem := n.ca.CertPEM()
+	env := []string{
+		"HTTP_PROXY=" + proxyURL, "HTTPS_PROXY=" + proxyURL, "NO_PROXY=" + noProxy,
+		"http_proxy=" + proxyURL, "https_proxy=" + proxyURL, "no_proxy=" + noProxy,
+		"PROXY_CA_CERT_B64=" + base64.StdEncoding.EncodeToString(pem),
+		"NODE_EXTRA_CA_CERTS=/usr/local/share/ca-certificates/sbx-proxy-ca.crt",
+		"REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt",
+	}
+	return &agentapi.NetworkSetup{
+		MAC:       n.mac.String(),
+		Address:   netstack.DefaultGuestIP.String() + "/" + strconv.Itoa(netstack.DefaultSubnet.Bits()),
+		Gateway:   gw,
+		DNS:       []string{gw},
+		MTU:       netstack.DefaultMTU,
+		Env:       env,
+		CACertPEM: string(pem),
+	}
+}
+
+// evaluate decides a connection to host (a name, may be empty) at ip
+// (may be invalid) and port. A name mapped by SBX_HOSTS_FILE is judged by
+// its name alone, so test names may point at loopback servers.
+func (n *network) evaluate(host string, ip netip.Addr, port uint16) policy.Decision {
+	req := policy.Request{Host: host, IP: ip, Port: port, Sandbox: n.sandboxID}
+	if host != "" && n.hosts != nil && n.hosts.Mapped(host) {
+		req.IP = netip.Addr{}
+	}
+	return n.engine.Evaluate(req)
+}
+
+func ruleText(d policy.Decision) string {
+	if d.Rule == nil {
+		return ""
+	}
+	return d.Rule.ID + " " + d.Rule.Resource
+}
+
+// decideProxy is the proxy's policy hook: every address the name resolved
+// to must be allowed.
+func (n *network) decideProxy(_ context.Context, t proxy.Target) proxy.Decision {
+	decide := func(ip netip.Addr) policy.Decision { return n.evaluate(t.Host, ip, t.Port) }
+	var d policy.Decision
+	if len(t.IPs) == 0 {
+		d = decide(netip.Addr{})
+	}
+	for _, ip := range t.IPs {
+		d = decide(ip)
+		if !d.Allow {
+			break
+		}
+	}
+	out := proxy.Decision{Allow: d.Allow, Rule: ruleText(d), Reason: d.Reason}
+	if !d.Allow {
+		out.Hint = "sbx policy allow network " + allowHint(t.Host, t.Port)
+	}
+	return out
+}
+
+func allowHint(host string, port uint16) string {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return netip.AddrPortFrom(a, port).String()
+	}
+	if host == netstack.HostName {
+		return "localhost:" + strconv.Itoa(int(port))
+	}
+	return host
+}
+
+func (n *network) auditProxy(e proxy.Event) {
+	proto := audit.ProtoHTTP
+	if e.Scheme == proxy.SchemeHTTPS {
+		proto = audit.ProtoHTTPS
+	} else if e.Scheme == proxy.SchemeTCP {
+		proto = audit.ProtoTCP
+	}
+	path := audit.PathForward
+	if e.Via == proxy.ViaTransparent {
+		path = audit.PathTransparent
+	}
+	n.audit.Log(audit.Event{
+		Time: e.Time, Sandbox: n.sandboxName, SandboxID: n.sandboxID, Host: e.Host, IP: e.IP, Port: e.Port,
+		Path: path, Proto: proto, Allowed: e.Allowed, Rule: e.Rule, Reason: e.Reason, Method: e.Method, URLPath: e.Path,
+	})
+}
+
+// TCP implements netstack.FlowHandler: web ports go to the transparent
+// proxy; any other port is forwarded only when a rule allows the name or
+// address, else reset.
+func (n *network) TCP(ctx context.Context, f netstack.FlowInfo) netstack.TCPAction {
+	dst := f.Dst
+	if dst.Port() == 80 || dst.Port() == 443 {
+		return netstack.Accept(func(c net.Conn) { n.proxy.HandleConn(ctx, c, dst) })
+	}
+	ip := dst.Addr()
+	name, _ := n.names.NameFor(ip)
+	real := ip
+	if netstack.IsSynthetic(ip) {
+		r, nm, ok := n.names.RealAddr(ip)
+		if !ok {
+			n.logFlow(name, ip, dst.Port(), false, "", "address from the synthetic range that no DNS answer gave out")
+			return netstack.Reject()
+		}
+		real, name = r, nm
+	}
+	d := n.evaluate(name, real, dst.Port())
+	n.logFlow(name, real, dst.Port(), d.Allow, ruleText(d), d.Reason)
+	if !d.Allow {
+		return netstack.Reject()
+	}
+	target := netip.AddrPortFrom(real, dst.Port()).String()
+	return netstack.Accept(func(c net.Conn) {
+		up, err := n.dial(ctx, "tcp", target)
+		if err != nil {
+			n.log.Debug("forward dial", "target", target, "err", err)
+			return
+		}
+		defer up.Close()
+		pipe(c, up)
+	})
+}
+
+func (n *network) logFlow(host string, ip netip.Addr, port uint16, allowed bool, rule, reason string) {
+	n.audit.Log(audit.Event{
+		Time: time.Now(), Sandbox: n.sandboxName, SandboxID: n.sandboxID, Host: host, IP: ip, Port: port,
+		Path: audit.PathNetwork, Proto: audit.ProtoTCP, Allowed: allowed, Rule: rule, Reason: reason,
+	})
+}
+
+// Dropped implements netstack.FlowHandler; one event per destination and
+// protocol per second keeps a flood from filling the disk.
+func (n *network) Dropped(f netstack.FlowInfo, proto string) {
+	key := proto + " " + f.Dst.String()
+	now := time.Now()
+	n.dropMu.Lock()
+	if last, ok := n.lastDrop[key]; ok && now.Sub(last) < time.Second {
+		n.dropMu.Unlock()
+		return
+	}
+	if len(n.lastDrop) > 4096 {
+		clear(n.lastDrop)
+	}
+	n.lastDrop[key] = now
+	n.dropMu.Unlock()
+	name, _ := n.names.NameFor(f.Dst.Addr())
+	n.audit.Log(audit.Event{
+		Time: now, Sandbox: n.sandboxName, SandboxID: n.sandboxID, Host: name, IP: f.Dst.Addr(), Port: f.Dst.Port(),
+		Path: audit.PathNetwork, Proto: proto, Reason: proto + " is not forwarded",
+	})
+}
+
+// pipe copies both ways until either side ends.
+func pipe(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		_, _ = io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		done <- struct{}{}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	<-done
+	<-done
+}
+
+// hostAddresses lists the host's own addresses, which no host pattern may
+// reach.
+func hostAddresses() []netip.Prefix {
+	var out []netip.Prefix
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, netip.PrefixFrom(p.Addr().Unmap(), p.Addr().BitLen()))
+		}
+	}
+	return out
+}
