@@ -1,0 +1,223 @@
+package integration
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// hostAddr is this machine's first non-loopback IPv4 address: escape
+// targets listen there, so a packet that leaks lands where the test sees it.
+func hostAddr(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+			return ipn.IP.String()
+		}
+	}
+	t.Fatal("no non-loopback IPv4 address on this host for the escape targets")
+	return ""
+}
+
+// tlsCert makes a CA and a leaf for names, returning the CA PEM and the
+// leaf as a tls.Certificate.
+func tlsCert(t *testing.T, names ...string) ([]byte, tls.Certificate) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sbx test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: key}
+}
+
+// counter is a server that counts what reaches it.
+type counter struct{ hits atomic.Int64 }
+
+func (c *counter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c.hits.Add(1)
+	fmt.Fprintf(w, "hello from %s", r.Host)
+}
+
+// TestNetworkPolicy: under deny-all with one allow rule, the guest reaches
+// an allowed test domain (mapped to a loopback server through
+// SBX_HOSTS_FILE) over HTTP and HTTPS, gets an explained 403 for a denied
+// one, cannot reach servers on the host's own address by any path, and a
+// rule added while it runs works at once. The decisions show in the log.
+func TestNetworkPolicy(t *testing.T) {
+	h := newHarness(t)
+	ws := workspace(t)
+
+	// Upstreams on loopback, reached through test names.
+	web := &counter{}
+	webSrv := httptest.NewServer(web)
+	defer webSrv.Close()
+	caPEM, leaf := tlsCert(t, "allowed.test")
+	tlsSrv := httptest.NewUnstartedServer(web)
+	tlsSrv.TLS = &tls.Config{Certificates: []tls.Certificate{leaf}}
+	tlsSrv.StartTLS()
+	defer tlsSrv.Close()
+	webPort := webSrv.Listener.Addr().(*net.TCPAddr).Port
+	tlsPort := tlsSrv.Listener.Addr().(*net.TCPAddr).Port
+
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	os.WriteFile(hosts, []byte("127.0.0.1 allowed.test denied.test later.test\n"), 0o644)
+	h.env = append(h.env, "SBX_HOSTS_FILE="+hosts)
+
+	// Escape targets on the host's own address: each counts what arrives.
+	ip := hostAddr(t)
+	escHTTP := &counter{}
+	escLn, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	escSrv := &http.Server{Handler: escHTTP}
+	go escSrv.Serve(escLn)
+	defer escSrv.Close()
+	escPort := escLn.Addr().(*net.TCPAddr).Port
+	var rawHits atomic.Int64
+	dockerLn, err := net.Listen("tcp", ip+":2375")
+	if err != nil {
+		dockerLn, err = net.Listen("tcp", ip+":0") // 2375 taken: any port shows the same thing
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer dockerLn.Close()
+	go func() {
+		for {
+			c, err := dockerLn.Accept()
+			if err != nil {
+				return
+			}
+			rawHits.Add(1)
+			c.Close()
+		}
+	}()
+	dockerPort := dockerLn.Addr().(*net.TCPAddr).Port
+	udp, err := net.ListenPacket("udp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	var udpHits atomic.Int64
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			if _, _, err := udp.ReadFrom(buf); err != nil {
+				return
+			}
+			udpHits.Add(1)
+		}
+	}()
+	udpPort := udp.LocalAddr().(*net.UDPAddr).Port
+
+	h.mustSbx("policy", "init", "deny-all")
+	h.mustSbx("policy", "allow", "network", "allowed.test")
+	name := strings.TrimSpace(h.mustSbx("create", "--name", "t-net", ws).stdout)
+	caFile := filepath.Join(t.TempDir(), "test-ca.pem")
+	os.WriteFile(caFile, caPEM, 0o644)
+	h.mustSbx("cp", caFile, name+":/tmp/test-ca.pem")
+
+	sh := func(script string) result {
+		t.Helper()
+		return h.sbx("exec", name, "bash", "-c", script)
+	}
+	if res := sh(fmt.Sprintf("curl -sS -m 20 http://allowed.test:%d/a", webPort)); res.code != 0 || !strings.Contains(res.stdout, "hello from allowed.test") {
+		h.dumpLogs()
+		t.Fatalf("http to an allowed domain: %+v", res)
+	}
+	if res := sh(fmt.Sprintf("curl -sS -m 20 --cacert /tmp/test-ca.pem https://allowed.test:%d/b", tlsPort)); res.code != 0 || !strings.Contains(res.stdout, "hello from allowed.test") {
+		t.Errorf("https (tunnelled) to an allowed domain: %+v", res)
+	}
+	res := sh(fmt.Sprintf("curl -sS -m 20 http://denied.test:%d/c", webPort))
+	if !strings.Contains(res.stdout, "denied.test") || !strings.Contains(res.stdout, "sbx policy allow network denied.test") {
+		t.Errorf("denied domain: want a 403 that names the host and the command, got %+v", res)
+	}
+	before := web.hits.Load()
+
+	// Escapes: nothing may arrive at the host's own address.
+	for _, script := range []string{
+		fmt.Sprintf("curl -sS -m 5 --noproxy '*' http://%s:%d/", ip, escPort),
+		fmt.Sprintf("curl -sS -m 5 http://%s:%d/", ip, escPort),
+		fmt.Sprintf("timeout 5 bash -c 'exec 3<>/dev/tcp/%s/%d' ", ip, dockerPort),
+		fmt.Sprintf("curl -sS -m 5 --noproxy '*' http://%s:%d/version", ip, dockerPort),
+		fmt.Sprintf("for i in 1 2 3; do echo leak > /dev/udp/%s/%d; done; sleep 1", ip, udpPort),
+		fmt.Sprintf("curl -sS -m 5 --noproxy '*' http://host.sbx.internal:%d/", webPort),
+		fmt.Sprintf("curl -sS -m 5 --noproxy '*' http://127.0.0.1:%d/", webPort),
+	} {
+		r := sh(script)
+		t.Logf("escape attempt %q: exit %d %s", script, r.code, strings.TrimSpace(r.stderr+r.stdout))
+	}
+	time.Sleep(time.Second)
+	if n := escHTTP.hits.Load(); n != 0 {
+		t.Errorf("HTTP escape target on the host's address got %d requests", n)
+	}
+	if n := rawHits.Load(); n != 0 {
+		t.Errorf("raw TCP escape target got %d connections", n)
+	}
+	if n := udpHits.Load(); n != 0 {
+		t.Errorf("UDP escape target got %d datagrams", n)
+	}
+	if n := web.hits.Load(); n != before {
+		t.Errorf("loopback server reached through host.sbx.internal or 127.0.0.1 without a rule (%d requests)", n-before)
+	}
+
+	// A rule added while the sandbox runs works at once.
+	h.mustSbx("policy", "allow", "network", "later.test")
+	time.Sleep(time.Second)
+	if res := sh(fmt.Sprintf("curl -sS -m 20 http://later.test:%d/d", webPort)); !strings.Contains(res.stdout, "hello from later.test") {
+		t.Errorf("rule added while running: %+v", res)
+	}
+
+	// The audit log is flushed within a fraction of a second.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		log := h.mustSbx("policy", "log", name).stdout
+		missing := ""
+		for _, want := range []string{"allowed.test", "denied.test", "later.test", ip + ":" + fmt.Sprint(udpPort), ip + ":" + fmt.Sprint(dockerPort), "host.sbx.internal"} {
+			if !strings.Contains(log, want) {
+				missing = want
+			}
+		}
+		if missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("policy log lacks %s:\n%s", missing, log)
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
