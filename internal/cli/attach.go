@@ -11,6 +11,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/sbx-dev/sbx/api/agentapi"
+	"github.com/sbx-dev/sbx/api/controlapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/supervisor"
@@ -27,10 +28,19 @@ type session struct {
 }
 
 // attach runs s in sb (which must be running) and returns its exit code.
-// With tty the local terminal goes raw and follows window-size changes;
-// without, SIGINT, SIGTERM and SIGHUP received here are sent to the process.
-func (e *env) attach(ctx context.Context, sb *sandbox.Sandbox, s session) (int, error) {
+// With tty and stdin the local terminal goes raw (Ctrl-C travels as a
+// byte to the guest's terminal) and follows window-size changes;
+// otherwise SIGINT, SIGTERM and SIGHUP received here are sent to the
+// process. A VM that stopped between the start and the attach (its last
+// session ended just then) is started again, as mode says, once.
+func (e *env) attach(ctx context.Context, sb *sandbox.Sandbox, s session, mode startMode) (int, error) {
 	stream, err := supervisor.Client(e.store, sb).OpenStream(ctx, true)
+	if errors.Is(err, controlapi.ErrNotReady) || errors.Is(err, controlapi.ErrUnavailable) {
+		if rerr := e.ensureRunning(ctx, sb, mode); rerr != nil {
+			return 0, rerr
+		}
+		stream, err = supervisor.Client(e.store, sb).OpenStream(ctx, true)
+	}
 	if err != nil {
 		return 0, userErr(err, "check it with `sbx ls` and `sbx logs "+sb.Config.Name+"`", "cannot reach sandbox %s", sb.Config.Name)
 	}
@@ -51,9 +61,11 @@ func (e *env) attach(ctx context.Context, sb *sandbox.Sandbox, s session) (int, 
 				req.Rows, req.Cols = uint16(rows), uint16(cols)
 			}
 			req.Term = os.Getenv("TERM")
-			old, err := term.MakeRaw(fd)
-			if err == nil {
-				defer term.Restore(fd, old)
+			if s.stdin {
+				old, err := term.MakeRaw(fd)
+				if err == nil {
+					defer term.Restore(fd, old)
+				}
 			}
 			resize := make(chan agentclient.Size, 1)
 			eio.Resize = resize
@@ -78,6 +90,8 @@ func (e *env) attach(ctx context.Context, sb *sandbox.Sandbox, s session) (int, 
 				}
 			}()
 		}
+	}
+	if s.tty && s.stdin {
 		signal.Notify(local, syscall.SIGTERM, syscall.SIGHUP)
 	} else {
 		signal.Notify(local, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)

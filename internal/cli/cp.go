@@ -43,7 +43,7 @@ made in the sandbox to a place outside the copied tree.`,
 				sb = dstSB
 			}
 			ctx := cmd.Context()
-			if err := e.ensureRunning(ctx, sb, true); err != nil {
+			if err := e.ensureRunning(ctx, sb, startInBackground); err != nil {
 				return err
 			}
 			stream, err := supervisor.Client(e.store, sb).OpenStream(ctx, false)

@@ -121,42 +121,46 @@ func (e *env) resolveTarget(args []string) (target, error) {
 // does not exist. It rejects creation flags that differ from an existing
 // sandbox's. created reports whether the sandbox is new.
 func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sandbox.Sandbox, created bool, err error) {
-	unlock, err := e.store.LockStore()
-	if err != nil {
-		return nil, false, err
-	}
-	defer unlock()
-
 	if f.name != "" {
 		if err := sandbox.ValidateName(f.name); err != nil {
 			return nil, false, userErr(nil, "use 2 to 63 letters, digits, '-' and '.', starting with a letter or digit", "invalid sandbox name %q", f.name)
 		}
 	}
-	sb = t.existing
-	if sb == nil && f.name != "" {
-		sb, _ = e.store.Get(f.name)
-	}
-	if sb == nil && f.name == "" {
-		all, _ := e.store.List()
-		for _, s := range all {
-			if s.Config.Agent == t.agent.Name && len(s.Config.Workspaces) > 0 && s.Config.Workspaces[0].Path == t.workspaces[0].Path {
-				sb = s
-				break
-			}
-		}
-	}
-	if sb != nil {
-		if sb.Config.Agent != t.agent.Name {
-			return nil, false, userErr(nil, "pick another --name", "sandbox %s runs agent %s, not %s", sb.Config.Name, sb.Config.Agent, t.agent.Name)
-		}
+	if sb, ok := e.findExisting(f, t); ok {
 		return sb, false, e.checkSameFlags(cmd, f, t, sb)
 	}
-
-	cfg, err := e.newConfig(cmd, f, t)
+	// Validate every flag before any slow work.
+	if _, err := e.newConfig(cmd, f, t, "x"); err != nil {
+		return nil, false, err
+	}
+	// The template may take minutes on first use; it has its own lock, so
+	// other sbx commands are not held up meanwhile.
+	tmpl, err := e.ensureTemplate(cmd.Context())
 	if err != nil {
 		return nil, false, err
 	}
-	tmpl, err := e.ensureTemplate(cmd.Context())
+	qemuImg, err := e.qemuImg(cmd.Context())
+	if err != nil {
+		return nil, false, err
+	}
+
+	unlock, err := e.store.LockStore()
+	if err != nil {
+		return nil, false, userErr(err, "check that the state folder is writable and the disk not full (`sbx diagnose`)", "cannot lock the sandbox store")
+	}
+	defer unlock()
+	e.store.CleanStale()
+	// Another command may have created it while the template was built.
+	if sb, ok := e.findExisting(f, t); ok {
+		return sb, false, e.checkSameFlags(cmd, f, t, sb)
+	}
+	name := f.name
+	if name == "" {
+		if name, err = e.defaultName(t); err != nil {
+			return nil, false, err
+		}
+	}
+	cfg, err := e.newConfig(cmd, f, t, name)
 	if err != nil {
 		return nil, false, err
 	}
@@ -165,43 +169,46 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 	if err != nil {
 		return nil, false, userErr(err, "", "cannot create sandbox %s", cfg.Name)
 	}
-	qemuImg, err := e.qemuImg(cmd.Context())
+	// The folder is published only once its disk exists, so a command
+	// killed half-way never leaves a sandbox without a disk.
+	err = disk.CreateOverlay(cmd.Context(), qemuImg, tmpl.Image, "raw", sb.Path(sandbox.DiskFile), cfg.DiskBytes)
 	if err == nil {
-		err = disk.CreateOverlay(cmd.Context(), qemuImg, tmpl.Image, "raw", sb.Path(sandbox.DiskFile), cfg.DiskBytes)
+		err = e.store.Commit(sb)
 	}
 	if err != nil {
-		_ = e.store.Remove(sb)
+		e.store.Discard(sb)
 		if errors.Is(err, disk.ErrTooSmall) {
 			return nil, false, userErr(err, "give a larger --disk", "--disk %s is smaller than the template", f.disk)
 		}
-		return nil, false, userErr(err, "", "cannot create the disk of sandbox %s", cfg.Name)
+		return nil, false, userErr(err, "check free disk space with `sbx diagnose`", "cannot create the disk of sandbox %s", cfg.Name)
 	}
 	e.warnUnwritable(sb)
 	return sb, true, nil
 }
 
-// warnUnwritable says when the guest user will not be able to write the
-// primary workspace, which happens when root runs sbx on a root-owned
-// folder (the guest user then has uid 1000).
-func (e *env) warnUnwritable(sb *sandbox.Sandbox) {
-	ws := sb.PrimaryWorkspace()
-	st, err := os.Stat(ws)
-	if err != nil {
-		return
+// findExisting finds the sandbox the target names: the SANDBOX argument,
+// else --name, else (without --name) the sandbox of the same agent on the
+// same primary workspace.
+func (e *env) findExisting(f *createFlags, t target) (*sandbox.Sandbox, bool) {
+	if t.existing != nil {
+		return t.existing, true
 	}
-	sys, ok := st.Sys().(*syscall.Stat_t)
-	if !ok {
-		return
+	if f.name != "" {
+		sb, err := e.store.Get(f.name)
+		return sb, err == nil
 	}
-	uid, gid := sb.Config.UID, sb.Config.GID
-	mode := st.Mode().Perm()
-	writable := (int(sys.Uid) == uid && mode&0o200 != 0) || (int(sys.Gid) == gid && mode&0o020 != 0) || mode&0o002 != 0
-	if !writable {
-		fmt.Fprintf(e.stderr, "sbx: warning: %s belongs to uid %d; the sandbox user (uid %d) can write there only with sudo. Run sbx as the folder's owner, or set SUDO_UID/SUDO_GID.\n", ws, sys.Uid, uid)
+	all, _ := e.store.List()
+	for _, s := range all {
+		if s.Config.Agent == t.agent.Name && len(s.Config.Workspaces) > 0 && s.Config.Workspaces[0].Path == t.workspaces[0].Path {
+			return s, true
+		}
 	}
+	return nil, false
 }
 
-func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target) (sandbox.Config, error) {
+// newConfig validates the flags (reporting every problem at once) and
+// returns the configuration of a new sandbox called name.
+func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target, name string) (sandbox.Config, error) {
 	var errs []error
 	mem, err := sandbox.ParseSize(f.memory, "m")
 	if err != nil {
@@ -223,13 +230,6 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target) (sandbox.C
 	}
 	if err := errors.Join(errs...); err != nil {
 		return sandbox.Config{}, userErr(nil, "see `sbx "+cmd.Name()+" --help`", "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
-	}
-	name := f.name
-	if name == "" {
-		name, err = e.defaultName(t)
-		if err != nil {
-			return sandbox.Config{}, err
-		}
 	}
 	uid, gid := guestIDs()
 	return sandbox.Config{
@@ -371,7 +371,7 @@ its VM in the background and print its name. Attach with ` + "`sbx run NAME`" + 
 			if !created {
 				return userErr(nil, "use `sbx run "+sb.Config.Name+"` to start it, or give another --name", "sandbox %s already exists for %s", sb.Config.Name, sb.PrimaryWorkspace())
 			}
-			if err := e.ensureRunning(cmd.Context(), sb, true); err != nil {
+			if err := e.ensureRunning(cmd.Context(), sb, startInBackground); err != nil {
 				return err
 			}
 			fmt.Fprintln(e.stdout, sb.Config.Name)
@@ -381,4 +381,25 @@ its VM in the background and print its name. Attach with ` + "`sbx run NAME`" + 
 	f.register(cmd)
 	cmd.Flags().Lookup("env").Hidden = true
 	return cmd
+}
+
+// warnUnwritable says when the guest user will not be able to write the
+// primary workspace, which happens when root runs sbx on a root-owned
+// folder (the guest user then has uid 1000).
+func (e *env) warnUnwritable(sb *sandbox.Sandbox) {
+	ws := sb.PrimaryWorkspace()
+	st, err := os.Stat(ws)
+	if err != nil {
+		return
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return
+	}
+	uid, gid := sb.Config.UID, sb.Config.GID
+	mode := st.Mode().Perm()
+	writable := (int(sys.Uid) == uid && mode&0o200 != 0) || (int(sys.Gid) == gid && mode&0o020 != 0) || mode&0o002 != 0
+	if !writable {
+		fmt.Fprintf(e.stderr, "sbx: warning: %s belongs to uid %d; the sandbox user (uid %d) can write there only with sudo. Run sbx as the folder's owner, or set SUDO_UID/SUDO_GID.\n", ws, sys.Uid, uid)
+	}
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +45,10 @@ func Render(w io.Writer, err error, debug bool) int {
 	}
 	if ee, ok := errors.AsType[*ExitError](err); ok {
 		return ee.Code
+	}
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintln(w, "sbx: interrupted")
+		return 130
 	}
 	if multi, ok := err.(interface{ Unwrap() []error }); ok {
 		code := 0

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"os"
 	"strings"
 
@@ -41,8 +42,13 @@ connects stdin.`,
 			} else if !strings.HasPrefix(dir, "/") {
 				return userErr(nil, "give an absolute path inside the sandbox", "-w %q is not an absolute path", dir)
 			}
+			if tty {
+				if _, ok := terminalFd(e.stdin); !ok {
+					return userErr(nil, "drop -t when stdin is not a terminal", "-t needs a terminal on stdin")
+				}
+			}
 			ctx := cmd.Context()
-			if err := e.ensureRunning(ctx, sb, true); err != nil {
+			if err := e.ensureRunning(ctx, sb, startInBackground); err != nil {
 				return err
 			}
 			s := session{argv: args[1:], env: env, dir: dir, user: user, tty: tty, stdin: interactive}
@@ -51,12 +57,7 @@ connects stdin.`,
 				s.argv = append(s.argv, args[1:]...)
 				s.tty, s.stdin = false, false
 			}
-			if tty {
-				if _, ok := terminalFd(e.stdin); !ok {
-					return userErr(nil, "drop -t when stdin is not a terminal", "-t needs a terminal on stdin")
-				}
-			}
-			code, err := e.attach(ctx, sb, s)
+			code, err := e.attach(ctx, sb, s, startInBackground)
 			if err != nil {
 				return err
 			}
@@ -101,7 +102,11 @@ func parseEnv(in []string) ([]string, error) {
 func (e *env) getSandbox(name string) (*sandbox.Sandbox, error) {
 	sb, err := e.store.Get(name)
 	if err != nil {
-		return nil, userErr(nil, "list sandboxes with `sbx ls`", "no sandbox named %q", name)
+		hint := "list sandboxes with `sbx ls`"
+		if errors.Is(err, sandbox.ErrConfigVersion) || !strings.HasSuffix(err.Error(), name) {
+			hint = "some sandbox folders could not be read (run with --debug to see why)"
+		}
+		return nil, userErr(err, hint, "no sandbox named %q", name)
 	}
 	return sb, nil
 }

@@ -91,7 +91,11 @@ func TestPolicyPrompt(t *testing.T) {
 
 func TestPolicyCommands(t *testing.T) {
 	dirs := policyHome(t)
-	sb, err := sandbox.NewStore(dirs).Create(sandbox.Config{ID: "0123456789ab", Name: "dev", Created: time.Now()})
+	st := sandbox.NewStore(dirs)
+	sb, err := st.Create(sandbox.Config{ID: "0123456789ab", Name: "dev", Created: time.Now()})
+	if err == nil {
+		err = st.Commit(sb)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +218,11 @@ func TestPolicyCommands(t *testing.T) {
 
 func TestPolicyLog(t *testing.T) {
 	dirs := policyHome(t)
-	sb, err := sandbox.NewStore(dirs).Create(sandbox.Config{ID: "0123456789ab", Name: "dev", Created: time.Now()})
+	st := sandbox.NewStore(dirs)
+	sb, err := st.Create(sandbox.Config{ID: "0123456789ab", Name: "dev", Created: time.Now()})
+	if err == nil {
+		err = st.Commit(sb)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

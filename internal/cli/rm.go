@@ -57,7 +57,7 @@ touched. A running sandbox is refused unless -f is given, which stops it first.`
 
 // removeSandbox deletes sb; a running sandbox needs force, which stops it.
 func (e *env) removeSandbox(ctx context.Context, sb *sandbox.Sandbox, force bool) error {
-	unlock, err := e.store.Lock(sb)
+	unlock, err := e.lockSandbox(sb)
 	if err != nil {
 		return err
 	}

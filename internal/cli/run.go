@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"context"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -42,12 +44,32 @@ was started with -d.`,
 			if err != nil {
 				return err
 			}
-			sb, _, err := e.findOrCreate(cmd, &f, t)
+			sb, created, err := e.findOrCreate(cmd, &f, t)
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			if err := e.ensureRunning(ctx, sb, f.detached); err != nil {
+			if f.rm && f.detached {
+				return userErr(nil, "use one or the other", "--rm and -d do not go together: a detached sandbox has no session to end")
+			}
+			if f.rm {
+				if !created {
+					return userErr(nil, "drop --rm, or remove it later with `sbx rm "+sb.Config.Name+"`", "--rm removes only a sandbox this command creates, and %s already exists", sb.Config.Name)
+				}
+				// Removal runs on every way out, even after Ctrl-C.
+				defer func() {
+					rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+					defer cancel()
+					if rerr := e.removeSandbox(rctx, sb, true); rerr != nil {
+						Render(e.stderr, rerr, e.debug)
+					}
+				}()
+			}
+			mode := startForSession
+			if f.detached {
+				mode = startDetached
+			}
+			if err := e.ensureRunning(ctx, sb, mode); err != nil {
 				return err
 			}
 			if f.detached {
@@ -62,12 +84,7 @@ was started with -d.`,
 				user:  "agent",
 				tty:   isTerm,
 				stdin: true,
-			})
-			if f.rm {
-				if rerr := e.removeSandbox(ctx, sb, true); rerr != nil && err == nil {
-					err = rerr
-				}
-			}
+			}, mode)
 			if err != nil {
 				return err
 			}
@@ -79,6 +96,6 @@ was started with -d.`,
 	}
 	f.register(cmd)
 	cmd.Flags().BoolVarP(&f.detached, "detached", "d", false, "boot the VM in the background without starting the agent; print the name")
-	cmd.Flags().BoolVar(&f.rm, "rm", false, "remove the sandbox when the agent exits")
+	cmd.Flags().BoolVar(&f.rm, "rm", false, "remove the sandbox when the agent exits (only a sandbox this command creates)")
 	return cmd
 }

@@ -12,11 +12,25 @@ import (
 	"github.com/sbx-dev/sbx/internal/supervisor"
 )
 
-// ensureRunning starts sb unless its VM runs. With detached, the VM keeps
-// running after its last session; a running VM asked for detached becomes
-// detached. A crashed sandbox is recovered by a fresh start.
-func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, detached bool) error {
-	unlock, err := e.store.Lock(sb)
+// startMode says how a command wants a sandbox's VM kept.
+type startMode int
+
+const (
+	// startForSession (an attached `sbx run`): a VM it starts stops when its
+	// last session ends.
+	startForSession startMode = iota
+	// startInBackground (exec, cp, create): a VM it starts keeps running
+	// until `sbx stop`; a running VM keeps its mode.
+	startInBackground
+	// startDetached (`run -d`): like startInBackground, and a running VM
+	// becomes detached too.
+	startDetached
+)
+
+// ensureRunning starts sb unless its VM runs, as mode says. A crashed
+// sandbox is recovered by a fresh start.
+func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, mode startMode) error {
+	unlock, err := e.lockSandbox(sb)
 	if err != nil {
 		return err
 	}
@@ -25,9 +39,10 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, detached b
 	if err != nil {
 		return err
 	}
+	detached := mode != startForSession
 	switch st.Status {
 	case sandbox.StatusRunning:
-		if detached && !st.Detached {
+		if mode == startDetached && !st.Detached {
 			if err := supervisor.Client(e.store, sb).Detach(ctx); err != nil {
 				return userErr(err, "", "cannot reach sandbox %s", sb.Config.Name)
 			}
@@ -76,6 +91,23 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, detached b
 		return userErr(err, "see `sbx logs "+sb.Config.Name+"` for the console and supervisor log", "%s", strings.TrimPrefix(err.Error(), ""))
 	}
 	return nil
+}
+
+// lockSandbox takes sb's lock and checks that sb still exists: a command
+// that waited for the lock may find it removed by the one before.
+func (e *env) lockSandbox(sb *sandbox.Sandbox) (func(), error) {
+	unlock, err := e.store.Lock(sb)
+	if err != nil {
+		if _, gerr := e.store.Get(sb.Config.ID); gerr != nil {
+			return nil, userErr(nil, "list sandboxes with `sbx ls`", "sandbox %s was removed", sb.Config.Name)
+		}
+		return nil, userErr(err, "check that the state folder is writable and the disk not full (`sbx diagnose`)", "cannot lock sandbox %s", sb.Config.Name)
+	}
+	if _, err := e.store.Get(sb.Config.ID); err != nil {
+		unlock()
+		return nil, userErr(nil, "list sandboxes with `sbx ls`", "sandbox %s was removed", sb.Config.Name)
+	}
+	return unlock, nil
 }
 
 func (e *env) waitRunning(ctx context.Context, sb *sandbox.Sandbox) error {

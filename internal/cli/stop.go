@@ -45,7 +45,7 @@ only if it does not finish within 30 seconds. The disk is kept, so the next
 // stopSandbox shuts sb down if it runs and waits for its supervisor to exit.
 // A crashed sandbox is marked stopped.
 func (e *env) stopSandbox(ctx context.Context, sb *sandbox.Sandbox) error {
-	unlock, err := e.store.Lock(sb)
+	unlock, err := e.lockSandbox(sb)
 	if err != nil {
 		return err
 	}

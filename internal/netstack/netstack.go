@@ -430,3 +430,44 @@ func addrFrom(a tcpip.Address) netip.Addr {
 	ip, _ := netip.AddrFromSlice(a.AsSlice())
 	return ip
 }
+
+// DialGuest opens a TCP connection from the gateway to the guest's port, for
+// ports the host publishes. The connection never passes the FlowHandler:
+// it is inbound. The caller closes it; Close also ends it.
+func (s *Stack) DialGuest(ctx context.Context, port uint16) (net.Conn, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrClosed
+	}
+	s.mu.Unlock()
+	dst := tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(s.cfg.GuestIP.As4()), Port: port}
+	conn, err := gonet.DialContextTCP(ctx, s.stack, dst, ipv4.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the sandbox's port %d: %w", port, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		conn.Close()
+		return nil, ErrClosed
+	}
+	s.conns[conn] = struct{}{}
+	return &trackedConn{Conn: conn, s: s}, nil
+}
+
+// trackedConn removes itself from the Stack's set when closed.
+type trackedConn struct {
+	net.Conn
+	s    *Stack
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.s.mu.Lock()
+		delete(c.s.conns, c.Conn)
+		c.s.mu.Unlock()
+	})
+	return c.Conn.Close()
+}

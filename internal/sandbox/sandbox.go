@@ -263,7 +263,7 @@ func (s *Store) Create(cfg Config) (*Sandbox, error) {
 		return nil, fmt.Errorf("%w: %s", ErrNameTaken, cfg.Name)
 	}
 	cfg.Version = ConfigVersion
-	dir := filepath.Join(s.root(), cfg.ID)
+	dir := filepath.Join(s.root(), ".new-"+cfg.ID)
 	if err := os.MkdirAll(s.root(), 0o700); err != nil {
 		return nil, fmt.Errorf("create state folder: %w", err)
 	}
@@ -282,6 +282,39 @@ func (s *Store) Create(cfg Config) (*Sandbox, error) {
 	return sb, nil
 }
 
+// Commit makes a sandbox from Create visible under its id, once everything
+// it needs (its disk) is in place; until then it does not list. On error
+// the caller discards it with Discard.
+func (s *Store) Commit(sb *Sandbox) error {
+	dir := filepath.Join(s.root(), sb.Config.ID)
+	if err := os.Rename(sb.Dir, dir); err != nil {
+		return fmt.Errorf("create sandbox folder: %w", err)
+	}
+	sb.Dir = dir
+	return nil
+}
+
+// Discard deletes a sandbox that Create made and Commit did not publish.
+func (s *Store) Discard(sb *Sandbox) {
+	os.RemoveAll(sb.Dir)
+}
+
+// CleanStale deletes folders left by a create or remove that was killed
+// half-way. The caller holds LockStore; folders younger than a minute are
+// left alone, as another command may be working on them.
+func (s *Store) CleanStale() {
+	entries, _ := os.ReadDir(s.root())
+	for _, e := range entries {
+		n := e.Name()
+		if !e.IsDir() || !(strings.HasPrefix(n, ".new-") || strings.HasPrefix(n, ".rm-")) {
+			continue
+		}
+		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > time.Minute {
+			os.RemoveAll(filepath.Join(s.root(), n))
+		}
+	}
+}
+
 // List returns every sandbox, sorted by name. Folders that cannot be read
 // are skipped and reported in the joined error alongside the result.
 func (s *Store) List() ([]*Sandbox, error) {
@@ -295,8 +328,8 @@ func (s *Store) List() ([]*Sandbox, error) {
 	var out []*Sandbox
 	var errs []error
 	for _, e := range entries {
-		if !e.IsDir() {
-			continue
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue // .new-<id> being created, .rm-<id> being removed
 		}
 		sb, err := s.load(e.Name())
 		if err != nil {
@@ -327,7 +360,7 @@ func (s *Store) load(id string) (*Sandbox, error) {
 
 // Get finds a sandbox by name, or by id.
 func (s *Store) Get(nameOrID string) (*Sandbox, error) {
-	all, _ := s.List()
+	all, listErr := s.List()
 	for _, sb := range all {
 		if sb.Config.Name == nameOrID {
 			return sb, nil
@@ -337,6 +370,10 @@ func (s *Store) Get(nameOrID string) (*Sandbox, error) {
 		if sb.Config.ID == nameOrID {
 			return sb, nil
 		}
+	}
+	if listErr != nil {
+		// A sandbox folder that cannot be read may be the one asked for.
+		return nil, fmt.Errorf("%w: %s (some sandboxes could not be read: %w)", ErrNotFound, nameOrID, listErr)
 	}
 	return nil, fmt.Errorf("%w: %s", ErrNotFound, nameOrID)
 }

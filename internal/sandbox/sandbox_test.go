@@ -62,6 +62,12 @@ func TestStoreLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if all, _ := s.List(); len(all) != 0 {
+		t.Errorf("an uncommitted sandbox lists: %v", all)
+	}
+	if err := s.Commit(sb); err != nil {
+		t.Fatal(err)
+	}
 	for _, f := range []string{ConfigFile, StateFile} {
 		if _, err := os.Stat(sb.Path(f)); err != nil {
 			t.Errorf("missing %s: %v", f, err)

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/api/controlapi"
-	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
 func (s *Supervisor) routes() http.Handler {
@@ -61,15 +60,10 @@ func (s *Supervisor) handleDetach(w http.ResponseWriter, _ *http.Request) {
 	s.mu.Lock()
 	already := s.detached
 	s.detached = true
+	running := s.state == "running"
 	s.mu.Unlock()
-	if !already {
-		if st, err := s.store.ReadState(s.sb); err == nil && st.Status == sandbox.StatusRunning {
-			st.Detached = true
-			st.Changed = time.Time{}
-			if err := s.store.SetState(s.sb, st); err != nil {
-				s.log.Warn("record detached state", "err", err)
-			}
-		}
+	if !already && running {
+		s.recordRunning()
 	}
 	w.WriteHeader(http.StatusOK)
 }
@@ -81,21 +75,33 @@ func (s *Supervisor) handleStream(w http.ResponseWriter, r *http.Request) {
 		controlapi.WriteError(w, http.StatusBadRequest, controlapi.Error{Error: "missing Upgrade: " + controlapi.UpgradeProtocol})
 		return
 	}
+	session := r.URL.Query().Get("session") == "1"
+	// Checking the state and counting the session happen under one lock,
+	// so a session cannot slip in while the last one ends and stops the VM.
 	s.mu.Lock()
 	client, state := s.client, s.state
-	s.mu.Unlock()
 	if client == nil || state != "running" {
+		s.mu.Unlock()
 		controlapi.WriteError(w, http.StatusServiceUnavailable, controlapi.Error{Error: "sandbox is " + state, Code: controlapi.CodeNotReady})
 		return
 	}
+	if session {
+		s.sessions++
+	}
+	s.mu.Unlock()
+	ok := false
+	defer func() {
+		if !ok && session {
+			s.endSession()
+		}
+	}()
 	stream, err := client.OpenStream(r.Context())
 	if err != nil {
 		controlapi.WriteError(w, http.StatusServiceUnavailable, controlapi.Error{Error: "open agent stream: " + err.Error(), Code: controlapi.CodeNotReady})
 		return
 	}
-	session := r.URL.Query().Get("session") == "1"
-	hj, ok := w.(http.Hijacker)
-	if !ok {
+	hj, canHijack := w.(http.Hijacker)
+	if !canHijack {
 		stream.Close()
 		controlapi.WriteError(w, http.StatusInternalServerError, controlapi.Error{Error: "connection cannot be upgraded", Code: controlapi.CodeInternal})
 		return
@@ -105,11 +111,7 @@ func (s *Supervisor) handleStream(w http.ResponseWriter, r *http.Request) {
 		stream.Close()
 		return
 	}
-	if session {
-		s.mu.Lock()
-		s.sessions++
-		s.mu.Unlock()
-	}
+	ok = true
 	_, _ = io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+controlapi.UpgradeProtocol+"\r\n\r\n")
 	go func() {
 		splice(conn, brw.Reader, stream)
@@ -122,7 +124,11 @@ func (s *Supervisor) handleStream(w http.ResponseWriter, r *http.Request) {
 func (s *Supervisor) endSession() {
 	s.mu.Lock()
 	s.sessions--
-	last := s.sessions == 0 && !s.detached
+	s.idleSince = time.Now()
+	last := s.sessions == 0 && !s.detached && s.state == "running"
+	if last {
+		s.state = "stopping"
+	}
 	s.mu.Unlock()
 	if last {
 		s.log.Info("last session ended; stopping", "component", "supervisor")

@@ -77,6 +77,9 @@ type Supervisor struct {
 	backend vm.Backend
 	net     *network // set by Run before the VM starts
 
+	// stateMu serialises writes of state.json.
+	stateMu sync.Mutex
+
 	stopOnce sync.Once
 	stopc    chan struct{} // closed when a stop is requested
 	downc    chan struct{} // closed when the VM is down
@@ -90,7 +93,10 @@ type Supervisor struct {
 	sessions int                    // guarded by mu
 	client   *agentclient.Client    // guarded by mu
 	hello    agentapi.HelloResponse // guarded by mu
+	started  time.Time              // guarded by mu
 	inst     vm.Instance            // guarded by mu
+	// idleSince is when the session count last became zero.
+	idleSince time.Time // guarded by mu
 }
 
 // Options are optional settings of New.
@@ -187,11 +193,14 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 	s.mu.Lock()
 	s.state = "running"
 	s.phase = ""
+	s.started = started
+	s.idleSince = time.Now()
 	s.mu.Unlock()
-	if err := s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusRunning, PID: os.Getpid(), Detached: s.isDetached(), Started: started}); err != nil {
-		s.log.Error("record state", "err", err)
-	}
+	s.recordRunning()
 	s.log.Info("sandbox running", "component", "supervisor")
+	idleCtx, stopIdle := context.WithCancel(ctx)
+	cleanups = append(cleanups, stopIdle)
+	go s.stopWhenIdle(idleCtx)
 
 	var exit vm.Exit
 	requested := false
@@ -212,11 +221,11 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 	s.mu.Unlock()
 	if requested {
 		s.log.Info("sandbox stopped", "component", "supervisor", "exit", exit.Code)
-		return s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusStopped})
+		return s.setState(sandbox.State{Status: sandbox.StatusStopped})
 	}
 	reason := describeExit(exit)
 	s.log.Error("vm exited unexpectedly", "component", "supervisor", "reason", reason)
-	if err := s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusCrashed, Reason: reason}); err != nil {
+	if err := s.setState(sandbox.State{Status: sandbox.StatusCrashed, Reason: reason}); err != nil {
 		return err
 	}
 	return fmt.Errorf("vm exited unexpectedly: %s", reason)
@@ -235,6 +244,60 @@ func describeExit(e vm.Exit) string {
 	}
 }
 
+// idleTimeout is how long a VM that was not started detached keeps running
+// without any session, for example when the command that started it died
+// before attaching.
+const idleTimeout = 30 * time.Second
+
+// stopWhenIdle stops a VM not started detached once it has had no session
+// for idleTimeout.
+func (s *Supervisor) stopWhenIdle(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		idle := !s.detached && s.sessions == 0 && s.state == "running" && time.Since(s.idleSince) > idleTimeout
+		if idle {
+			s.state = "stopping"
+		}
+		s.mu.Unlock()
+		if idle {
+			s.log.Info("no session for a while; stopping", "component", "supervisor", "idle", idleTimeout)
+			s.requestStop()
+			return
+		}
+	}
+}
+
+// recordRunning writes the running state, with the detached flag, unless
+// the VM has moved on to stopping. Only state changes from running go
+// through here, under stateMu, so a late write cannot undo "stopping".
+func (s *Supervisor) recordRunning() {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	s.mu.Lock()
+	running, detached, started := s.state == "running", s.detached, s.started
+	s.mu.Unlock()
+	if !running {
+		return
+	}
+	if err := s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusRunning, PID: os.Getpid(), Detached: detached, Started: started}); err != nil {
+		s.log.Error("record state", "err", err)
+	}
+}
+
+// setState writes st under stateMu.
+func (s *Supervisor) setState(st sandbox.State) error {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	return s.store.SetState(s.sb, st)
+}
+
 // fail records a failed start and returns err.
 func (s *Supervisor) fail(err error) error {
 	s.mu.Lock()
@@ -242,18 +305,15 @@ func (s *Supervisor) fail(err error) error {
 	s.errText = err.Error()
 	s.mu.Unlock()
 	s.log.Error("start failed", "component", "supervisor", "err", err)
-	if serr := s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusCrashed, Reason: "start failed: " + err.Error()}); serr != nil {
+	st := sandbox.State{Status: sandbox.StatusCrashed, Reason: "start failed: " + err.Error()}
+	if errors.Is(err, context.Canceled) {
+		// Interrupted (the starting command was stopped): nothing broke.
+		st = sandbox.State{Status: sandbox.StatusStopped}
+	}
+	if serr := s.setState(st); serr != nil {
 		s.log.Error("record state", "err", serr)
 	}
-	// Give a waiting CLI a moment to read the failure over the socket.
-	time.Sleep(500 * time.Millisecond)
 	return err
-}
-
-func (s *Supervisor) isDetached() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.detached
 }
 
 // phaseFunc runs one named boot phase, logging and recording its duration.
@@ -385,7 +445,7 @@ func (s *Supervisor) shutdown(ctx context.Context, inst vm.Instance) vm.Exit {
 	s.state = "stopping"
 	client := s.client
 	s.mu.Unlock()
-	_ = s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusStopping, PID: os.Getpid()})
+	_ = s.setState(sandbox.State{Status: sandbox.StatusStopping, PID: os.Getpid()})
 	ctx, cancel := context.WithTimeout(ctx, shutdownTimeout)
 	defer cancel()
 	if client != nil {

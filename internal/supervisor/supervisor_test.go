@@ -43,6 +43,9 @@ func start(t *testing.T, detached bool) *fixture {
 	store := sandbox.NewStore(dirs)
 	ws := t.TempDir()
 	sb, err := store.Create(sandbox.Config{ID: sandbox.NewID(), Name: "fake", Agent: "shell", Workspaces: []sandbox.Workspace{{Path: ws}}, UID: 1000, GID: 1000})
+	if err == nil {
+		err = store.Commit(sb)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,7 +72,11 @@ func Args(cfg vm.Config) []string {
 }
 
 func machineArgs(cfg vm.Config) []string {
-	a := []string{"-nodefaults", "-no-user-config", "-display", "none"}
+	// QEMU's seccomp filter: it may not spawn processes, change its
+	// privileges or use obsolete system calls, so a guest that broke into
+	// QEMU gets little further.
+	a := []string{"-nodefaults", "-no-user-config", "-display", "none",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}
 	switch cfg.Accel {
 	case vm.AccelKVM:
 		a = append(a, "-M", "microvm,rtc=on", "-accel", "kvm", "-cpu", "host")
