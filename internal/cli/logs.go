@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -18,8 +19,9 @@ func newLogsCmd(e *env) *cobra.Command {
 		Use:   "logs SANDBOX [-f]",
 		Short: "Show a sandbox's VM console and supervisor log",
 		Long: `Print the guest console of the sandbox's last boot (kernel messages and the
-guest agent's log) and then the supervisor's log. With -f, keep printing the
-console as it grows until interrupted.`,
+guest agent's log) and then the supervisor's log. With -f, print both as they
+grow, each line prefixed with its source, until interrupted or until the
+sandbox has stopped.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			sb, err := e.getSandbox(args[0])
@@ -38,10 +40,10 @@ console as it grows until interrupted.`,
 				}
 				return nil
 			}
-			return followFile(cmd, e.stdout, sb.Path(sandbox.ConsoleLog))
+			return e.followLogs(cmd, sb)
 		},
 	}
-	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "follow the console")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "follow the console and the supervisor log")
 	return cmd
 }
 
@@ -58,42 +60,88 @@ func copyFile(w io.Writer, path string) error {
 	return err
 }
 
-// followFile prints path and then what is appended to it, reopening it when
-// a new boot replaces it, until the command's context ends.
-func followFile(cmd *cobra.Command, w io.Writer, path string) error {
-	ctx := cmd.Context()
-	var f *os.File
-	var ino uint64
-	defer func() {
-		if f != nil {
-			f.Close()
+// follower tails one file, reopening it when a new boot replaces it.
+type follower struct {
+	path   string
+	prefix string
+	f      *os.File
+	ino    uint64
+	off    int64
+	part   []byte // an unfinished last line
+}
+
+// poll prints what was appended since the last call, line by line.
+func (fl *follower) poll(w io.Writer) error {
+	st, err := os.Stat(fl.path)
+	if err != nil {
+		return nil
+	}
+	if fl.f == nil || inode(st) != fl.ino || st.Size() < fl.off {
+		if fl.f != nil {
+			fl.f.Close()
 		}
-	}()
+		f, err := os.Open(fl.path)
+		if err != nil {
+			return nil
+		}
+		fl.f, fl.ino, fl.off, fl.part = f, inode(st), 0, nil
+	}
 	buf := make([]byte, 32<<10)
 	for {
-		if st, err := os.Stat(path); err == nil {
-			if f == nil || inode(st) != ino {
-				if f != nil {
-					f.Close()
-				}
-				f, err = os.Open(path)
-				if err == nil {
-					ino = inode(st)
-				}
+		n, err := fl.f.Read(buf)
+		fl.off += int64(n)
+		data := append(fl.part, buf[:n]...)
+		for {
+			i := bytes.IndexByte(data, '\n')
+			if i < 0 {
+				break
+			}
+			if _, werr := fmt.Fprintf(w, "%s%s\n", fl.prefix, data[:i]); werr != nil {
+				return werr
+			}
+			data = data[i+1:]
+		}
+		fl.part = append([]byte(nil), data...)
+		if err != nil || n == 0 {
+			return nil
+		}
+	}
+}
+
+func (fl *follower) close() {
+	if fl.f != nil {
+		fl.f.Close()
+	}
+}
+
+// followLogs prints the console and the supervisor log as they grow, each
+// line prefixed with its source, until the command is interrupted, or
+// shortly after the sandbox stops.
+func (e *env) followLogs(cmd *cobra.Command, sb *sandbox.Sandbox) error {
+	ctx := cmd.Context()
+	fls := []*follower{
+		{path: sb.Path(sandbox.ConsoleLog), prefix: "console    | "},
+		{path: sb.Path(sandbox.SupervisorLog), prefix: "supervisor | "},
+	}
+	defer func() {
+		for _, fl := range fls {
+			fl.close()
+		}
+	}()
+	stoppedPolls := 0
+	for {
+		for _, fl := range fls {
+			if err := fl.poll(e.stdout); err != nil {
+				return err
 			}
 		}
-		if f != nil {
-			for {
-				n, err := f.Read(buf)
-				if n > 0 {
-					if _, werr := w.Write(buf[:n]); werr != nil {
-						return werr
-					}
-				}
-				if err != nil || n == 0 {
-					break
-				}
+		if st, err := e.store.Status(sb); err == nil && st.Status != sandbox.StatusRunning && st.Status != sandbox.StatusStarting && st.Status != sandbox.StatusStopping {
+			// Not running: drain once more, then stop following.
+			if stoppedPolls++; stoppedPolls > 1 {
+				return nil
 			}
+		} else {
+			stoppedPolls = 0
 		}
 		select {
 		case <-ctx.Done():
