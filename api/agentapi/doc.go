@@ -3,7 +3,7 @@
 //
 // # Transport
 //
-// One byte stream (a virtio-serial port, or vsock where the host has it)
+// One byte stream (a virtio-serial port; vsock is planned for hosts that have it)
 // carries a hashicorp/yamux session. The host is the yamux client and the
 // guest is the yamux server. Every operation runs on its own yamux stream,
 // opened by the host; the guest never opens streams.
