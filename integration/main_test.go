@@ -70,9 +70,17 @@ func requireVM(t testing.TB) {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		missing = append(missing, "qemu-img (apt-get install qemu-utils)")
 	}
-	if os.Getuid() != 0 {
-		if _, err := exec.LookPath("debootstrap"); err != nil {
-			missing = append(missing, "debootstrap")
+	if _, err := exec.LookPath("debootstrap"); err != nil {
+		missing = append(missing, "debootstrap (apt-get install debootstrap)")
+	} else if os.Getuid() != 0 {
+		missing = append(missing, "root, to build the default template with debootstrap")
+	}
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		missing = append(missing, "mkfs.ext4 (apt-get install e2fsprogs)")
+	}
+	if os.Getenv("SBX_KERNEL") == "" {
+		if _, err := exec.LookPath("apt-get"); err != nil {
+			missing = append(missing, "a guest kernel: apt-get to fetch Debian's linux-image-amd64, or SBX_KERNEL")
 		}
 	}
 	if len(missing) == 0 {

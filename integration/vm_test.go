@@ -110,9 +110,14 @@ func wantUID() int {
 
 func waitStatus(t *testing.T, h *harness, name, want string) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(3 * time.Minute)
 	for {
-		got := h.status(name)
+		var got lsRow
+		for _, r := range h.ls() {
+			if r.Name == name {
+				got = r
+			}
+		}
 		if got.Status == want {
 			return
 		}
@@ -349,4 +354,45 @@ func TestSessions(t *testing.T) {
 		t.Errorf("racing execs saw two boots: %q vs %q", r1.stdout, r2.stdout)
 	}
 	qemuPID(t, id)
+}
+
+// TestRunSession: an exec into a VM that `sbx run` started does not keep it
+// running after the run session ends; --rm removes the sandbox it created;
+// logs show the console and the supervisor log.
+func TestRunSession(t *testing.T) {
+	h := newHarness(t)
+	ws := workspace(t)
+	run := exec.Command(sbxBin, "run", "--name", "t-att", "shell", ws, "--", "-c", "sleep 6; echo run-done")
+	run.Env = h.env
+	var runOut strings.Builder
+	run.Stdout = &runOut
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, h, "t-att", "running")
+	h.mustSbx("exec", "t-att", "true")
+	if err := run.Wait(); err != nil || !strings.Contains(runOut.String(), "run-done") {
+		t.Fatalf("run: %v %q", err, runOut.String())
+	}
+	waitStatus(t, h, "t-att", "stopped")
+
+	logs := h.mustSbx("logs", "t-att").stdout
+	for _, want := range []string{"==> console", "boot done", "==> supervisor", "sandbox running"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %q", want)
+		}
+	}
+
+	res := h.mustSbx("run", "--rm", "--name", "t-rm", "shell", ws, "--", "-c", "echo in-rm")
+	if !strings.Contains(res.stdout, "in-rm") {
+		t.Errorf("run --rm output %q", res.stdout)
+	}
+	for _, r := range h.ls() {
+		if r.Name == "t-rm" {
+			t.Errorf("run --rm left the sandbox behind (%s)", r.Status)
+		}
+	}
+	if res := h.sbx("run", "--rm", "t-att", "--", "-c", "true"); res.code == 0 || !strings.Contains(res.stderr, "--rm") {
+		t.Errorf("run --rm on an existing sandbox: %+v", res)
+	}
 }
