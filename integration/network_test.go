@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -219,5 +220,78 @@ func TestNetworkPolicy(t *testing.T) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// guestServer is a tiny HTTP server for the guest (perl-base is in every
+// Debian root), answering "from-guest".
+const guestServer = `perl -MIO::Socket::INET -e '$s=IO::Socket::INET->new(LocalPort=>8000,Listen=>5,ReuseAddr=>1) or die; while($c=$s->accept){print $c "HTTP/1.0 200 OK\r\n\r\nfrom-guest\n"; close $c}'`
+
+// TestPorts: a published port answers from the host; another sandbox
+// cannot reach it through host.sbx.internal or the host's address.
+func TestPorts(t *testing.T) {
+	h := newHarness(t)
+	ws := workspace(t)
+	ip := hostAddr(t)
+	h.mustSbx("policy", "init", "balanced")
+	a := strings.TrimSpace(h.mustSbx("create", "--name", "t-pa", "--publish", "8000", ws).stdout)
+	var ports []struct {
+		HostIP      string `json:"hostIP"`
+		HostPort    int    `json:"hostPort"`
+		SandboxPort int    `json:"sandboxPort"`
+	}
+	if err := json.Unmarshal([]byte(h.mustSbx("ports", a, "--json").stdout), &ports); err != nil || len(ports) != 1 || ports[0].HostPort == 0 || ports[0].HostIP != "127.0.0.1" {
+		t.Fatalf("ports --json: %+v %v", ports, err)
+	}
+	hostPort := ports[0].HostPort
+	// Also publish on the host's own address, the other way in.
+	h.mustSbx("ports", a, "--publish", fmt.Sprintf("%s:0:8000", ip))
+	h.mustSbx("exec", "-d", a, "sh", "-c", guestServer)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", hostPort)
+	var body string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		resp, err := http.Get(url)
+		if err == nil {
+			b := make([]byte, 64)
+			n, _ := resp.Body.Read(b)
+			resp.Body.Close()
+			body = string(b[:n])
+			if strings.Contains(body, "from-guest") {
+				break
+			}
+		}
+	}
+	if !strings.Contains(body, "from-guest") {
+		h.dumpLogs()
+		t.Fatalf("published port %s did not answer from the guest (%q)", url, body)
+	}
+	if err := json.Unmarshal([]byte(h.mustSbx("ports", a, "--json").stdout), &ports); err != nil || len(ports) != 2 {
+		t.Fatalf("ports after a second publish: %+v", ports)
+	}
+	ipPort := 0
+	for _, p := range ports {
+		if p.HostIP == ip {
+			ipPort = p.HostPort
+		}
+	}
+
+	wsB := workspace(t)
+	b := strings.TrimSpace(h.mustSbx("create", "--name", "t-pb", wsB).stdout)
+	for _, target := range []string{
+		fmt.Sprintf("http://host.sbx.internal:%d/", hostPort),
+		fmt.Sprintf("http://%s:%d/", ip, ipPort),
+	} {
+		for _, flags := range []string{"", "--noproxy '*'"} {
+			res := h.sbx("exec", b, "bash", "-c", "curl -sS -m 5 "+flags+" "+target)
+			if strings.Contains(res.stdout, "from-guest") {
+				t.Errorf("sandbox %s reached %s's published port at %s (curl %s)", b, a, target, flags)
+			}
+		}
+	}
+	// Unpublish closes the host port at once.
+	h.mustSbx("ports", a, "--unpublish", fmt.Sprintf("127.0.0.1:%d:8000", hostPort))
+	if resp, err := http.Get(url); err == nil {
+		resp.Body.Close()
+		t.Errorf("unpublished port still answers")
 	}
 }

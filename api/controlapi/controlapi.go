@@ -7,6 +7,9 @@
 //	GET  /v1/status   Status
 //	POST /v1/stop     shut the VM down cleanly; answers when it is down
 //	POST /v1/detach   keep the VM running when its last session ends
+//	GET  /v1/ports    Ports: the published ports
+//	POST /v1/ports    PortRequest: publish or unpublish a port; answers
+//	                  with the port bound (or the remaining list)
 //	POST /v1/stream   upgrade to a raw byte stream spliced onto a new
 //	                  agent-protocol stream (api/agentapi); with
 //	                  ?session=1 the stream counts as a session, and a VM
@@ -64,6 +67,24 @@ type Status struct {
 	KernelRelease string  `json:"kernelRelease,omitempty"`
 	BootID        string  `json:"bootId,omitempty"`
 	VMMPID        int     `json:"vmmPid,omitempty"`
+}
+
+// Port is a published port.
+type Port struct {
+	HostIP      string `json:"hostIP"`
+	HostPort    uint16 `json:"hostPort"`
+	SandboxPort uint16 `json:"sandboxPort"`
+}
+
+// Ports lists published ports.
+type Ports struct {
+	Ports []Port `json:"ports"`
+}
+
+// PortRequest publishes (or with Unpublish, removes) a port.
+type PortRequest struct {
+	Port      Port `json:"port"`
+	Unpublish bool `json:"unpublish,omitempty"`
 }
 
 // Error is the body of a failed request.
@@ -140,6 +161,36 @@ func (c *Client) Stop(ctx context.Context) error {
 // Detach marks the VM as detached: it keeps running after its last session.
 func (c *Client) Detach(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "detach", nil)
+}
+
+// Ports lists the published ports.
+func (c *Client) Ports(ctx context.Context) ([]Port, error) {
+	var p Ports
+	err := c.do(ctx, http.MethodGet, "ports", &p)
+	return p.Ports, err
+}
+
+// Publish publishes port and returns the port bound; with unpublish it
+// removes the matching ports and returns those left.
+func (c *Client) Publish(ctx context.Context, port Port, unpublish bool) ([]Port, error) {
+	body, _ := json.Marshal(PortRequest{Port: port, Unpublish: unpublish})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://sbx/v1/ports", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, decodeError(resp)
+	}
+	var p Ports
+	if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
+		return nil, fmt.Errorf("decode ports: %w", err)
+	}
+	return p.Ports, nil
 }
 
 // OpenStream opens a raw stream to the guest agent through the supervisor.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/internal/disk"
+	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
@@ -31,6 +33,8 @@ type createFlags struct {
 	disk     string
 	accel    string
 	env      []string
+	publish  []string
+	denyNet  []string
 	detached bool
 	rm       bool
 }
@@ -43,6 +47,8 @@ func (f *createFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.disk, "disk", defaultDisk, "root disk size (sparse), e.g. 20g")
 	fl.StringVar(&f.accel, "accel", "auto", "CPU accelerator: auto, kvm or tcg")
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "environment variable KEY=VALUE for the agent session (repeatable)")
+	fl.StringArrayVar(&f.publish, "publish", nil, "publish [[HOST_IP:]HOST_PORT:]SANDBOX_PORT on the host (repeatable; see `sbx ports`)")
+	fl.StringArrayVar(&f.denyNet, "deny-network", nil, "deny these network resources to this sandbox (comma-separated, repeatable; see `sbx policy deny`)")
 }
 
 // target is what the positional arguments of run/create resolve to.
@@ -364,12 +370,19 @@ its VM in the background and print its name. Attach with ` + "`sbx run NAME`" + 
 					return userErr(nil, "pick another --name or remove it with `sbx rm "+f.name+"`", "sandbox %s already exists", f.name)
 				}
 			}
+			nf, err := f.parseNet()
+			if err != nil {
+				return err
+			}
 			sb, created, err := e.findOrCreate(cmd, &f, t)
 			if err != nil {
 				return err
 			}
 			if !created {
 				return userErr(nil, "use `sbx run "+sb.Config.Name+"` to start it, or give another --name", "sandbox %s already exists for %s", sb.Config.Name, sb.PrimaryWorkspace())
+			}
+			if err := e.applyNet(cmd, sb, nf); err != nil {
+				return err
 			}
 			if err := e.ensureRunning(cmd.Context(), sb, startInBackground); err != nil {
 				return err
@@ -402,4 +415,54 @@ func (e *env) warnUnwritable(sb *sandbox.Sandbox) {
 	if !writable {
 		fmt.Fprintf(e.stderr, "sbx: warning: %s belongs to uid %d; the sandbox user (uid %d) can write there only with sudo. Run sbx as the folder's owner, or set SUDO_UID/SUDO_GID.\n", ws, sys.Uid, uid)
 	}
+}
+
+// netFlags are --publish and --deny-network, parsed.
+type netFlags struct {
+	publish []sandbox.Port
+	deny    []policy.Resource
+}
+
+// parseNet checks --publish and --deny-network before any slow work.
+func (f *createFlags) parseNet() (netFlags, error) {
+	var n netFlags
+	for _, s := range f.publish {
+		p, err := sandbox.ParsePort(s)
+		if err != nil {
+			return n, userErr(nil, "", "--publish: %v", err)
+		}
+		n.publish = append(n.publish, p)
+	}
+	for _, s := range f.denyNet {
+		rs, err := policy.ParseResources(s)
+		if err != nil {
+			return n, userErr(nil, "see `sbx policy deny --help` for the forms", "--deny-network: %v", err)
+		}
+		n.deny = append(n.deny, rs...)
+	}
+	return n, nil
+}
+
+// applyNet adds the sandbox's deny rules and published ports.
+func (e *env) applyNet(cmd *cobra.Command, sb *sandbox.Sandbox, n netFlags) error {
+	if len(n.deny) > 0 {
+		err := e.policyStore().Update(func(f *policy.File) error {
+			for _, r := range n.deny {
+				rule := policy.NewRule(policy.Deny, r, sb.Config.ID, "user", time.Now().UTC())
+				if !slices.ContainsFunc(f.Rules, func(x policy.Rule) bool { return x.ID == rule.ID }) {
+					f.Rules = append(f.Rules, rule)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return userErr(err, "", "cannot add the --deny-network rules of %s", sb.Config.Name)
+		}
+	}
+	if len(n.publish) > 0 {
+		if _, err := e.changePorts(cmd, sb, n.publish, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }

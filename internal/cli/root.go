@@ -85,6 +85,7 @@ only the workspace folder crosses into the VM, read-write at the same path.`,
 		newVersionCmd(e),
 		newSuperviseCmd(e),
 		newPolicyCmd(e),
+		newPortsCmd(e),
 	)
 	root.InitDefaultCompletionCmd()
 	return root, &e.debug

@@ -44,8 +44,15 @@ was started with -d.`,
 			if err != nil {
 				return err
 			}
+			nf, err := f.parseNet()
+			if err != nil {
+				return err
+			}
 			sb, created, err := e.findOrCreate(cmd, &f, t)
 			if err != nil {
+				return err
+			}
+			if err := e.applyNet(cmd, sb, nf); err != nil {
 				return err
 			}
 			ctx := cmd.Context()

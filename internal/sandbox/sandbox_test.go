@@ -109,3 +109,24 @@ func TestStoreLifecycle(t *testing.T) {
 		t.Errorf("Get after remove: %v", err)
 	}
 }
+
+func TestParsePort(t *testing.T) {
+	for in, want := range map[string]Port{
+		"80":              {HostIP: "127.0.0.1", SandboxPort: 80},
+		"8080:80":         {HostIP: "127.0.0.1", HostPort: 8080, SandboxPort: 80},
+		"0.0.0.0:8080:80": {HostIP: "0.0.0.0", HostPort: 8080, SandboxPort: 80},
+		"[::1]:9000:3000": {HostIP: "::1", HostPort: 9000, SandboxPort: 3000},
+		":3000":           {HostIP: "127.0.0.1", SandboxPort: 3000},
+		"127.0.0.1::3000": {HostIP: "127.0.0.1", SandboxPort: 3000},
+	} {
+		got, err := ParsePort(in)
+		if err != nil || got != want {
+			t.Errorf("ParsePort(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "0", "x", "70000", "1:2:3:4", "host:80:80", "[::1:80"} {
+		if _, err := ParsePort(in); err == nil {
+			t.Errorf("ParsePort(%q) succeeded", in)
+		}
+	}
+}

@@ -17,6 +17,8 @@ func (s *Supervisor) routes() http.Handler {
 	mux.HandleFunc("POST /v1/stop", s.handleStop)
 	mux.HandleFunc("POST /v1/detach", s.handleDetach)
 	mux.HandleFunc("POST /v1/stream", s.handleStream)
+	mux.HandleFunc("GET /v1/ports", s.handlePorts)
+	mux.HandleFunc("POST /v1/ports", s.handlePublish)
 	return mux
 }
 

@@ -75,7 +75,8 @@ type Supervisor struct {
 	boot    Boot
 	log     *slog.Logger
 	backend vm.Backend
-	net     *network // set by Run before the VM starts
+	net     *network   // set by Run before the VM starts
+	ports   *publisher // forwards published ports; serves once running
 
 	// stateMu serialises writes of state.json.
 	stateMu sync.Mutex
@@ -97,6 +98,8 @@ type Supervisor struct {
 	inst     vm.Instance            // guarded by mu
 	// idleSince is when the session count last became zero.
 	idleSince time.Time // guarded by mu
+	// baseCtx is the network's context, for work started by API calls.
+	baseCtx context.Context // guarded by mu
 }
 
 // Options are optional settings of New.
@@ -125,11 +128,13 @@ func New(store *sandbox.Store, sb *sandbox.Sandbox, log *slog.Logger, opts Optio
 	if backend == nil {
 		backend = qemu.New(b.QEMU)
 	}
-	return &Supervisor{
+	s := &Supervisor{
 		store: store, sb: sb, boot: b, log: log.With("sandbox", sb.Config.Name), backend: backend,
 		stopc: make(chan struct{}), downc: make(chan struct{}),
 		state: "starting", detached: b.Detached,
-	}, nil
+	}
+	s.ports = newPublisher(s)
+	return s, nil
 }
 
 // Run boots the VM, serves the control API and returns when the VM is down.
@@ -183,6 +188,10 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		return s.fail(err)
 	}
 	s.net = nw
+	s.mu.Lock()
+	s.baseCtx = netCtx
+	s.mu.Unlock()
+	cleanups = append(cleanups, s.ports.close)
 
 	inst, err := s.startVM(ctx, rt)
 	if err != nil {
@@ -198,6 +207,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 	s.mu.Unlock()
 	s.recordRunning()
 	s.log.Info("sandbox running", "component", "supervisor")
+	s.ports.restore(netCtx)
 	idleCtx, stopIdle := context.WithCancel(ctx)
 	cleanups = append(cleanups, stopIdle)
 	go s.stopWhenIdle(idleCtx)
