@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -23,6 +24,7 @@ type lsEntry struct {
 	CPUs       int                 `json:"cpus"`
 	MemoryMiB  int                 `json:"memoryMiB"`
 	DiskBytes  int64               `json:"diskBytes"`
+	Ports      []sandbox.Port      `json:"ports"`
 	Created    time.Time           `json:"created"`
 }
 
@@ -42,8 +44,13 @@ func newLsCmd(e *env) *cobra.Command {
 					st = sandbox.State{Status: "unknown", Reason: err.Error()}
 				}
 				c := sb.Config
+				ports, _ := e.store.ReadPorts(sb)
+				if ports == nil {
+					ports = []sandbox.Port{}
+				}
 				entries = append(entries, lsEntry{
-					Name: c.Name, ID: c.ID, Agent: c.Agent, Status: st.Status, Reason: st.Reason,
+					Ports: ports,
+					Name:  c.Name, ID: c.ID, Agent: c.Agent, Status: st.Status, Reason: st.Reason,
 					Workspace: sb.PrimaryWorkspace(), Workspaces: c.Workspaces,
 					CPUs: c.CPUs, MemoryMiB: c.MemoryMiB, DiskBytes: c.DiskBytes, Created: c.Created,
 				})
@@ -61,9 +68,13 @@ func newLsCmd(e *env) *cobra.Command {
 				}
 			default:
 				tw := tabwriter.NewWriter(e.stdout, 0, 4, 3, ' ', 0)
-				fmt.Fprintln(tw, "SANDBOX\tAGENT\tSTATUS\tWORKSPACE")
+				fmt.Fprintln(tw, "SANDBOX\tAGENT\tSTATUS\tWORKSPACE\tPORTS")
 				for _, en := range entries {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", en.Name, en.Agent, en.Status, en.Workspace)
+					var ps []string
+					for _, p := range en.Ports {
+						ps = append(ps, p.String())
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", en.Name, en.Agent, en.Status, en.Workspace, strings.Join(ps, ", "))
 				}
 				tw.Flush()
 			}
