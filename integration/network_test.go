@@ -202,6 +202,16 @@ func TestNetworkPolicy(t *testing.T) {
 		t.Errorf("rule added while running: %+v", res)
 	}
 
+	// host.sbx.internal reaches the host's loopback once localhost:PORT is
+	// allowed, directly and through the proxy.
+	h.mustSbx("policy", "allow", "network", fmt.Sprintf("localhost:%d", webPort))
+	time.Sleep(time.Second)
+	for _, flags := range []string{"--noproxy '*'", ""} {
+		if res := sh(fmt.Sprintf("curl -sS -m 20 %s http://host.sbx.internal:%d/e", flags, webPort)); !strings.Contains(res.stdout, "hello from host.sbx.internal") {
+			t.Errorf("host.sbx.internal with localhost:%d allowed (curl %s): %+v", webPort, flags, res)
+		}
+	}
+
 	// The audit log is flushed within a fraction of a second.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
