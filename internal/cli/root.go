@@ -45,7 +45,8 @@ func NewRoot(ctx context.Context, s Streams) (*cobra.Command, *bool) {
 		Short: "Run AI coding agents in microVM sandboxes",
 		Long: `sbx runs AI coding agents (or a plain shell) inside a microVM per sandbox.
 The agent gets full control of its own machine (root via sudo, its own disk);
-only the workspace folder crosses into the VM, read-write at the same path.`,
+only the workspace folder (read-write, at the same path) and the network
+traffic the policy allows (see ` + "`sbx policy`" + `) cross between it and the host.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
