@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -265,6 +266,12 @@ func (s *Server) start(req *agentapi.ExecRequest) (*process, error) {
 	}
 	if err != nil {
 		p.closeAll()
+		// The child changes to dir after taking on the user's ids, so a
+		// folder the user cannot enter fails the same way (EACCES) as a
+		// command it cannot run; tell them apart.
+		if errors.Is(err, unix.EACCES) && !canEnter(dir, acct) {
+			return nil, &startError{agentapi.CodePermission, fmt.Sprintf("cannot enter working folder %s as user %s: permission denied", dir, acct.Name)}
+		}
 		code := agentapi.CodePermission
 		if errors.Is(err, os.ErrNotExist) {
 			code = agentapi.CodeNotFound
@@ -315,7 +322,15 @@ func exitStatus(ws unix.WaitStatus) agentapi.ExitStatus {
 // exec runs one exec request on stream; see agentapi.ExecRequest for the
 // frame sequence.
 func (s *Server) exec(ctx context.Context, stream net.Conn, req *agentapi.ExecRequest) {
-	p, err := s.start(req)
+	// Start (the chdir into a workspace included) waits for a setup in
+	// progress and is refused once power-off has begun; the process then
+	// runs on without holding the lock.
+	var p *process
+	err := s.whileUp(func() error {
+		var err error
+		p, err = s.start(req)
+		return err
+	})
 	if err != nil {
 		var se *startError
 		if errors.As(err, &se) {
@@ -472,4 +487,37 @@ func (s *Server) exec(ctx context.Context, stream net.Conn, req *agentapi.ExecRe
 	p.closeAll() // unblocks a stdin write stuck on a full pipe
 	rdWG.Wait()
 	inWG.Wait()
+}
+
+// canEnter reports whether acct may search every directory on the way to
+// dir, judged by mode bits (access(2) would answer for the agent, which
+// runs as root). ACLs are not consulted, so use it only to explain a
+// failure, never to refuse. Paths it cannot inspect count as enterable.
+func canEnter(dir string, acct account) bool {
+	if acct.UID == 0 {
+		return true
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return true
+	}
+	p := "/"
+	for _, c := range append([]string{""}, strings.Split(strings.TrimPrefix(real, "/"), "/")...) {
+		p = filepath.Join(p, c)
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			return true
+		}
+		var bit uint32 = 0o001
+		switch {
+		case st.Uid == uint32(acct.UID):
+			bit = 0o100
+		case slices.Contains(acct.Groups, st.Gid) || st.Gid == uint32(acct.GID):
+			bit = 0o010
+		}
+		if st.Mode&bit == 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -435,11 +435,17 @@ func lateMounts() error {
 	if err := mkdirMount("shm", "/dev/shm", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
 		return err
 	}
-	// /tmp as tmpfs unless the disk already mounts something there.
-	if _, _, ok := mountedAt("/tmp"); !ok {
-		if err := mkdirMount("tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
-			return err
+	// /tmp stays on the root filesystem (the disk, or the initramfs when
+	// there is none, which is RAM already). A tmpfs over it would hide
+	// what the template keeps there, and workspaces mounted under /tmp
+	// would sit on a mount that goes away during power-off, leaving an
+	// exec racing the shutdown with "chdir ...: no such file or directory".
+	if err := os.Mkdir("/tmp", 0o755); err == nil {
+		if err := os.Chmod("/tmp", 0o777|os.ModeSticky); err != nil {
+			return fmt.Errorf("chmod /tmp: %w", err)
 		}
+	} else if !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create /tmp: %w", err)
 	}
 	return nil
 }

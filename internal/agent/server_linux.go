@@ -50,6 +50,28 @@ type Config struct {
 type Server struct {
 	cfg Config
 	log *slog.Logger
+
+	// lifeMu orders setup and power-off against execs and copies. Setup
+	// and shutdown hold it exclusively; exec starts and copies hold it
+	// shared. So an exec or copy that arrives while workspaces are being
+	// mounted waits for them, power-off waits for copies in progress, and
+	// nothing starts in a guest whose workspaces are being unmounted.
+	lifeMu   sync.RWMutex
+	stopping bool // guarded by lifeMu; set when a shutdown was accepted
+}
+
+// errStopping answers execs and copies that arrive after a shutdown.
+var errStopping = &startError{agentapi.CodeInternal, "the sandbox is shutting down"}
+
+// whileUp runs fn holding lifeMu shared, unless the guest is shutting
+// down; then it returns errStopping.
+func (s *Server) whileUp(fn func() error) error {
+	s.lifeMu.RLock()
+	defer s.lifeMu.RUnlock()
+	if s.stopping {
+		return errStopping
+	}
+	return fn()
 }
 
 // NewServer returns a Server; it fails if cfg lacks a Reaper.
@@ -208,7 +230,19 @@ func (s *Server) setup(ctx context.Context, w io.Writer, req *agentapi.SetupRequ
 		s.respondErr(w, agentapi.CodeUnsupported, errors.New("setup is not supported by this agent"))
 		return
 	}
-	if err := s.cfg.Setup(ctx, req); err != nil {
+	s.lifeMu.Lock()
+	var err error
+	if s.stopping {
+		err = errStopping
+	} else {
+		err = s.cfg.Setup(ctx, req)
+	}
+	s.lifeMu.Unlock()
+	if errors.Is(err, errStopping) {
+		s.respondErr(w, errStopping.code, err)
+		return
+	}
+	if err != nil {
 		s.log.Error("setup", "err", err)
 		s.respondErr(w, codeOf(err), err)
 		return
@@ -221,6 +255,10 @@ func (s *Server) shutdown(stream net.Conn) {
 		s.respondErr(stream, agentapi.CodeUnsupported, errors.New("shutdown is not supported by this agent"))
 		return
 	}
+	// Wait for setups and copies in progress; refuse new ones from here.
+	s.lifeMu.Lock()
+	s.stopping = true
+	s.lifeMu.Unlock()
 	s.respond(stream, agentapi.Response{OK: true})
 	stream.Close()
 	s.log.Info("shutdown requested")
@@ -233,7 +271,9 @@ func (s *Server) copyIn(stream net.Conn, req *agentapi.CopyInRequest) {
 	if !strings.HasPrefix(req.Path, "/") {
 		err = fmt.Errorf("copy-in destination %q is not an absolute path", req.Path)
 	} else {
-		err = archive.Extract(dr, req.Path, archive.Options{PreserveOwner: os.Getuid() == 0})
+		err = s.whileUp(func() error {
+			return archive.Extract(dr, req.Path, archive.Options{PreserveOwner: os.Getuid() == 0})
+		})
 	}
 	// Read up to DataEnd even after a failure so the host's writes finish.
 	if derr := dr.Drain(); derr != nil && err == nil {
@@ -254,6 +294,12 @@ func (s *Server) copyIn(stream net.Conn, req *agentapi.CopyInRequest) {
 func (s *Server) copyOut(stream net.Conn, req *agentapi.CopyOutRequest) {
 	if !strings.HasPrefix(req.Path, "/") {
 		s.respondErr(stream, agentapi.CodeInvalid, fmt.Errorf("copy-out source %q is not an absolute path", req.Path))
+		return
+	}
+	s.lifeMu.RLock()
+	defer s.lifeMu.RUnlock()
+	if s.stopping {
+		s.respondErr(stream, errStopping.code, errStopping)
 		return
 	}
 	if _, err := os.Lstat(strings.TrimSuffix(req.Path, "/.")); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -38,12 +39,18 @@ func (w tWriter) Write(p []byte) (int, error) {
 // startAgent runs a Server over net.Pipe and returns a connected client.
 func startAgent(t *testing.T) *agentclient.Client {
 	t.Helper()
+	return startAgentWith(t, Config{})
+}
+
+// startAgentWith is startAgent with cfg's Setup and PowerOff hooks.
+func startAgentWith(t *testing.T, hooks Config) *agentclient.Client {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	reaper := NewReaper(log, ReapRegistered)
 	var wg sync.WaitGroup
 	wg.Go(func() { reaper.Run(ctx) })
-	srv, err := NewServer(Config{Log: log, Reaper: reaper, DefaultUser: strconv.Itoa(os.Getuid())})
+	srv, err := NewServer(Config{Log: log, Reaper: reaper, DefaultUser: strconv.Itoa(os.Getuid()), Setup: hooks.Setup, PowerOff: hooks.PowerOff})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,6 +160,41 @@ func TestExecPermission(t *testing.T) {
 	se, ok := errors.AsType[*agentclient.StartError](err)
 	if !ok || se.ExitCode != 126 {
 		t.Fatalf("exec of non-executable: got %v, want *StartError with 126", err)
+	}
+}
+
+// TestExecWorkdirNotEnterable checks that a working folder the user
+// cannot enter is reported as such, not as the command being unrunnable.
+func TestExecWorkdirNotEnterable(t *testing.T) {
+	c := startAgent(t)
+	dir := filepath.Join(t.TempDir(), "ws")
+	req := agentapi.ExecRequest{Argv: []string{"sh", "-c", "true"}, Dir: dir}
+	if os.Getuid() == 0 {
+		// A root-owned 0700 workspace and an unprivileged user.
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		req.User = "65534"
+	} else if err := os.Mkdir(dir, 0o000); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Chmod(dir, 0o700) })
+	_, err := runExec(t, c, req, agentclient.ExecIO{})
+	se, ok := errors.AsType[*agentclient.StartError](err)
+	if !ok {
+		t.Fatalf("exec in unenterable folder: got error %v, want *StartError", err)
+	}
+	if se.Code != agentapi.CodePermission || !strings.Contains(se.Message, "cannot enter working folder "+dir+" as user ") || !strings.HasSuffix(se.Message, ": permission denied") {
+		t.Errorf("got %+v, want permission, cannot enter working folder %s", se, dir)
+	}
+	// Once every folder on the way can be entered, the exec runs.
+	for p := dir; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := runExec(t, c, req, agentclient.ExecIO{}); err != nil || got.status.Code != 0 {
+		t.Errorf("exec after chmod: %+v, %v", got.status, err)
 	}
 }
 
@@ -334,6 +376,81 @@ func TestSetupUnsupportedWithoutHook(t *testing.T) {
 	}
 	if resp.OK || resp.Code != agentapi.CodeUnsupported {
 		t.Errorf("setup = %+v, want unsupported", resp)
+	}
+}
+
+// TestExecWaitsForSetup checks that an exec arriving while setup runs
+// (mounting the workspace it will chdir into) starts only after setup.
+func TestExecWaitsForSetup(t *testing.T) {
+	ws := filepath.Join(t.TempDir(), "ws")
+	entered, release := make(chan struct{}), make(chan struct{})
+	c := startAgentWith(t, Config{Setup: func(ctx context.Context, req *agentapi.SetupRequest) error {
+		close(entered)
+		<-release
+		return os.Mkdir(ws, 0o755) // stands in for the workspace mount
+	}})
+	setupDone := make(chan error, 1)
+	go func() {
+		s, err := c.OpenStream(t.Context())
+		if err != nil {
+			setupDone <- err
+			return
+		}
+		defer s.Close()
+		resp, err := agentclient.Call(t.Context(), s, agentapi.Request{Op: agentapi.OpSetup, Setup: &agentapi.SetupRequest{}})
+		if err == nil && !resp.OK {
+			err = errors.New(resp.Error)
+		}
+		setupDone <- err
+	}()
+	<-entered
+	execDone := make(chan error, 1)
+	go func() {
+		got, err := runExec(t, c, agentapi.ExecRequest{Argv: []string{"pwd"}, Dir: ws}, agentclient.ExecIO{})
+		if err == nil && got.stdout != ws+"\n" {
+			err = fmt.Errorf("pwd printed %q", got.stdout)
+		}
+		execDone <- err
+	}()
+	select {
+	case err := <-execDone:
+		t.Fatalf("exec finished while setup was running: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if err := <-setupDone; err != nil {
+		t.Fatalf("setup: %v", err)
+	}
+	if err := <-execDone; err != nil {
+		t.Errorf("exec after setup: %v", err)
+	}
+}
+
+// TestExecRefusedAfterShutdown checks that once power-off has begun no
+// exec or copy starts (workspaces are being unmounted).
+func TestExecRefusedAfterShutdown(t *testing.T) {
+	powered := make(chan struct{})
+	c := startAgentWith(t, Config{PowerOff: func() { close(powered) }})
+	s, err := c.OpenStream(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := agentclient.Call(t.Context(), s, agentapi.Request{Op: agentapi.OpShutdown, Shutdown: &agentapi.ShutdownRequest{}})
+	s.Close()
+	if err != nil || !resp.OK {
+		t.Fatalf("shutdown: %+v, %v", resp, err)
+	}
+	<-powered
+	_, err = runExec(t, c, agentapi.ExecRequest{Argv: []string{"true"}}, agentclient.ExecIO{})
+	if err == nil || !strings.Contains(err.Error(), "the sandbox is shutting down") {
+		t.Errorf("exec after shutdown: got %v, want the sandbox is shutting down", err)
+	}
+	cs, err := c.OpenStream(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agentclient.CopyOut(t.Context(), cs, "/etc/hostname", filepath.Join(t.TempDir(), "x")); err == nil || !strings.Contains(err.Error(), "shutting down") {
+		t.Errorf("copy-out after shutdown: got %v, want shutting down", err)
 	}
 }
 

@@ -48,11 +48,13 @@ func CopyIn(ctx context.Context, stream io.ReadWriteCloser, hostSrc, guestDst st
 
 // CopyOut copies guestSrc out of the guest to hostDst with docker cp
 // semantics: inside hostDst if it is an existing directory, else as hostDst
-// (whose parent must exist). Extraction is confined to the target tree with
-// os.Root: entries with absolute or ".." names, or that would pass through
-// a symlink out of the tree (say "link -> /etc" then "link/passwd"), are
-// refused with an error and nothing outside is written. Entries extracted
-// before a failure stay. stream must be fresh; CopyOut closes it.
+// (whose parent must exist). The guest is untrusted: extraction is
+// confined to the copied tree (see archive.Extract), so entries with
+// absolute or ".." names, a second top-level entry, or paths, hard-link
+// targets or mode changes through a symlink (say "link -> .." then
+// "link/.bashrc") are refused with an error, and nothing outside the tree
+// is created, written, chmodded or linked to. Entries extracted before a
+// failure stay. stream must be fresh; CopyOut closes it.
 func CopyOut(ctx context.Context, stream io.ReadWriteCloser, guestSrc, hostDst string) error {
 	defer stream.Close()
 	stop := closeOnCancel(ctx, stream)

@@ -132,44 +132,56 @@ type Options struct {
 	PreserveOwner bool
 }
 
-// Extract reads a tar archive from r and places it at dst: if dst is an
-// existing directory (symlinks to directories count), entries are created
-// inside it; otherwise the archive must hold a single top-level entry,
-// created as dst, whose parent directory must exist. Existing files are
-// replaced; an existing directory is merged into, never replaced by a
-// non-directory. Entries with absolute names, ".." components, or paths
-// that resolve through a symlink to outside the target tree are refused
-// with an error wrapping ErrUnsafeEntry or the os.Root escape error;
-// entries already extracted stay. Extract stops at the tar end marker and
-// does not read r beyond it.
+// Extract reads a tar archive from r and places it at dst. The archive
+// must hold a single top-level entry (as [Write] makes): if dst is an
+// existing directory (symlinks to directories count), that entry is
+// created inside it, or, when the entry is ".", its contents are merged
+// into dst; otherwise the entry is created as dst, whose parent directory
+// must exist. Existing files are replaced; an existing directory is merged
+// into, never replaced by a non-directory.
+//
+// Extraction is confined to the copied tree: the top-level entry is
+// created first and every later entry goes through an [os.Root] opened at
+// it, so nothing outside the tree is created, written, chmodded or linked
+// to. Within the tree no entry, hard-link target or deferred mode change
+// may pass through a symlink (one the archive planted or one already
+// there), and modes, times and owners are never applied through one.
+// Entries with absolute names, ".." components, a second top-level entry,
+// or paths through a symlink are refused with an error wrapping
+// ErrUnsafeEntry (or the os.Root escape error); entries already extracted
+// stay. Extract stops at the tar end marker and does not read r beyond it.
 func Extract(r io.Reader, dst string, opts Options) error {
 	dst = filepath.Clean(dst)
 	var (
-		base   string // directory the root is opened at
-		rename string // "" = place entries inside base; else name of the single top entry
+		parentDir string // directory holding the top-level entry
+		name      string // the top-level entry's name in parentDir; "" = the archive's own
 	)
 	fi, err := os.Stat(dst)
 	switch {
 	case err == nil && fi.IsDir():
-		base = dst
+		parentDir = dst
 	case err == nil || errors.Is(err, fs.ErrNotExist):
-		base, rename = filepath.Dir(dst), filepath.Base(dst)
-		pfi, perr := os.Stat(base)
+		parentDir, name = filepath.Dir(dst), filepath.Base(dst)
+		if name == "." || name == ".." || name == string(filepath.Separator) {
+			return fmt.Errorf("extract to %s: not a valid destination name", dst)
+		}
+		pfi, perr := os.Stat(parentDir)
 		if perr != nil {
 			return fmt.Errorf("extract to %s: parent directory: %w", dst, perr)
 		}
 		if !pfi.IsDir() {
-			return fmt.Errorf("extract to %s: parent %s is not a directory", dst, base)
+			return fmt.Errorf("extract to %s: parent %s is not a directory", dst, parentDir)
 		}
 	default:
 		return fmt.Errorf("extract to %s: %w", dst, err)
 	}
-	root, err := os.OpenRoot(base)
+	parent, err := os.OpenRoot(parentDir)
 	if err != nil {
 		return fmt.Errorf("extract to %s: %w", dst, err)
 	}
-	defer root.Close()
-	x := &extractor{root: root, dst: dst, rename: rename, opts: opts}
+	defer parent.Close()
+	x := &extractor{parent: parent, dst: dst, name: name, opts: opts, dirsOK: map[string]bool{".": true}}
+	defer x.close()
 	tr := tar.NewReader(r)
 	for {
 		hdr, err := tr.Next()
@@ -183,66 +195,78 @@ func Extract(r io.Reader, dst string, opts Options) error {
 			return fmt.Errorf("extract %q to %s: %w", hdr.Name, dst, err)
 		}
 	}
-	if x.top == "" && rename != "" {
+	if x.top == "" && name != "" {
 		return fmt.Errorf("extract to %s: archive is empty", dst)
 	}
 	// Apply directory modes last so read-only directories can be filled.
+	// Only directories inside the tree are recorded, their parents were
+	// checked when they were made, and directories are never replaced
+	// during extraction; the Lstat makes sure the last component is still
+	// a directory, not a symlink.
 	for _, d := range slices.Backward(x.dirs) {
-		if err := root.Chmod(d.name, d.mode); err != nil {
+		fi, err := x.tree.Lstat(d.name)
+		if err != nil {
+			return fmt.Errorf("extract to %s: chmod %s: %w", dst, d.name, err)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("extract to %s: chmod %s: %w: no longer a directory", dst, d.name, ErrUnsafeEntry)
+		}
+		if err := x.tree.Chmod(d.name, d.mode); err != nil {
 			return fmt.Errorf("extract to %s: chmod %s: %w", dst, d.name, err)
 		}
 		if !d.mtime.IsZero() {
-			_ = root.Chtimes(d.name, d.mtime, d.mtime)
+			_ = x.tree.Chtimes(d.name, d.mtime, d.mtime)
 		}
 	}
 	return nil
 }
 
 type dirMode struct {
-	name  string
+	name  string // relative to the tree root
 	mode  fs.FileMode
 	mtime time.Time
 }
 
 type extractor struct {
-	root   *os.Root
+	parent *os.Root // the directory holding the top-level entry
 	dst    string
-	rename string
+	name   string // the top-level entry's name in parent; "" = the archive's own
 	opts   Options
-	top    string // first component of the first entry (rename mode)
-	dirs   []dirMode
+
+	top     string   // first component of the first entry; "" before it
+	topDone bool     // the top-level entry exists
+	tree    *os.Root // the copied tree, once the top-level entry is a directory
+	dirs    []dirMode
+	dirsOK  map[string]bool // tree paths checked to be real directories
 }
 
-// target maps an archive name to a path relative to the root.
-func (x *extractor) target(name string) (string, error) {
+func (x *extractor) close() {
+	if x.tree != nil && x.tree != x.parent {
+		x.tree.Close()
+	}
+}
+
+// split checks an archive name and splits it into its top-level component
+// and the path below it ("" for the top-level entry itself).
+func split(name string) (first, rest string, err error) {
 	if name == "" || strings.HasPrefix(name, "/") {
-		return "", fmt.Errorf("%w: name %q is absolute or empty", ErrUnsafeEntry, name)
+		return "", "", fmt.Errorf("%w: name %q is absolute or empty", ErrUnsafeEntry, name)
 	}
 	for c := range strings.SplitSeq(name, "/") {
 		if c == ".." {
-			return "", fmt.Errorf("%w: name %q contains ..", ErrUnsafeEntry, name)
+			return "", "", fmt.Errorf("%w: name %q contains ..", ErrUnsafeEntry, name)
 		}
 	}
 	clean := path.Clean(name)
-	if x.rename == "" {
-		return clean, nil
-	}
-	first, rest, _ := strings.Cut(clean, "/")
-	if clean == "." {
-		first, rest = ".", ""
-	} else if strings.HasPrefix(name, "./") || name == "./" {
+	switch {
+	case clean == ".":
+		return ".", "", nil
+	case strings.HasPrefix(name, "./"):
 		// "./x" cleans to "x": keep "." as the top-level entry.
-		first, rest = ".", clean
+		return ".", clean, nil
 	}
-	if x.top == "" {
-		x.top = first
-	} else if first != x.top {
-		return "", fmt.Errorf("archive has more than one top-level entry (%q and %q); %s does not exist, so it must have one", x.top, first, x.dst)
-	}
-	if rest == "" {
-		return x.rename, nil
-	}
-	return x.rename + "/" + rest, nil
+	first, rest, _ = strings.Cut(clean, "/")
+	return first, rest, nil
 }
 
 func (x *extractor) entry(hdr *tar.Header, tr io.Reader) error {
@@ -250,78 +274,256 @@ func (x *extractor) entry(hdr *tar.Header, tr io.Reader) error {
 	case tar.TypeXGlobalHeader, tar.TypeXHeader:
 		return nil
 	}
-	p, err := x.target(hdr.Name)
+	first, rest, err := split(hdr.Name)
 	if err != nil {
 		return err
 	}
-	mode := hdr.FileInfo().Mode()
-	if p != "." {
-		if err := x.root.MkdirAll(path.Dir(p), 0o755); err != nil {
-			return fmt.Errorf("create parent directory: %w", err)
+	if x.top == "" {
+		x.top = first
+	} else if first != x.top {
+		return fmt.Errorf("%w: archive has more than one top-level entry (%q and %q)", ErrUnsafeEntry, x.top, first)
+	}
+	if rest == "" {
+		return x.topEntry(hdr, tr)
+	}
+	if x.tree == nil {
+		if x.topDone {
+			return fmt.Errorf("%w: entry below the top-level entry %q, which is not a directory", ErrUnsafeEntry, x.top)
+		}
+		if err := x.implicitTop(); err != nil {
+			return err
 		}
 	}
-	existing, lerr := x.root.Lstat(p)
+	if err := x.ensureDirs(path.Dir(rest), true); err != nil {
+		return err
+	}
+	return x.place(x.tree, rest, hdr, tr)
+}
+
+// topEntry creates the top-level entry in the parent and, for a
+// directory, opens the tree root at it.
+func (x *extractor) topEntry(hdr *tar.Header, tr io.Reader) error {
+	name := x.name
+	if name == "" {
+		name = x.top
+	}
+	if x.tree != nil || (name == "." && hdr.Typeflag == tar.TypeDir) {
+		// The tree exists (a repeated entry for it) or is the destination
+		// directory itself (contents of "." into an existing directory).
+		if hdr.Typeflag != tar.TypeDir {
+			return fmt.Errorf("cannot overwrite directory with a non-directory")
+		}
+		if x.tree == nil {
+			x.tree = x.parent
+		}
+		x.topDone = true
+		x.dirs = append(x.dirs, dirMode{name: ".", mode: modeOf(hdr), mtime: hdr.ModTime})
+		return x.chown(x.parent, name, hdr)
+	}
+	if name == "." {
+		return fmt.Errorf("cannot overwrite directory with a non-directory")
+	}
+	if x.topDone {
+		return fmt.Errorf("%w: the top-level entry %q appears twice", ErrUnsafeEntry, x.top)
+	}
+	if hdr.Typeflag == tar.TypeLink {
+		return fmt.Errorf("%w: the top-level entry is a hard link (to %q), which cannot point inside the copied tree", ErrUnsafeEntry, hdr.Linkname)
+	}
+	if err := x.place(x.parent, name, hdr, tr); err != nil {
+		return err
+	}
+	x.topDone = true
+	if hdr.Typeflag != tar.TypeDir {
+		return nil
+	}
+	x.dirs = x.dirs[:len(x.dirs)-1] // recorded by place relative to the parent; re-record in the tree
+	tree, err := x.parent.OpenRoot(name)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", name, err)
+	}
+	x.tree = tree
+	x.dirs = append(x.dirs, dirMode{name: ".", mode: modeOf(hdr), mtime: hdr.ModTime})
+	return nil
+}
+
+// implicitTop opens the tree at the top-level directory when the archive
+// has entries below it but none for it: it is made (mode 0755) if
+// missing, and left as it is if it exists.
+func (x *extractor) implicitTop() error {
+	name := x.name
+	if name == "" {
+		name = x.top
+	}
+	x.topDone = true
+	if name == "." {
+		x.tree = x.parent
+		return nil
+	}
+	fi, err := x.parent.Lstat(name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := x.parent.Mkdir(name, 0o755); err != nil {
+			return fmt.Errorf("mkdir: %w", err)
+		}
+	case err != nil:
+		return err
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("%w: path passes through the symlink %s", ErrUnsafeEntry, name)
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a directory", name)
+	}
+	tree, err := x.parent.OpenRoot(name)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", name, err)
+	}
+	x.tree = tree
+	return nil
+}
+
+// ensureDirs makes sure every component of dir (a path in the tree) is a
+// real directory, creating missing ones when create is set, and refuses
+// symlinks.
+func (x *extractor) ensureDirs(dir string, create bool) error {
+	if dir == "." {
+		return nil
+	}
+	q := ""
+	for c := range strings.SplitSeq(dir, "/") {
+		if q == "" {
+			q = c
+		} else {
+			q += "/" + c
+		}
+		if x.dirsOK[q] {
+			continue
+		}
+		fi, err := x.tree.Lstat(q)
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && create:
+			if err := x.tree.Mkdir(q, 0o755); err != nil {
+				return fmt.Errorf("create parent directory: %w", err)
+			}
+		case err != nil:
+			return fmt.Errorf("parent directory %s: %w", q, err)
+		case fi.Mode()&fs.ModeSymlink != 0:
+			return fmt.Errorf("%w: path passes through the symlink %s", ErrUnsafeEntry, q)
+		case !fi.IsDir():
+			return fmt.Errorf("parent %s is not a directory", q)
+		}
+		x.dirsOK[q] = true
+	}
+	return nil
+}
+
+// place creates one entry at p in root; p's parent directories exist and
+// are not symlinks.
+func (x *extractor) place(root *os.Root, p string, hdr *tar.Header, tr io.Reader) error {
+	existing, lerr := root.Lstat(p)
 	exists := lerr == nil
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		if exists && !existing.IsDir() {
-			if err := x.root.Remove(p); err != nil {
+			// A symlink (or file) here is replaced, never followed.
+			if err := root.Remove(p); err != nil {
 				return fmt.Errorf("replace with directory: %w", err)
 			}
 			exists = false
 		}
 		if !exists {
-			if err := x.root.Mkdir(p, 0o700); err != nil {
+			if err := root.Mkdir(p, 0o700); err != nil {
 				return fmt.Errorf("mkdir: %w", err)
 			}
 		}
-		x.dirs = append(x.dirs, dirMode{name: p, mode: mode.Perm() | mode&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky), mtime: hdr.ModTime})
+		x.dirs = append(x.dirs, dirMode{name: p, mode: modeOf(hdr), mtime: hdr.ModTime})
+		if root == x.tree {
+			x.dirsOK[p] = true
+		}
 	case tar.TypeReg, tar.TypeSymlink, tar.TypeLink:
+		var old string
+		if hdr.Typeflag == tar.TypeLink {
+			var err error
+			if old, err = x.linkTarget(hdr.Linkname); err != nil {
+				return fmt.Errorf("hard link target: %w", err)
+			}
+		}
 		if exists {
 			if existing.IsDir() {
 				return fmt.Errorf("cannot overwrite directory with a non-directory")
 			}
-			if err := x.root.Remove(p); err != nil {
+			if err := root.Remove(p); err != nil {
 				return fmt.Errorf("replace existing file: %w", err)
 			}
 		}
 		switch hdr.Typeflag {
 		case tar.TypeReg:
-			f, err := x.root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			// O_EXCL: the name was just freed; never opens through a symlink.
+			f, err := root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 			if err != nil {
 				return fmt.Errorf("create: %w", err)
 			}
 			_, cerr := io.Copy(f, tr)
+			if cerr == nil {
+				cerr = f.Chmod(modeOf(hdr))
+			}
 			if err := f.Close(); cerr == nil {
 				cerr = err
 			}
 			if cerr != nil {
 				return fmt.Errorf("write: %w", cerr)
 			}
-			if err := x.root.Chmod(p, mode.Perm()|mode&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)); err != nil {
-				return fmt.Errorf("chmod: %w", err)
+			if fi, err := root.Lstat(p); err == nil && fi.Mode().IsRegular() {
+				_ = root.Chtimes(p, hdr.ModTime, hdr.ModTime)
 			}
-			_ = x.root.Chtimes(p, hdr.ModTime, hdr.ModTime)
 		case tar.TypeSymlink:
-			if err := x.root.Symlink(hdr.Linkname, p); err != nil {
+			// Created as-is; later entries never pass through it.
+			if err := root.Symlink(hdr.Linkname, p); err != nil {
 				return fmt.Errorf("symlink: %w", err)
 			}
 		case tar.TypeLink:
-			old, err := x.target(hdr.Linkname)
-			if err != nil {
-				return fmt.Errorf("hard link target: %w", err)
-			}
-			if err := x.root.Link(old, p); err != nil {
+			if err := x.tree.Link(old, p); err != nil {
 				return fmt.Errorf("hard link: %w", err)
 			}
 		}
 	default:
 		return fmt.Errorf("unsupported entry type %q", hdr.Typeflag)
 	}
-	if x.opts.PreserveOwner {
-		if err := x.root.Lchown(p, hdr.Uid, hdr.Gid); err != nil {
-			return fmt.Errorf("chown: %w", err)
-		}
+	return x.chown(root, p, hdr)
+}
+
+// linkTarget maps a hard link's target to a regular file already in the
+// tree, reached without passing through a symlink.
+func (x *extractor) linkTarget(name string) (string, error) {
+	first, rest, err := split(name)
+	if err != nil {
+		return "", err
+	}
+	if x.tree == nil || first != x.top || rest == "" {
+		return "", fmt.Errorf("%w: %q is not inside the copied tree", ErrUnsafeEntry, name)
+	}
+	if err := x.ensureDirs(path.Dir(rest), false); err != nil {
+		return "", err
+	}
+	fi, err := x.tree.Lstat(rest)
+	if err != nil {
+		return "", err
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("%w: %q is not a regular file", ErrUnsafeEntry, name)
+	}
+	return rest, nil
+}
+
+func (x *extractor) chown(root *os.Root, p string, hdr *tar.Header) error {
+	if !x.opts.PreserveOwner {
+		return nil
+	}
+	if err := root.Lchown(p, hdr.Uid, hdr.Gid); err != nil {
+		return fmt.Errorf("chown: %w", err)
 	}
 	return nil
+}
+
+func modeOf(hdr *tar.Header) fs.FileMode {
+	m := hdr.FileInfo().Mode()
+	return m.Perm() | m&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)
 }
