@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+
+	"github.com/sbx-dev/sbx/internal/paths"
+	"github.com/sbx-dev/sbx/internal/template"
 )
 
 type lsRow struct {
@@ -394,5 +397,30 @@ func TestRunSession(t *testing.T) {
 	}
 	if res := h.sbx("run", "--rm", "t-att", "--", "-c", "true"); res.code == 0 || !strings.Contains(res.stderr, "--rm") {
 		t.Errorf("run --rm on an existing sandbox: %+v", res)
+	}
+}
+
+// TestTemplateImmutable: the default template the VM tests booted is a
+// read-only image named by its content hash.
+func TestTemplateImmutable(t *testing.T) {
+	h := newHarness(t)
+	h.mustSbx("create", "--name", "t-tmpl", workspace(t))
+	dirs, err := paths.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp, err := template.Lookup(dirs.Cache, template.DefaultName)
+	if err != nil {
+		t.Fatalf("default template after a boot: %v", err)
+	}
+	st, err := os.Stat(tp.Image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm()&0o222 != 0 {
+		t.Errorf("template image %s is writable (%v)", tp.Image, st.Mode())
+	}
+	if filepath.Base(tp.Image) != tp.ID+".ext4" {
+		t.Errorf("template image %s is not named by its id %s", tp.Image, tp.ID)
 	}
 }
