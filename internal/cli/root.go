@@ -87,6 +87,7 @@ traffic the policy allows (see ` + "`sbx policy`" + `) cross between it and the 
 		newSuperviseCmd(e),
 		newPolicyCmd(e),
 		newPortsCmd(e),
+		newSecretCmd(e),
 	)
 	root.InitDefaultCompletionCmd()
 	return root, &e.debug
