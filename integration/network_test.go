@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -181,7 +182,18 @@ func TestNetworkPolicy(t *testing.T) {
 		r := sh(script)
 		t.Logf("escape attempt %q: exit %d %s", script, r.code, strings.TrimSpace(r.stderr+r.stdout))
 	}
+	// ICMP: the host kernel's own echo-request counter must not move.
+	echosBefore := hostInEchos(t)
+	if r := sh(fmt.Sprintf("sudo ping -c 3 -W 1 %s", ip)); r.code == 0 {
+		t.Errorf("ping to the host's address got a reply: %s", r.stdout)
+	}
+	if r := sh("sudo ping -c 2 -W 1 192.0.2.1"); r.code == 0 {
+		t.Errorf("ping to an outside address got a reply (the netstack answered?): %s", r.stdout)
+	}
 	time.Sleep(time.Second)
+	if after := hostInEchos(t); after != echosBefore {
+		t.Errorf("the host received %d ICMP echo requests while the guest pinged it", after-echosBefore)
+	}
 	if n := escHTTP.hits.Load(); n != 0 {
 		t.Errorf("HTTP escape target on the host's address got %d requests", n)
 	}
@@ -304,4 +316,32 @@ func TestPorts(t *testing.T) {
 		resp.Body.Close()
 		t.Errorf("unpublished port still answers")
 	}
+}
+
+// hostInEchos reads the host kernel's count of ICMP echo requests received.
+func hostInEchos(t *testing.T) int64 {
+	t.Helper()
+	data, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names, values []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.HasPrefix(line, "Icmp: ") {
+			continue
+		}
+		if names == nil {
+			names = strings.Fields(line)
+		} else {
+			values = strings.Fields(line)
+		}
+	}
+	for i, n := range names {
+		if n == "InEchos" && i < len(values) {
+			v, _ := strconv.ParseInt(values[i], 10, 64)
+			return v
+		}
+	}
+	t.Fatal("no Icmp InEchos in /proc/net/snmp")
+	return 0
 }

@@ -26,7 +26,7 @@ const DefaultName = "shell"
 // debootstrap's minbase variant.
 var DefaultPackages = []string{
 	"bash", "coreutils", "curl", "ca-certificates", "git", "iproute2", "procps",
-	"sudo", "less", "vim-tiny", "openssh-client", "xz-utils", "netbase",
+	"sudo", "less", "vim-tiny", "openssh-client", "xz-utils", "netbase", "iputils-ping",
 }
 
 // Agent account inside every template.
@@ -59,6 +59,8 @@ type Template struct {
 	Image     string // path to the ext4 raw image
 	Created   time.Time
 	SizeBytes int64 // apparent size of the image
+	// Packages are the packages the template was built with.
+	Packages []string
 }
 
 // manifest is <name>.json.
@@ -99,7 +101,7 @@ func Lookup(cacheDir, name string) (Template, error) {
 	if err != nil {
 		return Template{}, fmt.Errorf("template %s image: %w (remove it with `sbx template rm %s` and rebuild)", name, err, name)
 	}
-	return Template{Name: m.Name, ID: m.ID, Image: img, Created: m.Created, SizeBytes: st.Size()}, nil
+	return Template{Name: m.Name, ID: m.ID, Image: img, Created: m.Created, SizeBytes: st.Size(), Packages: m.Packages}, nil
 }
 
 // List returns every template in cacheDir, sorted by name. Broken entries
@@ -187,8 +189,12 @@ func validName(name string) error {
 // progress, which may be nil. Builds are serialised by a lock across
 // processes and renamed into place, so an interrupted build leaves nothing
 // usable half-written; a later call cleans its leftovers.
+//
+// A default template built with another package list (an older sbx) is
+// replaced by a new build; the old image stays for the sandboxes whose
+// disks it backs.
 func EnsureDefault(ctx context.Context, cacheDir string, progress io.Writer) (Template, error) {
-	if t, err := Lookup(cacheDir, DefaultName); err == nil {
+	if t, err := Lookup(cacheDir, DefaultName); err == nil && slices.Equal(t.Packages, DefaultPackages) {
 		return t, nil
 	}
 	if progress == nil {
@@ -200,7 +206,7 @@ func EnsureDefault(ctx context.Context, cacheDir string, progress io.Writer) (Te
 		return Template{}, err
 	}
 	defer unlock()
-	if t, err := Lookup(cacheDir, DefaultName); err == nil {
+	if t, err := Lookup(cacheDir, DefaultName); err == nil && slices.Equal(t.Packages, DefaultPackages) {
 		return t, nil
 	}
 	removeStaleTemps(dir)
