@@ -82,7 +82,11 @@ func (e *env) removeSandbox(ctx context.Context, sb *sandbox.Sandbox, force bool
 		}
 		return userErr(err, "", "cannot remove sandbox %s", sb.Config.Name)
 	}
-	// Sandbox-scoped rules are keyed by the sandbox id and go with it.
+	// Sandbox-scoped secrets and rules are keyed by the sandbox id and go
+	// with it.
+	if _, err := e.secretStore().RemoveSandbox(sb.Config.ID); err != nil {
+		return userErr(err, "remove them with `sbx secret rm --sandbox`", "sandbox %s removed, but its secrets could not be", sb.Config.Name)
+	}
 	if _, err := policy.NewStore(e.dirs.Config).RemoveSandbox(sb.Config.ID); err != nil {
 		return userErr(err, "remove them with `sbx policy rm network --id ID`", "sandbox %s removed, but its policy rules could not be", sb.Config.Name)
 	}

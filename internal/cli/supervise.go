@@ -25,7 +25,7 @@ func newSuperviseCmd(e *env) *cobra.Command {
 				return err
 			}
 			log := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-			sup, err := supervisor.New(e.store, sb, log, supervisor.Options{})
+			sup, err := supervisor.New(e.store, sb, log, supervisor.Options{Secrets: e.secretStore()})
 			if err != nil {
 				log.Error("supervisor", "err", err)
 				return err

@@ -23,6 +23,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/proxy"
 	"github.com/sbx-dev/sbx/internal/resolve"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/secrets"
 )
 
 // Network constants of every sandbox's user-mode network.
@@ -52,6 +53,7 @@ type network struct {
 	stack       *netstack.Stack
 	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
 	mac         net.HardwareAddr
+	inject      *secrets.Injector // nil without a secret store
 
 	dropMu   sync.Mutex
 	lastDrop map[string]time.Time // guarded by dropMu; rate-limits drop events
@@ -74,7 +76,7 @@ func (h hostResolver) LookupNetIP(ctx context.Context, network, host string) ([]
 }
 
 // newNetwork builds the network of sandbox sb. Start serves it.
-func newNetwork(ctx context.Context, sb *sandbox.Sandbox, boot Boot, log *slog.Logger) (_ *network, err error) {
+func newNetwork(ctx context.Context, sb *sandbox.Sandbox, boot Boot, store *secrets.Store, log *slog.Logger) (_ *network, err error) {
 	n := &network{
 		sandboxID: sb.Config.ID, sandboxName: sb.Config.Name, log: log.With("component", "netstack"),
 		lastDrop: map[string]time.Time{},
@@ -118,14 +120,23 @@ func newNetwork(ctx context.Context, sb *sandbox.Sandbox, boot Boot, log *slog.L
 	var d net.Dialer
 	d.Timeout = 10 * time.Second
 	n.dial = d.DialContext
-	n.proxy, err = proxy.New(proxy.Config{
+	pc := proxy.Config{
 		Decide:   n.decideProxy,
 		Resolver: n.lookup,
 		Dial:     n.dial,
 		CA:       n.ca,
 		Audit:    n.auditProxy,
 		Log:      log.With("component", "proxy"),
-	})
+	}
+	if store != nil {
+		// Credentials: TLS to a secret's hosts is terminated so the proxy
+		// can put the real value on the wire; the guest only ever sees
+		// sentinels and placeholders.
+		n.inject = secrets.NewInjector(store, n.sandboxID, log.With("component", "secrets"), n.auditSecret)
+		pc.Intercept = n.inject.Intercept
+		pc.ModifyRequest = n.inject.ModifyRequest
+	}
+	n.proxy, err = proxy.New(pc)
 	if err != nil {
 		return nil, fmt.Errorf("start proxy: %w", err)
 	}
@@ -217,6 +228,9 @@ func (n *network) guestSetup() *agentapi.NetworkSetup {
 		"NODE_EXTRA_CA_CERTS=/usr/local/share/ca-certificates/sbx-proxy-ca.crt",
 		"REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt",
 	}
+	if n.inject != nil {
+		env = append(env, n.inject.GuestEnv()...)
+	}
 	return &agentapi.NetworkSetup{
 		MAC:       n.mac.String(),
 		Address:   netstack.DefaultGuestIP.String() + "/" + strconv.Itoa(netstack.DefaultSubnet.Bits()),
@@ -291,6 +305,16 @@ func (n *network) auditProxy(e proxy.Event) {
 	n.audit.Log(audit.Event{
 		Time: e.Time, Sandbox: n.sandboxName, SandboxID: n.sandboxID, Host: e.Host, IP: e.IP, Port: e.Port,
 		Path: path, Proto: proto, Allowed: e.Allowed, Rule: e.Rule, Reason: e.Reason, Method: e.Method, URLPath: e.Path,
+	})
+}
+
+// auditSecret records a secret's placeholder or value seen on its way to a
+// host it does not belong to (it went out unchanged). Never the value.
+func (n *network) auditSecret(note secrets.AuditNote) {
+	n.audit.Log(audit.Event{
+		Time: note.Time, Sandbox: n.sandboxName, SandboxID: n.sandboxID, Host: note.Host,
+		Path: audit.PathForward, Proto: audit.ProtoHTTPS, Allowed: true,
+		Reason: "possible exfiltration attempt: " + note.Reason(),
 	})
 }
 

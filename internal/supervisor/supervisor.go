@@ -32,6 +32,7 @@ import (
 	"github.com/sbx-dev/sbx/api/controlapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/secrets"
 	"github.com/sbx-dev/sbx/internal/vm"
 	"github.com/sbx-dev/sbx/internal/vm/qemu"
 )
@@ -75,6 +76,7 @@ type Supervisor struct {
 	boot    Boot
 	log     *slog.Logger
 	backend vm.Backend
+	secrets *secrets.Store
 	net     *network   // set by Run before the VM starts
 	ports   *publisher // forwards published ports; serves once running
 
@@ -106,6 +108,9 @@ type Supervisor struct {
 type Options struct {
 	// Backend runs the VM; nil means QEMU at the path in boot.json.
 	Backend vm.Backend
+	// Secrets is the credential store whose secrets the proxy injects;
+	// nil injects nothing.
+	Secrets *secrets.Store
 }
 
 // New prepares a supervisor for sb, reading boot.json.
@@ -129,7 +134,7 @@ func New(store *sandbox.Store, sb *sandbox.Sandbox, log *slog.Logger, opts Optio
 		backend = qemu.New(b.QEMU)
 	}
 	s := &Supervisor{
-		store: store, sb: sb, boot: b, log: log.With("sandbox", sb.Config.Name), backend: backend,
+		store: store, sb: sb, boot: b, log: log.With("sandbox", sb.Config.Name), backend: backend, secrets: opts.Secrets,
 		stopc: make(chan struct{}), downc: make(chan struct{}),
 		state: "starting", detached: b.Detached,
 	}
@@ -175,7 +180,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 	})
 
 	netCtx, cancelNet := context.WithCancel(context.WithoutCancel(ctx))
-	nw, err := newNetwork(netCtx, s.sb, s.boot, s.log)
+	nw, err := newNetwork(netCtx, s.sb, s.boot, s.secrets, s.log)
 	if err != nil {
 		cancelNet()
 		return s.fail(err)
