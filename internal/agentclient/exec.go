@@ -86,9 +86,10 @@ func Exec(ctx context.Context, stream io.ReadWriteCloser, req agentapi.ExecReque
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	if eio.Stdin == nil {
-		if err := fw.WriteFrame(agentapi.FrameStdinClose, nil); err != nil {
-			return ExitStatus{}, fmt.Errorf("exec %s: %w", name, ctxErr(ctx, err))
-		}
+		// A process that exits at once may have closed the stream before
+		// this frame arrives; the exit status read below decides, so a
+		// failed write here is not an error.
+		_ = fw.WriteFrame(agentapi.FrameStdinClose, nil)
 	} else {
 		// Not joined: Read may block forever (a terminal). See ExecIO.Stdin.
 		go copyStdin(fw, eio.Stdin, done)

@@ -2,7 +2,6 @@ package bootassets
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -471,25 +470,6 @@ func TestUserKernel(t *testing.T) {
 	if _, err := (Options{KernelPath: filepath.Join(dir, "nope")}).EnsureKernel(t.Context(), t.TempDir(), nil); err == nil {
 		t.Error("missing user kernel: no error")
 	}
-}
-
-func TestLockFileWaitsAndHonoursContext(t *testing.T) {
-	p := filepath.Join(t.TempDir(), ".lock")
-	unlock, err := lockFile(t.Context(), p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	if _, err := lockFile(ctx, p); !errors.Is(err, context.Canceled) {
-		t.Errorf("second lock with cancelled ctx: %v", err)
-	}
-	unlock()
-	unlock2, err := lockFile(t.Context(), p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unlock2()
 }
 
 func TestCachedKernel(t *testing.T) {

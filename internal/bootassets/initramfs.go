@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/sbx-dev/sbx/internal/safefile"
 	"io"
 	"os"
 	"path/filepath"
@@ -65,7 +66,7 @@ func EnsureInitramfs(ctx context.Context, cacheDir string, k Kernel, agentBinary
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("create initramfs cache: %w", err)
 	}
-	unlock, err := lockFile(ctx, filepath.Join(dir, ".lock"))
+	unlock, err := safefile.Lock(ctx, filepath.Join(dir, ".lock"))
 	if err != nil {
 		return "", err
 	}

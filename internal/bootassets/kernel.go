@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/sbx-dev/sbx/internal/safefile"
 	"io"
 	"log/slog"
 	"os"
@@ -181,7 +182,7 @@ func resolveKernelPackageCached(ctx context.Context, kernelRoot, pkg string) (na
 	}
 	if b, err := json.Marshal(resolvedPackage{Name: name, Release: release, ListsMtime: st.ModTime()}); err == nil {
 		if os.MkdirAll(kernelRoot, 0o755) == nil {
-			writeFileAtomic(file, b, 0o644) //nolint:errcheck // only a cache
+			safefile.Write(file, b, 0o644) //nolint:errcheck // only a cache
 		}
 	}
 	return name, release, nil
@@ -268,7 +269,7 @@ func (o Options) debianKernel(ctx context.Context, cacheDir, pkg string, progres
 	if k, err := loadCachedKernel(final); err == nil {
 		return k, nil
 	}
-	unlock, err := lockFile(ctx, filepath.Join(kernelRoot, ".lock"))
+	unlock, err := safefile.Lock(ctx, filepath.Join(kernelRoot, ".lock"))
 	if err != nil {
 		return Kernel{}, err
 	}
@@ -461,7 +462,7 @@ func cachedVmlinux(ctx context.Context, dir, vmlinuz string) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("create %s: %w", dir, err)
 	}
-	unlock, err := lockFile(ctx, filepath.Join(dir, ".lock"))
+	unlock, err := safefile.Lock(ctx, filepath.Join(dir, ".lock"))
 	if err != nil {
 		return "", err
 	}

@@ -2,17 +2,15 @@ package policy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/sbx-dev/sbx/internal/safefile"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-
-	"golang.org/x/sys/unix"
-
-	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
 // FileName is the policy file's name in the configuration folder.
@@ -173,27 +171,9 @@ func (s *Store) writeLocked(f File) error {
 		return fmt.Errorf("encode policy: %w", err)
 	}
 	data = append(data, '\n')
-	return sandbox.WriteFileAtomic(s.Path(), data, 0o600)
+	return safefile.Write(s.Path(), data, 0o600)
 }
 
 func (s *Store) lock() (func(), error) {
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create config folder: %w", err)
-	}
-	path := filepath.Join(s.dir, lockName)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open policy lock: %w", err)
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
+	return safefile.Lock(context.Background(), filepath.Join(s.dir, lockName))
 }

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+
+	"github.com/sbx-dev/sbx/internal/safefile"
 )
 
 // CA file names inside the directory given to LoadOrCreateCA.
@@ -97,33 +99,13 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := safefile.Write(keyPath, keyPEM, 0o600); err != nil {
 		return nil, fmt.Errorf("write ca key: %w", err)
 	}
-	if err := writeFileAtomic(certPath, certPEM, 0o644); err != nil {
+	if err := safefile.Write(certPath, certPEM, 0o644); err != nil {
 		return nil, fmt.Errorf("write ca cert: %w", err)
 	}
 	return parseCA(certPEM, keyPEM)
-}
-
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 func generateCA(now time.Time) (certPEM, keyPEM []byte, err error) {

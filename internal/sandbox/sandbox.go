@@ -9,19 +9,19 @@
 package sandbox
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/sbx-dev/sbx/internal/safefile"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/sbx-dev/sbx/internal/paths"
 )
@@ -198,44 +198,23 @@ func (s *Store) LockStore() (func(), error) {
 	if err := os.MkdirAll(s.root(), 0o700); err != nil {
 		return nil, fmt.Errorf("create state folder: %w", err)
 	}
-	return flock(filepath.Join(s.root(), storeLockFile), true)
+	return safefile.Lock(context.Background(), filepath.Join(s.root(), storeLockFile))
 }
 
 // Lock takes the exclusive lock of one sandbox, waiting for other sbx
 // commands that hold it. The returned func releases it.
 func (s *Store) Lock(sb *Sandbox) (func(), error) {
-	return flock(sb.Path(LockFile), true)
+	return safefile.Lock(context.Background(), sb.Path(LockFile))
 }
 
 // TryLock is Lock without waiting: it returns ErrBusy when another command
 // holds the lock.
 func (s *Store) TryLock(sb *Sandbox) (func(), error) {
-	return flock(sb.Path(LockFile), false)
-}
-
-func flock(path string, wait bool) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open lock: %w", err)
+	unlock, err := safefile.TryLock(sb.Path(LockFile))
+	if errors.Is(err, safefile.ErrBusy) {
+		return nil, ErrBusy
 	}
-	how := unix.LOCK_EX
-	if !wait {
-		how |= unix.LOCK_NB
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), how)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, ErrBusy
-		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
+	return unlock, err
 }
 
 // NewMAC returns a random locally administered unicast MAC address.
@@ -471,31 +450,8 @@ func writeJSON(path string, v any, mode os.FileMode) error {
 	return WriteFileAtomic(path, data, mode)
 }
 
-// WriteFileAtomic writes data to a temporary file beside path and renames it
-// over path, so readers see the old or the new content, never a mix.
+// WriteFileAtomic writes data so readers see the old or the new content,
+// never a mix (safefile.Write).
 func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return safefile.Write(path, data, mode)
 }

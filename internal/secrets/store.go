@@ -1,11 +1,13 @@
 package secrets
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/sbx-dev/sbx/internal/safefile"
 	"io/fs"
 	"net"
 	"os"
@@ -15,8 +17,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Files in the store's folder (Options.Dir/secrets, mode 0700).
@@ -621,22 +621,7 @@ func (s *Store) lock() (func(), error) {
 	if err := s.ensureDir(); err != nil {
 		return nil, err
 	}
-	path := filepath.Join(s.dir, lockName)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open secrets lock: %w", err)
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
+	return safefile.Lock(context.Background(), filepath.Join(s.dir, lockName))
 }
 
 // scrub returns err with any occurrence of the value replaced by Redacted.

@@ -139,8 +139,10 @@ func (s *Supervisor) endSession() {
 }
 
 // splice copies both ways between the client conn (read through r, which
-// may hold buffered bytes) and the agent stream until either side ends, then
-// closes both.
+// may hold buffered bytes) and the agent stream. When the guest ends its
+// side, the client's write side is half-closed so it reads everything
+// (closing a unix socket with unread input would reset the peer), and both
+// are closed once the client closes too, or after a grace period.
 func splice(conn net.Conn, r io.Reader, stream net.Conn) {
 	var once sync.Once
 	closeBoth := func() {
@@ -149,16 +151,28 @@ func splice(conn net.Conn, r io.Reader, stream net.Conn) {
 			stream.Close()
 		})
 	}
-	done := make(chan struct{}, 2)
+	fromClient := make(chan struct{})
+	fromGuest := make(chan struct{})
 	go func() {
 		_, _ = io.Copy(stream, r)
-		done <- struct{}{}
+		close(fromClient)
 	}()
 	go func() {
 		_, _ = io.Copy(conn, stream)
-		done <- struct{}{}
+		close(fromGuest)
 	}()
-	<-done
+	select {
+	case <-fromClient:
+	case <-fromGuest:
+		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		select {
+		case <-fromClient:
+		case <-time.After(5 * time.Second):
+		}
+	}
 	closeBoth()
-	<-done
+	<-fromClient
+	<-fromGuest
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/sbx-dev/sbx/internal/safefile"
 	"io"
 	"io/fs"
 	"os"
@@ -137,7 +138,7 @@ func List(cacheDir string) ([]Template, error) {
 // templates lock, so it waits for a build in progress to finish.
 func Remove(cacheDir, name string, inUse func(id string) bool) error {
 	ctx := context.Background()
-	unlock, err := lockFile(ctx, filepath.Join(templatesDir(cacheDir), ".lock"))
+	unlock, err := safefile.Lock(ctx, filepath.Join(templatesDir(cacheDir), ".lock"))
 	if err != nil {
 		return err
 	}
@@ -201,7 +202,7 @@ func EnsureDefault(ctx context.Context, cacheDir string, progress io.Writer) (Te
 		progress = io.Discard
 	}
 	dir := templatesDir(cacheDir)
-	unlock, err := lockFile(ctx, filepath.Join(dir, ".lock"))
+	unlock, err := safefile.Lock(ctx, filepath.Join(dir, ".lock"))
 	if err != nil {
 		return Template{}, err
 	}
@@ -289,7 +290,7 @@ func build(ctx context.Context, dir, name string, hr HostRelease, pkgs []string,
 	if err != nil {
 		return Template{}, fmt.Errorf("encode manifest: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, name+".json"), append(b, '\n'), 0o444); err != nil {
+	if err := safefile.Write(filepath.Join(dir, name+".json"), append(b, '\n'), 0o444); err != nil {
 		return Template{}, fmt.Errorf("write manifest: %w", err)
 	}
 	fmt.Fprintf(progress, "template %s ready in %.0fs (debootstrap %.0fs, image %.1fs)\n", name, time.Since(start).Seconds(), tBoot.Seconds(), tMkfs.Seconds())
