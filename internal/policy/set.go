@@ -119,6 +119,14 @@ var fixedSpecial = []netip.Prefix{
 	netip.MustParsePrefix("64:ff9b:1::/48"),     // local-use NAT64
 	netip.MustParsePrefix("fd00:ec2::254/128"),  // AWS metadata over IPv6 (inside fc00::/7)
 	netip.MustParsePrefix("169.254.169.254/32"), // metadata (inside link-local)
+	netip.MustParsePrefix("198.18.0.0/15"),      // benchmarking; the sandbox resolver's synthetic range
+	netip.MustParsePrefix("192.0.2.0/24"),       // documentation (TEST-NET-1)
+	netip.MustParsePrefix("198.51.100.0/24"),    // documentation (TEST-NET-2)
+	netip.MustParsePrefix("203.0.113.0/24"),     // documentation (TEST-NET-3)
+	netip.MustParsePrefix("2001:db8::/32"),      // documentation
+	netip.MustParsePrefix("64:ff9b::/96"),       // NAT64: may embed a private IPv4
+	netip.MustParsePrefix("2002::/16"),          // 6to4: may embed a private IPv4
+	netip.MustParsePrefix("::/96"),              // IPv4-compatible IPv6
 }
 
 // IsSpecial reports whether a is an address only a rule naming it may

@@ -191,6 +191,13 @@ func (p *Proxy) decide(ctx context.Context, host string, port uint16, via, schem
 	if ip, err := netip.ParseAddr(host); err == nil {
 		t.IPs = []netip.Addr{ip.Unmap()}
 	} else {
+		// The name alone first: a name no rule could allow is denied
+		// without a lookup, so a query never carries data towards a
+		// nameserver the policy would not let the sandbox reach.
+		if pre := p.decideName(ctx, t); !pre.Allow {
+			p.audit(t, pre, req)
+			return t, pre
+		}
 		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
 		ips, err := p.cfg.Resolver.LookupNetIP(rctx, "ip", host)
 		cancel()
@@ -202,6 +209,14 @@ func (p *Proxy) decide(ctx context.Context, host string, port uint16, via, schem
 		}
 	}
 	return t, p.decideTarget(ctx, t, req)
+}
+
+// decideName asks the policy about t's name before any address is known.
+func (p *Proxy) decideName(ctx context.Context, t Target) Decision {
+	if p.cfg.Decide == nil {
+		return Decision{Rule: "default", Reason: "no policy configured"}
+	}
+	return p.cfg.Decide(ctx, t)
 }
 
 // decideTarget asks the policy about an already resolved target and audits.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -66,7 +67,9 @@ type network struct {
 type hostResolver struct{ next resolve.Resolver }
 
 func (h hostResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
-	if strings.EqualFold(strings.TrimSuffix(host, "."), netstack.HostName) {
+	name := strings.ToLower(strings.TrimSuffix(host, "."))
+	if name == netstack.HostName || name == "localhost" || strings.HasSuffix(name, ".localhost") {
+		// Answered here, never upstream.
 		if network == "ip6" {
 			return []netip.Addr{netip.IPv6Loopback()}, nil
 		}
@@ -134,7 +137,13 @@ func newNetwork(ctx context.Context, sb *sandbox.Sandbox, boot Boot, store *secr
 		// sentinels and placeholders.
 		n.inject = secrets.NewInjector(store, n.sandboxID, log.With("component", "secrets"), n.auditSecret)
 		pc.Intercept = n.inject.Intercept
-		pc.ModifyRequest = n.inject.ModifyRequest
+		pc.ModifyRequest = func(r *http.Request) {
+			// Real values travel only inside TLS: a plain-HTTP request to a
+			// secret's host goes out as the guest sent it.
+			if r.URL != nil && r.URL.Scheme == "https" {
+				n.inject.ModifyRequest(r)
+			}
+		}
 	}
 	n.proxy, err = proxy.New(pc)
 	if err != nil {
@@ -337,7 +346,10 @@ func (n *network) TCP(ctx context.Context, f netstack.FlowInfo) netstack.TCPActi
 		}
 		real, name = r, nm
 	}
-	d := n.evaluate(name, real, dst.Port())
+	// Raw TCP is judged with its real address even for names mapped by
+	// SBX_HOSTS_FILE, so a mapped name never opens the host's loopback
+	// ports to plain TCP.
+	d := n.engine.Evaluate(policy.Request{Host: name, IP: real, Port: dst.Port(), Sandbox: n.sandboxID})
 	n.logFlow(name, real, dst.Port(), d.Allow, ruleText(d), d.Reason)
 	if !d.Allow {
 		return netstack.Reject()
@@ -350,7 +362,7 @@ func (n *network) TCP(ctx context.Context, f netstack.FlowInfo) netstack.TCPActi
 			return
 		}
 		defer up.Close()
-		pipe(c, up)
+		pipe(ctx, c, up)
 	})
 }
 
@@ -383,8 +395,20 @@ func (n *network) Dropped(f netstack.FlowInfo, proto string) {
 	})
 }
 
-// pipe copies both ways until either side ends.
-func pipe(a, b net.Conn) {
+// pipeGrace is how long pipe waits for the second direction to finish
+// after the first one did.
+const pipeGrace = 30 * time.Second
+
+// pipe copies both ways between a and b. When one direction ends the other
+// side's write half is closed; both are closed when the second direction
+// ends, after pipeGrace, or when ctx ends, so no flow outlives its sandbox.
+func pipe(ctx context.Context, a, b net.Conn) {
+	closeBoth := func() {
+		a.Close()
+		b.Close()
+	}
+	stop := context.AfterFunc(ctx, closeBoth)
+	defer stop()
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
 		_, _ = io.Copy(dst, src)
@@ -396,7 +420,13 @@ func pipe(a, b net.Conn) {
 	go cp(a, b)
 	go cp(b, a)
 	<-done
-	<-done
+	select {
+	case <-done:
+	case <-time.After(pipeGrace):
+		closeBoth()
+		<-done
+	}
+	closeBoth()
 }
 
 // hostAddresses lists the host's own addresses, which no host pattern may

@@ -92,7 +92,7 @@ func (p *publisher) serve(ctx context.Context, ln net.Listener, port sandbox.Por
 				return
 			}
 			defer guest.Close()
-			pipe(conn, guest)
+			pipe(ctx, conn, guest)
 		}()
 	}
 }

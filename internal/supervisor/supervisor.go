@@ -196,7 +196,10 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 	s.mu.Lock()
 	s.baseCtx = netCtx
 	s.mu.Unlock()
-	cleanups = append(cleanups, s.ports.close)
+	cleanups = append(cleanups, func() {
+		cancelNet() // ends forwarded flows, so close does not wait on them
+		s.ports.close()
+	})
 
 	inst, err := s.startVM(ctx, rt)
 	if err != nil {
