@@ -245,7 +245,8 @@ func (in *Injector) ModifyRequest(r *http.Request) {
 
 	for _, c := range bound {
 		substituteHeaders(r.Header, c.placeholder, c.value)
-		substituteURL(r.URL, c.placeholder, c.value)
+		// Not in the URL: servers echo paths and queries back (404 pages,
+		// error messages), which would hand the real value to the guest.
 	}
 	for _, sb := range s.services {
 		if rule, ok := sb.p.ruleFor(host, sb.value); ok && rule.apply(r, sb.value) {
@@ -320,18 +321,6 @@ func substituteHeaders(h http.Header, placeholder, value string) {
 			}
 		}
 		h[k] = vs
-	}
-}
-
-func substituteURL(u *url.URL, placeholder, value string) {
-	if strings.Contains(u.Path, placeholder) {
-		u.Path = strings.ReplaceAll(u.Path, placeholder, value)
-		if u.RawPath != "" {
-			u.RawPath = strings.ReplaceAll(u.RawPath, placeholder, url.PathEscape(value))
-		}
-	}
-	if strings.Contains(u.RawQuery, placeholder) {
-		u.RawQuery = strings.ReplaceAll(u.RawQuery, placeholder, url.QueryEscape(value))
 	}
 }
 

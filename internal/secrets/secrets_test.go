@@ -221,8 +221,9 @@ func TestCustomPlaceholder(t *testing.T) {
 	if u, p, _ := basicCredentials(r.Header.Get("Authorization")); u != "git" || p != "real/val&ue" {
 		t.Errorf("basic = %q:%q", u, p)
 	}
-	if r.URL.Path != "/p/real/val&ue" || r.URL.Query().Get("t") != "real/val&ue" || r.URL.Query().Get("x") != "1" {
-		t.Errorf("url = %s", r.URL)
+	// Never in the URL: a server echoing it would hand the value to the guest.
+	if strings.Contains(r.URL.String(), "real") || r.URL.Query().Get("x") != "1" {
+		t.Errorf("url = %s, want the placeholder left in place", r.URL)
 	}
 	if gb, err := r.GetBody(); err != nil {
 		t.Error(err)

@@ -336,20 +336,17 @@ func (n *network) TCP(ctx context.Context, f netstack.FlowInfo) netstack.TCPActi
 		return netstack.Accept(func(c net.Conn) { n.proxy.HandleConn(ctx, c, dst) })
 	}
 	ip := dst.Addr()
-	name, _ := n.names.NameFor(ip)
+	names := n.names.NamesFor(ip)
 	real := ip
 	if netstack.IsSynthetic(ip) {
 		r, nm, ok := n.names.RealAddr(ip)
 		if !ok {
-			n.logFlow(name, ip, dst.Port(), false, "", "address from the synthetic range that no DNS answer gave out")
+			n.logFlow("", ip, dst.Port(), false, "", "address from the synthetic range that no DNS answer gave out")
 			return netstack.Reject()
 		}
-		real, name = r, nm
+		real, names = r, []string{nm}
 	}
-	// Raw TCP is judged with its real address even for names mapped by
-	// SBX_HOSTS_FILE, so a mapped name never opens the host's loopback
-	// ports to plain TCP.
-	d := n.engine.Evaluate(policy.Request{Host: name, IP: real, Port: dst.Port(), Sandbox: n.sandboxID})
+	name, d := n.decideRaw(names, real, dst.Port())
 	n.logFlow(name, real, dst.Port(), d.Allow, ruleText(d), d.Reason)
 	if !d.Allow {
 		return netstack.Reject()
@@ -364,6 +361,35 @@ func (n *network) TCP(ctx context.Context, f netstack.FlowInfo) netstack.TCPActi
 		defer up.Close()
 		pipe(ctx, c, up)
 	})
+}
+
+// decideRaw judges plain TCP to ip:port, known by the names the resolver
+// gave out for ip (several when a CDN shares addresses). Any deny rule
+// matching one of them wins; else one allowing name suffices. The real
+// address is always part of the request, even for names mapped by
+// SBX_HOSTS_FILE, so a mapped name never opens the host's loopback ports
+// to plain TCP.
+func (n *network) decideRaw(names []string, ip netip.Addr, port uint16) (string, policy.Decision) {
+	if len(names) == 0 {
+		names = []string{""}
+	}
+	var allowName string
+	var allow, deny *policy.Decision
+	for _, name := range names {
+		d := n.engine.Evaluate(policy.Request{Host: name, IP: ip, Port: port, Sandbox: n.sandboxID})
+		switch {
+		case !d.Allow && d.Rule != nil:
+			return name, d
+		case d.Allow && allow == nil:
+			allow, allowName = &d, name
+		case !d.Allow && deny == nil:
+			deny = &d
+		}
+	}
+	if allow != nil {
+		return allowName, *allow
+	}
+	return names[0], *deny
 }
 
 func (n *network) logFlow(host string, ip netip.Addr, port uint16, allowed bool, rule, reason string) {
