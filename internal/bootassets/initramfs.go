@@ -74,7 +74,7 @@ func EnsureInitramfs(ctx context.Context, cacheDir string, k Kernel, agentBinary
 	if _, err := os.Stat(final); err == nil {
 		return final, nil
 	}
-	removeStaleTemps(dir)
+	safefile.RemoveTemps(dir, ".tmp-")
 	f, err := os.CreateTemp(dir, ".tmp-initramfs-*")
 	if err != nil {
 		return "", fmt.Errorf("create initramfs: %w", err)

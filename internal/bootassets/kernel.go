@@ -277,7 +277,7 @@ func (o Options) debianKernel(ctx context.Context, cacheDir, pkg string, progres
 	if k, err := loadCachedKernel(final); err == nil {
 		return k, nil // another process built it while we waited
 	}
-	removeStaleTemps(kernelRoot)
+	safefile.RemoveTemps(kernelRoot, ".tmp-")
 	if _, err := os.Stat(final); err == nil {
 		// A directory without a valid manifest is junk from an older build.
 		if err := os.RemoveAll(final); err != nil {
@@ -470,7 +470,7 @@ func cachedVmlinux(ctx context.Context, dir, vmlinuz string) (string, error) {
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
-	removeStaleTemps(dir)
+	safefile.RemoveTemps(dir, ".tmp-")
 	tmp := filepath.Join(dir, fmt.Sprintf(".tmp-vmlinux-%d", os.Getpid()))
 	defer os.Remove(tmp)
 	if err := ExtractVmlinux(ctx, vmlinuz, tmp); err != nil {

@@ -210,7 +210,7 @@ func EnsureDefault(ctx context.Context, cacheDir string, progress io.Writer) (Te
 	if t, err := Lookup(cacheDir, DefaultName); err == nil && slices.Equal(t.Packages, DefaultPackages) {
 		return t, nil
 	}
-	removeStaleTemps(dir)
+	safefile.RemoveTemps(dir, ".tmp-")
 	hr, err := DetectHostRelease("/")
 	if err != nil {
 		return Template{}, err
