@@ -155,6 +155,30 @@ type SetupRequest struct {
 	// Network, if set, configures the guest's network card and the
 	// environment every process gets (proxy settings, CA paths).
 	Network *NetworkSetup `json:"network,omitempty"`
+	// Git, if set, is the git identity written system-wide (/etc/gitconfig),
+	// so the user's own ~/.gitconfig still wins.
+	Git *GitIdentity `json:"git,omitempty"`
+	// Docker, if set, starts Docker Engine in a guest that has it, with its
+	// data on a disk of its own. The setup does not wait for dockerd.
+	Docker *DockerSetup `json:"docker,omitempty"`
+}
+
+// GitIdentity is a git user.name and user.email. Empty fields are left
+// out; values may not contain newlines.
+type GitIdentity struct {
+	Name  string `json:"name,omitempty"`
+	Email string `json:"email,omitempty"`
+}
+
+// DockerSetup asks the guest to run Docker Engine: load the kernel modules
+// it needs, mount its disk at /var/lib/docker and start dockerd (when the
+// guest has /usr/sbin/dockerd) with the network setup's proxy environment.
+// dockerd runs in the background under the agent's supervision; the setup
+// answers before it is up.
+type DockerSetup struct {
+	// DiskSerial is the serial of the virtio-blk disk that holds
+	// /var/lib/docker (/sys/block/vdX/serial); the host formats it as ext4.
+	DiskSerial string `json:"disk_serial"`
 }
 
 // NetworkSetup is the guest side of the sandbox network: a static address

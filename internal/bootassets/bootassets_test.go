@@ -241,6 +241,14 @@ func TestModuleClosureRealKernel(t *testing.T) {
 		}
 	}
 	t.Logf("%d modules for %s", len(got), k.Release)
+	docker, err := extraModules(k.ModulesDir, DockerModules, got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(docker) == 0 {
+		t.Error("no docker modules beyond the boot set")
+	}
+	t.Logf("%d more modules for docker", len(docker))
 }
 
 // cpioEntry is one entry read back from a newc archive.
@@ -286,10 +294,15 @@ func TestEnsureInitramfs(t *testing.T) {
 		"fs/ext4/ext4.ko":            "jbd2",
 		"fs/jbd2/jbd2.ko":            "",
 		"drivers/char/virtio-rng.ko": "",
+		"net/llc/llc.ko":             "",
+		"net/bridge/bridge.ko":       "llc,jbd2",
+		"net/bridge/br_netfilter.ko": "bridge",
+		"drivers/net/veth.ko":        "",
 	})
-	saved := BootModules
+	saved, savedDocker := BootModules, DockerModules
 	BootModules = []string{"ext4", "virtio_rng"}
-	t.Cleanup(func() { BootModules = saved })
+	DockerModules = []string{"ext4", "br_netfilter", "veth"}
+	t.Cleanup(func() { BootModules, DockerModules = saved, savedDocker })
 
 	cache := t.TempDir()
 	agent := filepath.Join(t.TempDir(), "agent")
@@ -336,6 +349,12 @@ func TestEnsureInitramfs(t *testing.T) {
 		{Name: "lib/modules/ext4.ko", Mode: 0o100644, Data: ko("fs/ext4/ext4.ko")},
 		{Name: "lib/modules/virtio-rng.ko", Mode: 0o100644, Data: ko("drivers/char/virtio-rng.ko")},
 		{Name: "lib/sbx/modules.order", Mode: 0o100644, Data: "/lib/modules/jbd2.ko\n/lib/modules/ext4.ko\n/lib/modules/virtio-rng.ko\n"},
+		{Name: "lib/modules/llc.ko", Mode: 0o100644, Data: ko("net/llc/llc.ko")},
+		{Name: "lib/modules/bridge.ko", Mode: 0o100644, Data: ko("net/bridge/bridge.ko")},
+		{Name: "lib/modules/br_netfilter.ko", Mode: 0o100644, Data: ko("net/bridge/br_netfilter.ko")},
+		{Name: "lib/modules/veth.ko", Mode: 0o100644, Data: ko("drivers/net/veth.ko")},
+		// The boot set's modules are left out, also as dependencies.
+		{Name: "lib/sbx/docker-modules.order", Mode: 0o100644, Data: "/lib/modules/llc.ko\n/lib/modules/bridge.ko /lib/modules/llc.ko\n/lib/modules/br_netfilter.ko /lib/modules/bridge.ko\n/lib/modules/veth.ko\n"},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("initramfs entries (-want +got):\n%s", diff)

@@ -20,11 +20,17 @@ const (
 	// InitramfsModulesOrder lists the absolute paths of the module files,
 	// one a line, in the order they must be loaded.
 	InitramfsModulesOrder = "/lib/sbx/modules.order"
+	// InitramfsDockerModules lists the modules Docker needs beyond the boot
+	// set, loaded only in sandboxes that run Docker: one module a line, its
+	// absolute path followed by the paths of the modules of this list it
+	// depends on, space-separated; every module comes after its
+	// dependencies.
+	InitramfsDockerModules = "/lib/sbx/docker-modules.order"
 )
 
 // initramfsFormat changes whenever the layout below changes, so cached
 // images built by an older sbx are not reused.
-const initramfsFormat = "sbx-initramfs-v1"
+const initramfsFormat = "sbx-initramfs-v2"
 
 var initramfsDirs = []string{"/dev", "/proc", "/sys", "/run", "/tmp", "/sysroot", "/lib", "/lib/modules", "/lib/sbx"}
 
@@ -32,9 +38,10 @@ var initramfsDirs = []string{"/dev", "/proc", "/sys", "/run", "/tmp", "/sysroot"
 // whose /init is agentBinary (mode 0755). It contains the directories
 // /dev /proc /sys /run /tmp /sysroot /lib/sbx, the character device
 // /dev/console (5,1), the modules of ModuleClosure(k.ModulesDir,
-// BootModules) as /lib/modules/<file>.ko and InitramfsModulesOrder. When
-// k.ModulesDir is empty no modules are packed (the kernel must have the
-// drivers built in) and modules.order is empty.
+// BootModules) as /lib/modules/<file>.ko and InitramfsModulesOrder, and
+// the rest of ModuleGraph(k.ModulesDir, DockerModules) in
+// InitramfsDockerModules. When k.ModulesDir is empty no modules are packed
+// (the kernel must have the drivers built in) and both lists are empty.
 //
 // The file is <cacheDir>/initramfs/<sha256 of the inputs>.cpio, built
 // under a lock into a temp file and renamed, so it is safe to call
@@ -42,16 +49,27 @@ var initramfsDirs = []string{"/dev", "/proc", "/sys", "/run", "/tmp", "/sysroot"
 // The returned file must not be modified.
 func EnsureInitramfs(ctx context.Context, cacheDir string, k Kernel, agentBinary string) (string, error) {
 	var mods []string
+	var docker []Module
 	if k.ModulesDir != "" {
 		var err error
 		mods, err = ModuleClosure(k.ModulesDir, BootModules)
 		if err != nil {
 			return "", fmt.Errorf("collect guest modules for kernel %s: %w", k.Release, err)
 		}
+		docker, err = extraModules(k.ModulesDir, DockerModules, mods)
+		if err != nil {
+			return "", fmt.Errorf("collect docker modules for kernel %s: %w", k.Release, err)
+		}
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n", initramfsFormat)
-	for _, p := range append([]string{agentBinary}, mods...) {
+	inputs := append([]string{agentBinary}, mods...)
+	fmt.Fprintf(h, "boot %d\n", len(mods))
+	for _, m := range docker {
+		inputs = append(inputs, m.Path)
+		fmt.Fprintf(h, "docker %s %s\n", filepath.Base(m.Path), strings.Join(baseNames(m.Deps), " "))
+	}
+	for _, p := range inputs {
 		sum, err := fileSHA256(p)
 		if err != nil {
 			return "", fmt.Errorf("hash initramfs input: %w", err)
@@ -82,7 +100,7 @@ func EnsureInitramfs(ctx context.Context, cacheDir string, k Kernel, agentBinary
 	defer os.Remove(f.Name())
 	defer f.Close()
 	bw := bufio.NewWriterSize(f, 1<<20)
-	if err := writeInitramfs(ctx, bw, agentBinary, mods); err != nil {
+	if err := writeInitramfs(ctx, bw, agentBinary, mods, docker); err != nil {
 		return "", fmt.Errorf("write initramfs: %w", err)
 	}
 	if err := bw.Flush(); err != nil {
@@ -103,7 +121,42 @@ func EnsureInitramfs(ctx context.Context, cacheDir string, k Kernel, agentBinary
 	return final, nil
 }
 
-func writeInitramfs(ctx context.Context, w io.Writer, agentBinary string, mods []string) error {
+// extraModules returns ModuleGraph(modulesDir, names) without the modules
+// in have, and without them among the dependencies.
+func extraModules(modulesDir string, names, have []string) ([]Module, error) {
+	all, err := ModuleGraph(modulesDir, names)
+	if err != nil {
+		return nil, err
+	}
+	skip := map[string]bool{}
+	for _, p := range have {
+		skip[p] = true
+	}
+	var out []Module
+	for _, m := range all {
+		if skip[m.Path] {
+			continue
+		}
+		var deps []string
+		for _, d := range m.Deps {
+			if !skip[d] {
+				deps = append(deps, d)
+			}
+		}
+		out = append(out, Module{Path: m.Path, Deps: deps})
+	}
+	return out, nil
+}
+
+func baseNames(paths []string) []string {
+	out := make([]string, len(paths))
+	for i, p := range paths {
+		out[i] = filepath.Base(p)
+	}
+	return out
+}
+
+func writeInitramfs(ctx context.Context, w io.Writer, agentBinary string, mods []string, docker []Module) error {
 	c := &newcWriter{w: w}
 	for _, d := range initramfsDirs {
 		if err := c.entry(d, cpioDir|0o755, 0, 0, 0); err != nil {
@@ -141,6 +194,25 @@ func writeInitramfs(ctx context.Context, w io.Writer, agentBinary string, mods [
 	}
 	o := order.String()
 	if err := c.file(InitramfsModulesOrder, 0o644, int64(len(o)), strings.NewReader(o)); err != nil {
+		return err
+	}
+	var dorder strings.Builder
+	for _, m := range docker {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		name := InitramfsModulesDir + "/" + filepath.Base(m.Path)
+		if err := addFile(name, m.Path, 0o644); err != nil {
+			return fmt.Errorf("add module: %w", err)
+		}
+		dorder.WriteString(name)
+		for _, d := range m.Deps {
+			dorder.WriteString(" " + InitramfsModulesDir + "/" + filepath.Base(d))
+		}
+		dorder.WriteString("\n")
+	}
+	d := dorder.String()
+	if err := c.file(InitramfsDockerModules, 0o644, int64(len(d)), strings.NewReader(d)); err != nil {
 		return err
 	}
 	return c.close()

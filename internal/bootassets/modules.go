@@ -28,6 +28,46 @@ var BootModules = []string{
 	"overlay",
 }
 
+// DockerModules are the modules Docker Engine needs in the guest: bridge
+// networking (bridge, br_netfilter, veth), NAT and filtering through
+// iptables' nf_tables backend (nft_compat carries the xt_ matches and
+// targets dockerd's rules use) and the legacy iptables tables for images
+// that switch to them, plus overlay for its storage driver (already in
+// BootModules). They are packed apart from the boot set and loaded only in
+// sandboxes that run Docker; ModuleClosure adds their dependencies.
+var DockerModules = []string{
+	"overlay",
+	"bridge",
+	"br_netfilter",
+	"veth",
+	"nf_conntrack",
+	"nf_nat",
+	"nf_tables",
+	"nft_compat",
+	"nft_chain_nat",
+	"nft_nat",
+	"nft_masq",
+	"nft_ct",
+	"xt_MASQUERADE",
+	"xt_addrtype",
+	"xt_conntrack",
+	"xt_nat",
+	"xt_tcpudp",
+	"xt_mark",
+	"ip_tables",
+	"iptable_nat",
+	"iptable_filter",
+}
+
+// Module is one module file of a closure.
+type Module struct {
+	// Path is the absolute path of the .ko file.
+	Path string
+	// Deps are the paths of the modules it needs, all earlier in the
+	// closure or built in (then left out).
+	Deps []string
+}
+
 // ErrCompressedModule is returned for modules shipped as .ko.xz or .ko.zst,
 // which ModuleClosure does not unpack yet.
 var ErrCompressedModule = errors.New("compressed kernel modules are not supported yet")
@@ -62,6 +102,20 @@ func moduleName(file string) string {
 // for an unknown name, ErrCompressedModule for .ko.xz/.ko.zst files, and a
 // plain error for unreadable files or a dependency cycle.
 func ModuleClosure(modulesDir string, names []string) ([]string, error) {
+	mods, err := ModuleGraph(modulesDir, names)
+	if err != nil {
+		return nil, err
+	}
+	paths := make([]string, len(mods))
+	for i, m := range mods {
+		paths[i] = m.Path
+	}
+	return paths, nil
+}
+
+// ModuleGraph is ModuleClosure with each module's direct dependencies, so
+// modules whose dependencies are loaded can be loaded in parallel.
+func ModuleGraph(modulesDir string, names []string) ([]Module, error) {
 	builtin, err := readBuiltin(filepath.Join(modulesDir, "modules.builtin"))
 	if err != nil {
 		return nil, err
@@ -85,7 +139,7 @@ func ModuleClosure(modulesDir string, names []string) ([]string, error) {
 		return nil, fmt.Errorf("index modules in %s: %w", modulesDir, err)
 	}
 
-	var order []string
+	var order []Module
 	const (
 		visiting = 1
 		done     = 2
@@ -119,13 +173,17 @@ func ModuleClosure(modulesDir string, names []string) ([]string, error) {
 		if err != nil {
 			return err
 		}
+		var depPaths []string
 		for _, d := range deps {
 			if err := visit(d, append(chain, name)); err != nil {
 				return err
 			}
+			if p, ok := index[normModule(d)]; ok {
+				depPaths = append(depPaths, p)
+			}
 		}
 		state[name] = done
-		order = append(order, path)
+		order = append(order, Module{Path: path, Deps: depPaths})
 		return nil
 	}
 	for _, n := range names {
