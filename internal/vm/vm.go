@@ -50,6 +50,10 @@ type Disk struct {
 	Path     string
 	Format   string // "qcow2" or "raw"
 	ReadOnly bool
+	// Serial, if set, is the serial number the guest reads from
+	// /sys/block/vdX/serial (at most 20 bytes), so it can find the disk
+	// without relying on the order of device names.
+	Serial string
 }
 
 // Share is a host folder exported to the guest under Tag.

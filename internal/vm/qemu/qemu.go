@@ -117,7 +117,11 @@ func diskArgs(cfg vm.Config) []string {
 		if d.ReadOnly {
 			opts += ",readonly=on"
 		}
-		a = append(a, "-drive", opts, "-device", "virtio-blk-device,drive="+id)
+		dev := "virtio-blk-device,drive=" + id
+		if d.Serial != "" {
+			dev += ",serial=" + escape(d.Serial)
+		}
+		a = append(a, "-drive", opts, "-device", dev)
 	}
 	return a
 }

@@ -24,7 +24,7 @@ func TestArgsGolden(t *testing.T) {
 		MemoryMiB:   2048,
 		Accel:       vm.AccelTCG,
 		TSCkHz:      2445432,
-		Disks:       []vm.Disk{{Path: "/state/ab12/disk.qcow2", Format: "qcow2"}},
+		Disks:       []vm.Disk{{Path: "/state/ab12/disk.qcow2", Format: "qcow2"}, {Path: "/state/ab12/docker.img", Format: "raw", Serial: "sbx-docker"}},
 		Shares:      []vm.Share{{Tag: "ws0", Path: "/home/me/proj"}, {Tag: "ws1", Path: "/home/me/docs,v2", ReadOnly: true}},
 		AgentSocket: "/run/user/1000/sbx/ab12/agent.sock",
 		ConsoleLog:  "/state/ab12/console.log",
@@ -35,6 +35,7 @@ func TestArgsGolden(t *testing.T) {
 	kvm.CPUs = 2
 	kvm.Shares = nil
 	kvm.Net = nil
+	kvm.Disks = kvm.Disks[:1]
 	for name, cfg := range map[string]vm.Config{"tcg": base, "kvm": kvm} {
 		t.Run(name, func(t *testing.T) {
 			got := strings.Join(Args(cfg), "\n") + "\n"
