@@ -3,6 +3,8 @@ package cli
 import (
 	"slices"
 	"strings"
+
+	"github.com/sbx-dev/sbx/internal/template"
 )
 
 // agentSpec is one agent sbx knows how to start.
@@ -10,12 +12,45 @@ type agentSpec struct {
 	Name string
 	// Argv is the default command line, run as user agent in the workspace.
 	Argv []string
+	// Template is the built-in template the agent runs in by default.
+	Template string
+	// Domains are the network resources the agent needs; they become
+	// sandbox rules with origin "agent:NAME" (see docs/agents.md).
+	Domains []string
+	// Secret is the `sbx secret` service holding the agent's provider
+	// credential, "" when it has none of its own.
+	Secret string
 }
 
-// agents is the table of known agents. Coding agent CLIs (claude, codex,
-// gemini, copilot, opencode) arrive with their templates.
+// agents is the table of known agents; docs/agents.md shows the same.
+// Each coding agent starts in its unattended mode: the sandbox is the
+// safety boundary.
 var agents = []agentSpec{
-	{Name: "shell", Argv: []string{"bash", "-l"}},
+	{Name: "shell", Argv: []string{"bash", "-l"}, Template: template.DefaultName},
+	{
+		Name: "claude", Argv: []string{"claude", "--dangerously-skip-permissions"}, Template: template.AgentsName,
+		Domains: []string{"api.anthropic.com", "statsig.anthropic.com", "console.anthropic.com", "claude.ai", "platform.claude.com"},
+		Secret:  "anthropic",
+	},
+	{
+		Name: "codex", Argv: []string{"codex", "--dangerously-bypass-approvals-and-sandbox"}, Template: template.AgentsName,
+		Domains: []string{"api.openai.com", "auth.openai.com", "chatgpt.com"},
+		Secret:  "openai",
+	},
+	{
+		Name: "gemini", Argv: []string{"gemini", "--yolo"}, Template: template.AgentsName,
+		Domains: []string{"generativelanguage.googleapis.com", "cloudcode-pa.googleapis.com", "oauth2.googleapis.com"},
+		Secret:  "google",
+	},
+	{
+		Name: "copilot", Argv: []string{"copilot", "--yolo"}, Template: template.AgentsName,
+		Domains: []string{"*.githubcopilot.com", "api.github.com", "github.com", "copilot-proxy.githubusercontent.com"},
+		Secret:  "github",
+	},
+	{
+		Name: "opencode", Argv: []string{"opencode"}, Template: template.AgentsName,
+		Domains: []string{"opencode.ai", "*.opencode.ai", "models.dev"},
+	},
 }
 
 func findAgent(name string) (agentSpec, bool) {
@@ -47,4 +82,14 @@ func agentArgv(a agentSpec, extra []string) []string {
 		return append(slices.Clone(a.Argv), extra...)
 	}
 	return append([]string{a.Argv[0]}, extra...)
+}
+
+// loginArgv runs argv through a login shell, so /etc/profile,
+// /etc/profile.d and /etc/sandbox-persistent.sh set the agent's
+// environment as they do for `bash -l`. The shell agent is one already.
+func loginArgv(a agentSpec, argv []string) []string {
+	if a.Name == "shell" && len(argv) > 0 && argv[0] == "bash" {
+		return argv
+	}
+	return append([]string{"bash", "-lc", `exec "$@"`, "bash"}, argv...)
 }

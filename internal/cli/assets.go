@@ -11,7 +11,6 @@ import (
 	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/supervisor"
-	"github.com/sbx-dev/sbx/internal/template"
 	"github.com/sbx-dev/sbx/internal/vm"
 )
 
@@ -60,18 +59,6 @@ func (e *env) qemuImg(ctx context.Context) (string, error) {
 		return "", userErr(err, "install it: apt-get install qemu-utils (or run `make deps`)", "qemu-img is not installed")
 	}
 	return p, nil
-}
-
-// ensureTemplate returns the default template, building it on first use.
-func (e *env) ensureTemplate(ctx context.Context) (sandbox.TemplateRef, error) {
-	t, err := template.EnsureDefault(ctx, e.dirs.Cache, e.stderr)
-	if err != nil {
-		if errors.Is(err, context.Canceled) {
-			return sandbox.TemplateRef{}, err
-		}
-		return sandbox.TemplateRef{}, userErr(err, "see the message above; `sbx diagnose` checks the host", "cannot prepare the default template")
-	}
-	return sandbox.TemplateRef{Name: t.Name, ID: t.ID, Image: t.Image}, nil
 }
 
 // bootSpec resolves what a start of sb needs: QEMU, kernel, initramfs and

@@ -21,8 +21,9 @@ import (
 )
 
 const (
-	defaultMemory = "2g"
-	defaultDisk   = "20g"
+	defaultMemory     = "2g"
+	defaultDisk       = "20g"
+	defaultDockerDisk = "10g"
 )
 
 // createFlags are the flags `run` and `create` share.
@@ -37,6 +38,11 @@ type createFlags struct {
 	denyNet  []string
 	detached bool
 	rm       bool
+
+	template          string
+	dockerDisk        string
+	allowAgentDomains bool
+	noGitIdentity     bool
 }
 
 func (f *createFlags) register(cmd *cobra.Command) {
@@ -49,6 +55,10 @@ func (f *createFlags) register(cmd *cobra.Command) {
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "environment variable KEY=VALUE for the agent session (repeatable)")
 	fl.StringArrayVar(&f.publish, "publish", nil, "publish [[HOST_IP:]HOST_PORT:]SANDBOX_PORT on the host (repeatable; see `sbx ports`)")
 	fl.StringArrayVar(&f.denyNet, "deny-network", nil, "deny these network resources to this sandbox (comma-separated, repeatable; see `sbx policy deny`)")
+	fl.StringVarP(&f.template, "template", "t", "", "template, image file or image reference to boot (default: the agent's; see `sbx template ls`)")
+	fl.StringVar(&f.dockerDisk, "docker-disk", defaultDockerDisk, "size of the sparse disk for /var/lib/docker, in templates with Docker Engine")
+	fl.BoolVar(&f.allowAgentDomains, "allow-agent-domains", false, "add the agent's domains as sandbox rules even when the default policy is deny-all")
+	fl.BoolVar(&f.noGitIdentity, "no-git-identity", false, "do not set the host's git user.name and user.email in the sandbox")
 }
 
 // target is what the positional arguments of run/create resolve to.
@@ -141,10 +151,11 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 	}
 	// The template may take minutes on first use; it has its own lock, so
 	// other sbx commands are not held up meanwhile.
-	tmpl, err := e.ensureTemplate(cmd.Context())
+	tmpl, err := e.resolveTemplate(cmd.Context(), f.template, t.agent)
 	if err != nil {
 		return nil, false, err
 	}
+	e.warnTemplateAgent(tmpl, t.agent)
 	qemuImg, err := e.qemuImg(cmd.Context())
 	if err != nil {
 		return nil, false, err
@@ -170,7 +181,14 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 	if err != nil {
 		return nil, false, err
 	}
-	cfg.Template = tmpl
+	cfg.Template = sandbox.TemplateRef{Name: tmpl.Name, ID: tmpl.ID, Image: tmpl.Image}
+	if !tmpl.Docker {
+		cfg.DockerDiskBytes = 0
+	}
+	if !f.noGitIdentity {
+		cfg.Git = hostGitIdentity(cmd.Context())
+	}
+	cfg.AgentDomains = e.wantAgentDomains(t.agent, f)
 	sb, err = e.store.Create(cfg)
 	if err != nil {
 		return nil, false, userErr(err, "", "cannot create sandbox %s", cfg.Name)
@@ -189,6 +207,9 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 		return nil, false, userErr(err, "check free disk space with `sbx diagnose`", "cannot create the disk of sandbox %s", cfg.Name)
 	}
 	e.warnUnwritable(sb)
+	if err := e.addAgentDomains(sb, t.agent); err != nil {
+		return nil, false, err
+	}
 	return sb, true, nil
 }
 
@@ -226,6 +247,12 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target, name strin
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--disk: %w", err))
 	}
+	dockerDisk, err := sandbox.ParseSize(f.dockerDisk, "g")
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--docker-disk: %w", err))
+	} else if dockerDisk < 1<<30 {
+		errs = append(errs, fmt.Errorf("--docker-disk %s: at least 1g", f.dockerDisk))
+	}
 	if f.cpus < 0 || f.cpus > 64 {
 		errs = append(errs, fmt.Errorf("--cpus %d: use 1 to 64", f.cpus))
 	}
@@ -251,6 +278,8 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target, name strin
 		GID:        gid,
 		MAC:        sandbox.NewMAC(),
 		Created:    time.Now().UTC(),
+
+		DockerDiskBytes: dockerDisk,
 	}, nil
 }
 
@@ -310,6 +339,14 @@ func (e *env) checkSameFlags(cmd *cobra.Command, f *createFlags, t target, sb *s
 		if d, err := sandbox.ParseSize(f.disk, "g"); err != nil || d != c.DiskBytes {
 			bad = append(bad, fmt.Sprintf("--disk (sandbox has %s)", sandbox.FormatSize(c.DiskBytes)))
 		}
+	}
+	if fl.Changed("docker-disk") {
+		if d, err := sandbox.ParseSize(f.dockerDisk, "g"); err != nil || d != c.DockerDiskBytes {
+			bad = append(bad, fmt.Sprintf("--docker-disk (sandbox has %s)", sandbox.FormatSize(c.DockerDiskBytes)))
+		}
+	}
+	if fl.Changed("template") && f.template != c.Template.Name {
+		bad = append(bad, fmt.Sprintf("--template (sandbox has %s)", c.Template.Name))
 	}
 	if fl.Changed("accel") && f.accel != c.Accel {
 		bad = append(bad, fmt.Sprintf("--accel (sandbox has %s)", c.Accel))

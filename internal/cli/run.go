@@ -17,6 +17,14 @@ func newRunCmd(e *env) *cobra.Command {
 the workspace PATH (default: the current folder; more paths are extra
 workspaces, PATH:ro read-only), attached to the terminal.
 
+Agents: shell, claude, codex, gemini, copilot, opencode. Coding agents start
+in their unattended mode (claude --dangerously-skip-permissions, codex
+--dangerously-bypass-approvals-and-sandbox, gemini --yolo, copilot --yolo,
+opencode): the sandbox is the safety boundary. They share the "agents"
+template (Node.js, the pinned agent CLIs, git, python3, Docker Engine),
+built on first use; their provider key comes from ` + "`sbx secret`" + ` through
+the proxy, and their domains become rules of the sandbox (` + "`sbx policy ls`" + `).
+
 The sandbox is created if it does not exist and started if it is stopped;
 running again for the same workspace (or --name) opens a new session in the
 same sandbox. The first argument is a known agent, else an existing
@@ -28,6 +36,8 @@ Without a terminal on stdin, the streams are plain pipes and sbx exits with
 the agent's exit code. The VM stops when its last session ends, unless it
 was started with -d.`,
 		Example: `  sbx run                      # a shell in a sandbox on the current folder
+  sbx run claude ~/proj        # Claude Code on ~/proj
+  sbx run -t mytemplate codex  # Codex in a template saved or loaded earlier
   sbx run shell ~/proj ~/docs:ro
   sbx run -d --name build .    # boot in the background, print the name
   sbx run shell . -- -c 'go test ./...'`,
@@ -85,7 +95,7 @@ was started with -d.`,
 			}
 			_, isTerm := terminalFd(e.stdin)
 			code, err := e.attach(ctx, sb, session{
-				argv:  agentArgv(t.agent, extra),
+				argv:  loginArgv(t.agent, agentArgv(t.agent, extra)),
 				env:   env,
 				dir:   sb.PrimaryWorkspace(),
 				user:  "agent",

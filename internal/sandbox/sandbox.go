@@ -45,6 +45,7 @@ const (
 	ConfigFile     = "config.json"
 	StateFile      = "state.json"
 	DiskFile       = "disk.qcow2"
+	DockerDiskFile = "docker.img"
 	ConsoleLog     = "console.log"
 	SupervisorLog  = "supervisor.log"
 	SupervisorPID  = "supervisor.pid"
@@ -93,8 +94,23 @@ type Config struct {
 	UID int `json:"uid"`
 	GID int `json:"gid"`
 	// MAC is the guest network card's address, fixed at creation.
-	MAC     string    `json:"mac"`
-	Created time.Time `json:"created"`
+	MAC string `json:"mac"`
+	// DockerDiskBytes is the size of the sparse per-sandbox disk that holds
+	// /var/lib/docker; 0 when the template has no Docker Engine.
+	DockerDiskBytes int64 `json:"dockerDiskBytes,omitempty"`
+	// Git is the host user's git identity, set in the guest; nil when the
+	// user opted out or the host has none.
+	Git *GitIdentity `json:"git,omitempty"`
+	// AgentDomains reports whether the agent's domains were added as
+	// sandbox rules (origin "agent:NAME").
+	AgentDomains bool      `json:"agentDomains,omitempty"`
+	Created      time.Time `json:"created"`
+}
+
+// GitIdentity is a git user.name and user.email.
+type GitIdentity struct {
+	Name  string `json:"name,omitempty"`
+	Email string `json:"email,omitempty"`
 }
 
 // Status of a sandbox as shown by `sbx ls`.

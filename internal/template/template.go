@@ -20,14 +20,26 @@ import (
 	"time"
 )
 
-// DefaultName is the name of the built-in template.
-const DefaultName = "shell"
+// Names of the built-in templates.
+const (
+	// DefaultName is the template of the shell agent and of images
+	// without an agent.
+	DefaultName = "shell"
+	// AgentsName is the template every coding agent shares.
+	AgentsName = "agents"
+)
 
 // DefaultPackages are installed into the default template on top of
 // debootstrap's minbase variant.
 var DefaultPackages = []string{
 	"bash", "coreutils", "curl", "ca-certificates", "git", "iproute2", "procps",
 	"sudo", "less", "vim-tiny", "openssh-client", "xz-utils", "netbase", "iputils-ping",
+}
+
+// AgentPackages are added to DefaultPackages in the agents template:
+// the tools coding agents expect, and Docker Engine.
+var AgentPackages = []string{
+	"docker.io", "python3", "python3-venv", "make", "ripgrep", "jq", "unzip", "patch", "file",
 }
 
 // Agent account inside every template.
@@ -62,16 +74,37 @@ type Template struct {
 	SizeBytes int64 // apparent size of the image
 	// Packages are the packages the template was built with.
 	Packages []string
+	// Source says where the template came from: "debootstrap SUITE",
+	// "image REF@DIGEST", "file PATH", "sandbox NAME (TEMPLATE)".
+	Source string
+	// Agents are the coding agents whose CLIs the template has; empty for
+	// templates not built by sbx, which are assumed to have none.
+	Agents []string
+	// Versions are the pinned versions of what the template carries beyond
+	// its packages ("node", "claude", ...).
+	Versions map[string]string
+	// Docker reports whether the template has Docker Engine (dockerd).
+	Docker bool
+
+	// Recipe identifies the recipe a built-in template was built from.
+	Recipe string
 }
 
 // manifest is <name>.json.
 type manifest struct {
-	Version  int       `json:"version"`
-	Name     string    `json:"name"`
-	ID       string    `json:"id"`
-	Created  time.Time `json:"created"`
-	Suite    string    `json:"suite,omitempty"`
-	Packages []string  `json:"packages,omitempty"`
+	Version  int               `json:"version"`
+	Name     string            `json:"name"`
+	ID       string            `json:"id"`
+	Created  time.Time         `json:"created"`
+	Suite    string            `json:"suite,omitempty"`
+	Packages []string          `json:"packages,omitempty"`
+	Source   string            `json:"source,omitempty"`
+	Agents   []string          `json:"agents,omitempty"`
+	Versions map[string]string `json:"versions,omitempty"`
+	Docker   bool              `json:"docker,omitempty"`
+	// Key identifies the recipe of a built-in template (packages, lock
+	// file); a built-in template whose key differs is rebuilt.
+	Key string `json:"key,omitempty"`
 }
 
 func templatesDir(cacheDir string) string { return filepath.Join(cacheDir, "templates") }
@@ -102,7 +135,11 @@ func Lookup(cacheDir, name string) (Template, error) {
 	if err != nil {
 		return Template{}, fmt.Errorf("template %s image: %w (remove it with `sbx template rm %s` and rebuild)", name, err, name)
 	}
-	return Template{Name: m.Name, ID: m.ID, Image: img, Created: m.Created, SizeBytes: st.Size(), Packages: m.Packages}, nil
+	return Template{
+		Name: m.Name, ID: m.ID, Image: img, Created: m.Created, SizeBytes: st.Size(),
+		Packages: m.Packages, Source: m.Source, Agents: m.Agents, Versions: m.Versions, Docker: m.Docker,
+		Recipe: m.Key,
+	}, nil
 }
 
 // List returns every template in cacheDir, sorted by name. Broken entries
@@ -182,43 +219,109 @@ func validName(name string) error {
 	return nil
 }
 
-// EnsureDefault returns the default template "shell", building it on first
-// use: debootstrap (minbase, DefaultPackages) of the host's suite from the
-// host's apt mirror, configured for the guest agent, packed into a sparse
-// ext4 image. Building needs root, debootstrap and mkfs.ext4, takes about
-// a minute and writes progress lines (and debootstrap's output) to
-// progress, which may be nil. Builds are serialised by a lock across
-// processes and renamed into place, so an interrupted build leaves nothing
-// usable half-written; a later call cleans its leftovers.
-//
-// A default template built with another package list (an older sbx) is
-// replaced by a new build; the old image stays for the sandboxes whose
-// disks it backs.
+// recipe is how a built-in template is made.
+type recipe struct {
+	name     string
+	packages []string
+	// agents installs the agent CLIs and Node.js from the lock file, and
+	// configures Docker Engine.
+	agents bool
+}
+
+// key identifies the recipe: its packages and, for agents, the lock file.
+func (r recipe) key() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "packages %s\n", strings.Join(r.packages, ","))
+	if r.agents {
+		h.Write(agentsPackageJSON)
+		h.Write(agentsLock)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+func builtin(name string) (recipe, bool) {
+	switch name {
+	case DefaultName:
+		return recipe{name: DefaultName, packages: DefaultPackages}, true
+	case AgentsName:
+		return recipe{name: AgentsName, packages: append(slices.Clone(DefaultPackages), AgentPackages...), agents: true}, true
+	}
+	return recipe{}, false
+}
+
+// IsBuiltin reports whether name is a template sbx builds itself.
+func IsBuiltin(name string) bool {
+	_, ok := builtin(name)
+	return ok
+}
+
+// EnsureDefault returns the default template "shell"; see Ensure.
 func EnsureDefault(ctx context.Context, cacheDir string, progress io.Writer) (Template, error) {
-	if t, err := Lookup(cacheDir, DefaultName); err == nil && slices.Equal(t.Packages, DefaultPackages) {
+	return Ensure(ctx, cacheDir, DefaultName, progress)
+}
+
+// Ensure returns the built-in template name ("shell" or "agents"),
+// building it on first use: debootstrap (minbase) of the host's suite from
+// the host's apt mirror with the recipe's packages, configured for the
+// guest agent; for "agents" also Node.js and the agent CLIs from the
+// committed lock file, installed with the host's npm. The tree is packed
+// into a sparse ext4 image. Building needs root, debootstrap and
+// mkfs.ext4 (and npm for agents), takes one to a few minutes and writes
+// progress lines (and the tools' output) to progress, which may be nil.
+// Builds are serialised by a lock across processes and renamed into place,
+// so an interrupted build leaves nothing usable half-written; a later call
+// cleans its leftovers.
+//
+// A built-in template built from another recipe (an older sbx, another
+// lock file) is replaced by a new build; the old image stays for the
+// sandboxes whose disks it backs.
+func Ensure(ctx context.Context, cacheDir, name string, progress io.Writer) (Template, error) {
+	r, ok := builtin(name)
+	if !ok {
+		return Template{}, fmt.Errorf("%w: %s is not a built-in template", ErrNotFound, name)
+	}
+	current := func() (Template, bool) {
+		t, err := Lookup(cacheDir, name)
+		return t, err == nil && t.Recipe == r.key()
+	}
+	if t, ok := current(); ok {
 		return t, nil
 	}
 	if progress == nil {
 		progress = io.Discard
 	}
 	dir := templatesDir(cacheDir)
-	unlock, err := safefile.Lock(ctx, filepath.Join(dir, ".lock"))
+	unlock, err := lockDir(ctx, dir)
 	if err != nil {
 		return Template{}, err
 	}
 	defer unlock()
-	if t, err := Lookup(cacheDir, DefaultName); err == nil && slices.Equal(t.Packages, DefaultPackages) {
+	if t, ok := current(); ok {
 		return t, nil
 	}
-	safefile.RemoveTemps(dir, ".tmp-")
 	hr, err := DetectHostRelease("/")
 	if err != nil {
 		return Template{}, err
 	}
-	return build(ctx, dir, DefaultName, hr, DefaultPackages, progress)
+	return build(ctx, dir, r, hr, progress)
 }
 
-func build(ctx context.Context, dir, name string, hr HostRelease, pkgs []string, progress io.Writer) (Template, error) {
+// lockDir creates dir, takes the templates lock and removes what an
+// interrupted build or import left behind.
+func lockDir(ctx context.Context, dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create template cache: %w", err)
+	}
+	unlock, err := safefile.Lock(ctx, filepath.Join(dir, ".lock"))
+	if err != nil {
+		return nil, err
+	}
+	safefile.RemoveTemps(dir, ".tmp-")
+	return unlock, nil
+}
+
+func build(ctx context.Context, dir string, r recipe, hr HostRelease, progress io.Writer) (Template, error) {
+	name := r.name
 	if os.Geteuid() != 0 {
 		return Template{}, fmt.Errorf("%w (debootstrap needs chroot and device nodes): run `sudo sbx template build %s` once, or run sbx as root", ErrNeedRoot, name)
 	}
@@ -226,9 +329,11 @@ func build(ctx context.Context, dir, name string, hr HostRelease, pkgs []string,
 	if err != nil {
 		return Template{}, fmt.Errorf("debootstrap not found: install it with `apt-get install debootstrap`: %w", err)
 	}
-	mkfs, err := exec.LookPath("mkfs.ext4")
-	if err != nil {
-		return Template{}, fmt.Errorf("mkfs.ext4 not found: install it with `apt-get install e2fsprogs`: %w", err)
+	var npm string
+	if r.agents {
+		if npm, err = exec.LookPath("npm"); err != nil {
+			return Template{}, fmt.Errorf("npm not found (the agent CLIs are installed with the host's npm and its registry settings): install it with `apt-get install npm`: %w", err)
+		}
 	}
 	tmp, err := os.MkdirTemp(dir, ".tmp-"+name+"-")
 	if err != nil {
@@ -238,9 +343,16 @@ func build(ctx context.Context, dir, name string, hr HostRelease, pkgs []string,
 	root := filepath.Join(tmp, "root")
 
 	start := time.Now()
-	fmt.Fprintf(progress, "building template %s (first run only, about a minute)...\n", name)
+	about := "about a minute"
+	if r.agents {
+		about = "a few minutes"
+	}
+	fmt.Fprintf(progress, "building template %s (first run only, %s)...\n", name, about)
+	// debootstrap installs only the packages every template has; the rest
+	// go in with apt-get in the chroot, after services are kept from
+	// starting on the host (docker.io ships an init script).
 	cmd := exec.CommandContext(ctx, debootstrap, "--variant=minbase",
-		"--include="+strings.Join(pkgs, ","), hr.Suite, root, hr.Mirror)
+		"--include="+strings.Join(DefaultPackages, ","), hr.Suite, root, hr.Mirror)
 	cmd.Stdout, cmd.Stderr = progress, progress
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive")
 	if err := cmd.Run(); err != nil {
@@ -250,9 +362,71 @@ func build(ctx context.Context, dir, name string, hr HostRelease, pkgs []string,
 		}
 		return Template{}, fmt.Errorf("debootstrap %s from %s: %w%s", hr.Suite, hr.Mirror, err, hint)
 	}
+	if extra := r.packages[len(DefaultPackages):]; len(extra) > 0 {
+		fmt.Fprintf(progress, "installing %s...\n", strings.Join(extra, " "))
+		if err := aptInstall(ctx, root, extra, progress); err != nil {
+			return Template{}, err
+		}
+	}
 	tBoot := time.Since(start)
+	m := manifest{Suite: hr.Suite, Packages: r.packages, Source: "debootstrap " + hr.Suite, Key: r.key()}
+	if r.agents {
+		t1 := time.Now()
+		versions, err := installAgents(ctx, npm, root, progress)
+		if err != nil {
+			return Template{}, err
+		}
+		m.Versions = versions
+		m.Agents = AgentNames()
+		m.Docker = true
+		fmt.Fprintf(progress, "agent CLIs installed in %.0fs\n", time.Since(t1).Seconds())
+	}
 	if err := configure(ctx, root); err != nil {
 		return Template{}, fmt.Errorf("configure template %s: %w", name, err)
+	}
+	if r.agents {
+		if err := configureAgents(ctx, root); err != nil {
+			return Template{}, fmt.Errorf("configure template %s: %w", name, err)
+		}
+	}
+	t, err := pack(ctx, dir, name, root, m, progress)
+	if err != nil {
+		return Template{}, err
+	}
+	fmt.Fprintf(progress, "template %s ready in %.0fs (packages %.0fs)\n", name, time.Since(start).Seconds(), tBoot.Seconds())
+	return t, nil
+}
+
+// aptInstall installs pkgs in the chroot root with apt-get, from the
+// sources debootstrap wrote. A policy-rc.d keeps package scripts from
+// starting services on the host while they run.
+func aptInstall(ctx context.Context, root string, pkgs []string, progress io.Writer) error {
+	policy := filepath.Join(root, "usr/sbin/policy-rc.d")
+	if err := os.WriteFile(policy, []byte("#!/bin/sh\nexit 101\n"), 0o755); err != nil {
+		return fmt.Errorf("write policy-rc.d: %w", err)
+	}
+	defer os.Remove(policy)
+	for _, args := range [][]string{
+		{"apt-get", "update", "-q"},
+		append([]string{"apt-get", "install", "-y", "-q", "--no-install-recommends"}, pkgs...),
+	} {
+		cmd := exec.CommandContext(ctx, "chroot", append([]string{root}, args...)...)
+		cmd.Stdout, cmd.Stderr = progress, progress
+		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive", "HOME=/root"}
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("%s in the template: %w (see the output above)", strings.Join(args[:2], " "), err)
+		}
+	}
+	return nil
+}
+
+// pack turns the tree root into template name: an ext4 image named by its
+// content, read-only, and the manifest m (Version, Name, ID and Created
+// are filled in). The caller holds the templates lock; root is removed.
+func pack(ctx context.Context, dir, name, root string, m manifest, progress io.Writer) (Template, error) {
+	mkfs, err := exec.LookPath("mkfs.ext4")
+	if err != nil {
+		return Template{}, fmt.Errorf("mkfs.ext4 not found: install it with `apt-get install e2fsprogs`: %w", err)
 	}
 	used, err := duBytes(root)
 	if err != nil {
@@ -261,6 +435,11 @@ func build(ctx context.Context, dir, name string, hr HostRelease, pkgs []string,
 	size := roundUp(used+used/10+headroomBytes, 1<<20)
 	fmt.Fprintf(progress, "packing template %s into an ext4 image (%d MiB)...\n", name, size>>20)
 	t1 := time.Now()
+	tmp, err := os.MkdirTemp(dir, ".tmp-pack-")
+	if err != nil {
+		return Template{}, fmt.Errorf("create template temp dir: %w", err)
+	}
+	defer os.RemoveAll(tmp)
 	img := filepath.Join(tmp, "image.ext4")
 	f, err := os.Create(img)
 	if err != nil {
@@ -270,10 +449,16 @@ func build(ctx context.Context, dir, name string, hr HostRelease, pkgs []string,
 	if out, err := exec.CommandContext(ctx, mkfs, "-q", "-L", "sbx-root", "-d", root, "-F", img, strconv.FormatInt(size>>10, 10)+"k").CombinedOutput(); err != nil {
 		return Template{}, fmt.Errorf("mkfs.ext4: %w: %s", err, strings.TrimSpace(string(out)))
 	}
-	tMkfs := time.Since(t1)
 	if err := os.RemoveAll(root); err != nil {
 		return Template{}, fmt.Errorf("remove build tree: %w", err)
 	}
+	return commitImage(dir, name, img, m, progress, t1)
+}
+
+// commitImage moves the ext4 image img into the cache under its content
+// hash and writes the manifest of template name. The caller holds the
+// templates lock.
+func commitImage(dir, name, img string, m manifest, progress io.Writer, since time.Time) (Template, error) {
 	id, err := fileSHA256(img)
 	if err != nil {
 		return Template{}, err
@@ -285,7 +470,8 @@ func build(ctx context.Context, dir, name string, hr HostRelease, pkgs []string,
 	if err := os.Rename(img, finalImg); err != nil {
 		return Template{}, fmt.Errorf("move image into cache: %w", err)
 	}
-	m := manifest{Version: 1, Name: name, ID: id, Created: time.Now().UTC().Truncate(time.Second), Suite: hr.Suite, Packages: pkgs}
+	m.Version, m.Name, m.ID = 1, name, id
+	m.Created = time.Now().UTC().Truncate(time.Second)
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return Template{}, fmt.Errorf("encode manifest: %w", err)
@@ -293,9 +479,20 @@ func build(ctx context.Context, dir, name string, hr HostRelease, pkgs []string,
 	if err := safefile.Write(filepath.Join(dir, name+".json"), append(b, '\n'), 0o444); err != nil {
 		return Template{}, fmt.Errorf("write manifest: %w", err)
 	}
-	fmt.Fprintf(progress, "template %s ready in %.0fs (debootstrap %.0fs, image %.1fs)\n", name, time.Since(start).Seconds(), tBoot.Seconds(), tMkfs.Seconds())
+	fmt.Fprintf(progress, "image of template %s written in %.1fs\n", name, time.Since(since).Seconds())
 	return Lookup(filepath.Dir(dir), name)
 }
+
+// PersistentFile is sourced by every login shell in a sandbox; the agent
+// user owns it, for environment wanted in every session.
+const PersistentFile = "/etc/sandbox-persistent.sh"
+
+const (
+	persistentHook = "# Written by sbx: environment the user keeps for every login shell.\n" +
+		"if [ -r " + PersistentFile + " ]; then . " + PersistentFile + "; fi\n"
+	persistentInit = "# Sourced by every login shell in this sandbox (bash -l, and the agents\n" +
+		"# sbx starts). Add exports here, e.g.: export EDITOR=vim\n"
+)
 
 // configure turns a debootstrap tree into a root the guest agent boots.
 func configure(ctx context.Context, root string) error {
@@ -323,6 +520,8 @@ func configure(ctx context.Context, root string) error {
 		{"etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tsbx\n", 0o644},
 		{"etc/fstab", "# empty: the sbx guest agent mounts everything\n", 0o644},
 		{"etc/resolv.conf", "", 0o644}, // written by the guest agent at boot
+		{"etc/profile.d/zz-sandbox-persistent.sh", persistentHook, 0o644},
+		{PersistentFile[1:], persistentInit, 0o644},
 	}
 	for _, f := range files {
 		p := filepath.Join(root, f.path)
@@ -333,6 +532,9 @@ func configure(ctx context.Context, root string) error {
 		if err := os.Chmod(p, f.mode); err != nil {
 			return fmt.Errorf("chmod /%s: %w", f.path, err)
 		}
+	}
+	if err := os.Chown(filepath.Join(root, PersistentFile), AgentUID, AgentGID); err != nil {
+		return fmt.Errorf("chown %s: %w", PersistentFile, err)
 	}
 	// Drop what only the build needed: downloaded packages, apt lists and
 	// caches, logs.
