@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X github.com/sbx-dev/sbx/internal/cli.Version=$(VERSION)
 PKGS_DEBIAN := qemu-system-x86 qemu-utils debootstrap xz-utils e2fsprogs
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build deps run test test-unit test-vm fuzz bench lint clean install
+.PHONY: all build deps deps-agents run test test-unit test-vm fuzz bench lint clean install agents-lock
 
 all: build
 
@@ -18,6 +18,18 @@ build:
 # deps installs the Debian/Ubuntu packages sbx needs, only those missing.
 deps:
 	@hack/install-deps.sh $(PKGS_DEBIAN)
+
+# deps-agents adds npm (only when no npm is found), which installs the
+# agent CLIs into the agents template with the host's registry settings.
+deps-agents: deps
+	@hack/install-deps.sh npm=npm
+
+# agents-lock rewrites the agents template's npm lock file from the
+# versions in internal/template/agents/package.json, recording no
+# download addresses.
+agents-lock:
+	cd internal/template/agents && rm -f package-lock.json && \
+	  npm install --package-lock-only --ignore-scripts --no-audit --no-fund --omit-lockfile-registry-resolved
 
 # run: everything a fresh machine needs, then a shell in a sandbox on the
 # current folder (the kernel and the default template are prepared on
