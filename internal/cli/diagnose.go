@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"text/tabwriter"
 
@@ -144,6 +145,11 @@ func (e *env) diagnose(ctx context.Context) []check {
 		add(check{Name: "templates", OK: true, Detail: d})
 	}
 
+	if p, err := exec.LookPath("npm"); err != nil {
+		add(check{Name: "npm", OK: true, Detail: "not found: needed only to build the agents template (claude, codex, gemini, copilot, opencode)", Fix: "apt-get install npm (or `make deps-agents`)"})
+	} else {
+		add(check{Name: "npm", OK: true, Detail: p + " (installs the agent CLIs with the host's registry settings)"})
+	}
 	add(dirCheck("state folder", e.dirs.Data))
 	add(dirCheck("cache folder", e.dirs.Cache))
 	return out
@@ -168,7 +174,7 @@ func dirCheck(name, dir string) check {
 	}
 	c := check{Name: name, OK: free >= 5<<30, Detail: fmt.Sprintf("%s (%s free)", dir, sandbox.FormatSize(int64(free)))}
 	if !c.OK {
-		c.Fix = "free disk space: each sandbox's disk grows as it is used, and templates take about 1 GiB"
+		c.Fix = "free disk space: each sandbox's disk grows as it is used, and templates take 1 GiB (shell) to 4 GiB (agents)"
 	}
 	return c
 }
