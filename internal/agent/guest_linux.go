@@ -32,10 +32,16 @@ const NinePOptions = "trans=virtio,version=9p2000.L,msize=524288,access=client"
 type Guest struct {
 	log *slog.Logger
 	etc string
+	// reaper starts dockerd; set by Init.
+	reaper *Reaper
+	// dockerMods are Docker's kernel modules, held open from the
+	// initramfs until the setup says whether Docker runs.
+	dockerMods *moduleSet
 
 	mu      sync.Mutex
 	mounted []agentapi.Workspace // guarded by mu; in mount order
 	env     []string             // guarded by mu; from the network setup
+	docker  *dockerd             // guarded by mu; set by the first Docker setup
 }
 
 // NewGuest returns a Guest reading and rewriting users under etcDir
@@ -44,13 +50,14 @@ func NewGuest(log *slog.Logger, etcDir string) *Guest {
 	if etcDir == "" {
 		etcDir = "/etc"
 	}
-	return &Guest{log: log, etc: etcDir}
+	return &Guest{log: log, etc: etcDir, dockerMods: &moduleSet{}}
 }
 
-// Setup sets the hostname, renumbers the agent user, and mounts the
-// workspaces. It is idempotent; a workspace already mounted at its path
-// with its tag is left alone. All steps are attempted; their errors are
-// joined.
+// Setup sets the hostname, renumbers the agent user, mounts the
+// workspaces, configures the network, the system git identity and Docker
+// (started in the background; see setupDocker). It is idempotent; a
+// workspace already mounted at its path with its tag is left alone. All
+// steps are attempted; their errors are joined.
 func (g *Guest) Setup(ctx context.Context, req *agentapi.SetupRequest) error {
 	var errs []error
 	if req.Hostname != "" {
@@ -75,6 +82,24 @@ func (g *Guest) Setup(ctx context.Context, req *agentapi.SetupRequest) error {
 		if err := g.setupNetwork(req.Network); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if req.Git != nil {
+		if err := writeGitConfig(filepath.Join(g.etc, "gitconfig"), *req.Git); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if req.User != "" {
+		if err := g.ownPersistentScript(req.User); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if req.Docker != nil && g.reaper != nil {
+		if err := g.setupDocker(ctx, req.User, req.Docker); err != nil {
+			errs = append(errs, err)
+		}
+	} else {
+		// Shell sandboxes free the memory the modules hold.
+		g.dockerMods.release()
 	}
 	return errors.Join(errs...)
 }
@@ -192,6 +217,9 @@ func (g *Guest) mountWorkspace(ws agentapi.Workspace) error {
 // which case it logs and halts the calling goroutine forever.
 func (g *Guest) PowerOff() {
 	g.log.Info("powering off")
+	// dockerd first: it stops its containers and unmounts their layers
+	// before everything else is signalled and /var/lib/docker unmounted.
+	g.stopDocker()
 	unix.Sync()
 	_ = unix.Kill(-1, unix.SIGTERM)
 	time.Sleep(500 * time.Millisecond)
@@ -243,4 +271,78 @@ func powerOff(log *slog.Logger) {
 	err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	log.Error("power off failed; halting", "err", err)
 	select {}
+}
+
+// persistentScript is sourced by every login shell of templates that have
+// it; it belongs to the agent user so they can edit it.
+const persistentScript = "sandbox-persistent.sh"
+
+// ownPersistentScript gives /etc/sandbox-persistent.sh, if the template
+// has it, to user's current uid and gid (the user is renumbered at setup).
+func (g *Guest) ownPersistentScript(user string) error {
+	p := filepath.Join(g.etc, persistentScript)
+	fi, err := os.Lstat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("own %s: %w", p, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil
+	}
+	acct, err := lookupAccount(g.etc, user)
+	if err != nil {
+		return fmt.Errorf("own %s: %w", p, err)
+	}
+	if err := os.Lchown(p, acct.UID, acct.GID); err != nil {
+		return fmt.Errorf("own %s: %w", p, err)
+	}
+	return nil
+}
+
+// Markers around the part of /etc/gitconfig the agent writes.
+const (
+	gitMarkerBegin = "# sbx: host git identity (begin)\n"
+	gitMarkerEnd   = "# sbx: host git identity (end)\n"
+)
+
+// writeGitConfig puts id's name and email in path's [user] section, between
+// markers that are replaced on each setup; the rest of the file is kept.
+// System level, so a user's ~/.gitconfig still wins.
+func writeGitConfig(path string, id agentapi.GitIdentity) error {
+	var sec strings.Builder
+	for _, kv := range [][2]string{{"name", id.Name}, {"email", id.Email}} {
+		if kv[1] == "" {
+			continue
+		}
+		if strings.ContainsAny(kv[1], "\n\r\x00") {
+			return fmt.Errorf("git identity: %s holds a line break", kv[0])
+		}
+		v := strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(kv[1])
+		fmt.Fprintf(&sec, "\t%s = \"%s\"\n", kv[0], v)
+	}
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("git identity: %w", err)
+	}
+	if i := strings.Index(string(old), gitMarkerBegin); i >= 0 {
+		if j := strings.Index(string(old[i:]), gitMarkerEnd); j >= 0 {
+			old = append(old[:i:i], old[i+j+len(gitMarkerEnd):]...)
+		}
+	}
+	next := string(old)
+	if sec.Len() > 0 {
+		if next != "" && !strings.HasSuffix(next, "\n") {
+			next += "\n"
+		}
+		next += gitMarkerBegin + "[user]\n" + sec.String() + gitMarkerEnd
+	}
+	if next == string(old) {
+		return nil
+	}
+	if err := writeAtomicMode(path, []byte(next), 0o644); err != nil {
+		return fmt.Errorf("git identity: %w", err)
+	}
+	return nil
 }

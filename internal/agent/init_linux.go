@@ -112,6 +112,13 @@ func boot(log *slog.Logger, con *console) error {
 		// Not fatal: the disk still works at its old size.
 		log.Warn("root filesystem not grown", "err", err)
 	}
+	// Docker's modules are loaded only if the setup asks for Docker, which
+	// comes after the initramfs is gone: keep them open until then.
+	dockerMods, err := openModuleSet(log, DockerModulesOrder)
+	if err != nil {
+		log.Warn("docker modules unavailable", "err", err)
+		dockerMods = &moduleSet{}
+	}
 	if err := phase(log, "switch-root", switchRoot); err != nil {
 		return err
 	}
@@ -129,6 +136,8 @@ func boot(log *slog.Logger, con *console) error {
 	log.Info("boot done", "duration", time.Since(bootStart), "port", port)
 
 	guest := NewGuest(log, "/etc")
+	guest.reaper = reaper
+	guest.dockerMods = dockerMods
 	srv, err := NewServer(Config{Log: log, Reaper: reaper, Setup: guest.Setup, PowerOff: guest.PowerOff, BaseEnv: guest.Env})
 	if err != nil {
 		return err
@@ -215,22 +224,7 @@ func loadModule(path string) error {
 		return err
 	}
 	defer f.Close()
-	flags := 0
-	if strings.HasSuffix(path, ".xz") || strings.HasSuffix(path, ".zst") || strings.HasSuffix(path, ".gz") {
-		flags = moduleCompressedFile
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var lerr error
-	if err := rc.Control(func(fd uintptr) { lerr = unix.FinitModule(int(fd), "", flags) }); err != nil {
-		return err
-	}
-	if errors.Is(lerr, unix.EEXIST) {
-		return nil
-	}
-	return lerr
+	return finitModule(f, path)
 }
 
 // cmdlineParam returns the value of key=value on the kernel command line.

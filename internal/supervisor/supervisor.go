@@ -369,6 +369,13 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 		ConsoleLog:  s.sb.Path(sandbox.ConsoleLog),
 		Net:         &vm.Net{Socket: filepath.Join(rt, NetSocket), MAC: s.boot.MAC},
 	}
+	docker, dockerDisk, err := s.dockerSetup(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if docker != nil {
+		vc.Disks = append(vc.Disks, vm.Disk{Path: dockerDisk, Format: "raw", Serial: DockerDiskSerial})
+	}
 	var ws []agentapi.Workspace
 	for i, w := range cfg.Workspaces {
 		tag := "ws" + strconv.Itoa(i)
@@ -440,6 +447,8 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 			GID:        cfg.GID,
 			Workspaces: ws,
 			Network:    s.net.guestSetup(),
+			Git:        gitSetup(cfg.Git),
+			Docker:     docker,
 		}})
 		if err != nil {
 			return err

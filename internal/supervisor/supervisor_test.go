@@ -34,6 +34,12 @@ type fixture struct {
 
 func start(t *testing.T, detached bool) *fixture {
 	t.Helper()
+	return startWith(t, detached, nil)
+}
+
+// startWith is start with a sandbox config changed by edit.
+func startWith(t *testing.T, detached bool, edit func(*sandbox.Config)) *fixture {
+	t.Helper()
 	base, err := os.MkdirTemp("", "sbx-sup")
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +48,11 @@ func start(t *testing.T, detached bool) *fixture {
 	dirs := paths.Dirs{Data: filepath.Join(base, "d"), Runtime: filepath.Join(base, "r")}
 	store := sandbox.NewStore(dirs)
 	ws := t.TempDir()
-	sb, err := store.Create(sandbox.Config{ID: sandbox.NewID(), Name: "fake", Agent: "shell", Workspaces: []sandbox.Workspace{{Path: ws}}, UID: 1000, GID: 1000})
+	cfg := sandbox.Config{ID: sandbox.NewID(), Name: "fake", Agent: "shell", Workspaces: []sandbox.Workspace{{Path: ws}}, UID: 1000, GID: 1000}
+	if edit != nil {
+		edit(&cfg)
+	}
+	sb, err := store.Create(cfg)
 	if err == nil {
 		err = store.Commit(sb)
 	}
