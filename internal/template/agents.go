@@ -144,6 +144,8 @@ const agentsProfile = `# Written by sbx for the agents template.
 # Agent CLIs are pinned by the template; their self-updaters stay off.
 export DISABLE_AUTOUPDATER=1
 export NO_UPDATE_NOTIFIER=1
+# Node.js keeps compiled code between runs (gemini starts faster).
+export NODE_COMPILE_CACHE="$HOME/.cache/node-compile-cache"
 `
 
 // configureAgents finishes the agents template: the agent user joins

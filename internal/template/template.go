@@ -228,10 +228,14 @@ type recipe struct {
 	agents bool
 }
 
+// recipeRevision is bumped whenever configure or configureAgents change
+// what they write, so built-in templates are rebuilt.
+const recipeRevision = 1
+
 // key identifies the recipe: its packages and, for agents, the lock file.
 func (r recipe) key() string {
 	h := sha256.New()
-	fmt.Fprintf(h, "packages %s\n", strings.Join(r.packages, ","))
+	fmt.Fprintf(h, "revision %d\npackages %s\n", recipeRevision, strings.Join(r.packages, ","))
 	if r.agents {
 		h.Write(agentsPackageJSON)
 		h.Write(agentsLock)
