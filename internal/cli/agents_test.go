@@ -7,6 +7,7 @@ import (
 
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/template"
 )
 
 func TestAgentTable(t *testing.T) {
@@ -41,6 +42,29 @@ func TestAgentTable(t *testing.T) {
 	s, _ := findAgent("shell")
 	if got := loginArgv(s, agentArgv(s, []string{"-c", "true"})); strings.Join(got, " ") != "bash -l -c true" {
 		t.Errorf("shell argv %q", got)
+	}
+}
+
+func TestWarnTemplateAgent(t *testing.T) {
+	codex, _ := findAgent("codex")
+	shell, _ := findAgent("shell")
+	for _, c := range []struct {
+		tmpl  template.Template
+		agent agentSpec
+		warn  bool
+	}{
+		{template.Template{Name: "shell", Source: "debootstrap bookworm"}, codex, true},
+		{template.Template{Name: "mine", Source: "sandbox x (agents)", Agents: []string{"claude"}}, codex, true},
+		{template.Template{Name: "agents", Source: "debootstrap bookworm", Agents: []string{"claude", "codex"}}, codex, false},
+		{template.Template{Name: "img", Source: "image example.test/a@sha256:00"}, codex, false},
+		{template.Template{Name: "shell", Source: "debootstrap bookworm"}, shell, false},
+	} {
+		var errb bytes.Buffer
+		e := &env{stderr: &errb}
+		e.warnTemplateAgent(c.tmpl, c.agent)
+		if got := strings.Contains(errb.String(), "may be missing"); got != c.warn {
+			t.Errorf("%s/%s: warned %v (%q), want %v", c.tmpl.Name, c.agent.Name, got, errb.String(), c.warn)
+		}
 	}
 }
 

@@ -15,15 +15,20 @@ import (
 	"github.com/sbx-dev/sbx/internal/template"
 )
 
-// warnTemplateAgent says when a template was built for other agents than
-// the one about to run in it. Templates sbx did not build (images, files)
-// record no agents and are not second-guessed.
+// warnTemplateAgent says when a template sbx built (a built-in one, or one
+// saved from a sandbox) was built for other agents than the one about to
+// run in it. Images record no agents and are not second-guessed.
 func (e *env) warnTemplateAgent(t template.Template, a agentSpec) {
-	if a.Name == "shell" || len(t.Agents) == 0 || slices.Contains(t.Agents, a.Name) {
+	builtBySbx := strings.HasPrefix(t.Source, "debootstrap") || strings.HasPrefix(t.Source, "sandbox ")
+	if a.Name == "shell" || !builtBySbx || slices.Contains(t.Agents, a.Name) {
 		return
 	}
+	builtFor := "the shell only"
+	if len(t.Agents) > 0 {
+		builtFor = strings.Join(t.Agents, ", ")
+	}
 	fmt.Fprintf(e.stderr, "sbx: warning: template %s was built for %s, not %s; %s may be missing in it\n",
-		t.Name, strings.Join(t.Agents, ", "), a.Name, a.Argv[0])
+		t.Name, builtFor, a.Name, a.Argv[0])
 }
 
 // hostGitIdentity reads the caller's git user.name and user.email (global
