@@ -88,6 +88,7 @@ traffic the policy allows (see ` + "`sbx policy`" + `) cross between it and the 
 		newPolicyCmd(e),
 		newPortsCmd(e),
 		newSecretCmd(e),
+		newTemplateCmd(e),
 	)
 	root.InitDefaultCompletionCmd()
 	return root, &e.debug
