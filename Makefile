@@ -40,13 +40,17 @@ run: deps build
 install: build
 	install -m 0755 $(BIN)/sbx $(BIN)/sbx-agent /usr/local/bin/
 
-# test: unit tests with -race, the VM tests (real QEMU, TCG here) and the
-# fuzz targets' seed corpora, which `go test` runs as ordinary tests.
+# test: unit tests with -race and the fuzz targets' seed corpora (which
+# `go test` runs as ordinary tests), then the VM tests (real QEMU, TCG
+# here) on their own, one VM test at a time: they build the shell and
+# agents templates once into the shared cache.
+UNIT_PKGS = $$($(GO) list ./... | grep -v '/integration$$')
 test: build
-	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -race -count=1 -timeout 20m $(UNIT_PKGS)
+	$(GO) test -count=1 -p 1 -timeout $(TEST_TIMEOUT) -v ./integration/
 
 test-unit:
-	$(GO) test -race -count=1 -short ./...
+	$(GO) test -race -count=1 $(UNIT_PKGS)
 
 test-vm: build
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./integration/
