@@ -549,10 +549,7 @@ func (e *env) templateFromRegistry(ctx context.Context, ref string) (template.Te
 	case 404:
 		hint = "check the repository and tag"
 	}
-	if re.Status != 0 {
-		return t, userErr(err, hint, "cannot pull %s: %s", ref, reason)
-	}
-	return t, userErr(err, hint, "cannot pull %s: the registry %s could not be reached (%s)", ref, re.Registry, reason)
+	return t, userErr(err, hint, "cannot pull %s: %s", ref, reason)
 }
 
 // registryReason is a short reason for a registry failure.
@@ -569,11 +566,12 @@ func registryReason(re *template.RegistryError) string {
 	msg := re.Err.Error()
 	for _, s := range []string{"connection refused", "no such host", "i/o timeout", "network is unreachable", "connection reset", "EOF"} {
 		if strings.Contains(msg, s) {
-			return "registry " + re.Registry + ": " + s
+			msg = s
+			break
 		}
 	}
 	if len(msg) > 120 {
 		msg = msg[:120] + "..."
 	}
-	return msg
+	return fmt.Sprintf("registry %s could not be reached: %s", re.Registry, msg)
 }

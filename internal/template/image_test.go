@@ -503,6 +503,10 @@ func TestPull(t *testing.T) {
 	if err != nil || again.ID != tp.ID || !strings.Contains(progress.String(), "up to date") {
 		t.Errorf("second pull: %+v %v %q", again, err, progress.String())
 	}
+	_, err = Pull(ctx, cache, host+"/test/missing:1", PullOptions{})
+	if re, ok := errors.AsType[*RegistryError](err); !ok || re.Status != 404 {
+		t.Errorf("pull of a missing image: %v, want a RegistryError with status 404", err)
+	}
 	srv.Close()
 	_, err = Pull(ctx, cache, ref, PullOptions{})
 	re, ok := errors.AsType[*RegistryError](err)
