@@ -3,6 +3,7 @@ package template
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -382,9 +383,14 @@ func TestLoadFileFormats(t *testing.T) {
 	ociTar := filepath.Join(files, "oci-archive.tar")
 	tarFolder(t, lay, ociTar)
 
+	// A gzip-compressed docker save tarball.
+	gzTar := filepath.Join(files, "docker.tar.gz")
+	gzipFile(t, dockerTar, gzTar)
+
 	cfg, _ := img.ConfigName()
 	for _, tc := range []struct{ path, name string }{
 		{dockerTar, "test-img-1"},
+		{gzTar, "test-img-1-archive"},
 		{lay, "test-oci-2"},
 		{ociTar, "test-oci-2-archive"},
 	} {
@@ -417,6 +423,45 @@ func TestLoadFileFormats(t *testing.T) {
 		if strings.HasPrefix(e.Name(), ".tmp-") {
 			t.Errorf("leftover %s", e.Name())
 		}
+	}
+
+	// Loading again replaces the template; the old image goes once
+	// nothing uses it, and stays while a sandbox does.
+	old, _ := Lookup(cache, "test-img-1")
+	inUse := true
+	opts := ImportOptions{InUse: func(id string) bool { return inUse && id == old.ID }}
+	again, err := LoadFile(ctx, cache, dockerTar, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.ID == old.ID {
+		t.Skip("mkfs.ext4 made the same image twice; nothing to replace")
+	}
+	if _, err := os.Stat(old.Image); err != nil {
+		t.Errorf("image in use was deleted: %v", err)
+	}
+	inUse = false
+	old = again
+	if _, err := LoadFile(ctx, cache, dockerTar, opts); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old.Image); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("replaced image not deleted: %v", err)
+	}
+}
+
+func gzipFile(t *testing.T, in, out string) {
+	t.Helper()
+	b, err := os.ReadFile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(b)
+	zw.Close()
+	if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
