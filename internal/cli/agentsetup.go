@@ -79,7 +79,12 @@ func (e *env) wantAgentDomains(a agentSpec, f *createFlags) bool {
 		return true
 	}
 	pf, err := e.policyStore().Load()
-	if err != nil || pf.Default.Effective() == policy.PresetDenyAll {
+	if err != nil {
+		// Fail closed, and say why.
+		fmt.Fprintf(e.stderr, "sbx: cannot read the network policy (%v), so %s's domains are not added; fix it (`sbx policy ls`) and add them with --allow-agent-domains\n", err, a.Name)
+		return false
+	}
+	if pf.Default.Effective() == policy.PresetDenyAll {
 		fmt.Fprintf(e.stderr, "sbx: the default policy denies all network access, so %s's domains (%s) are not allowed; "+
 			"add them with --allow-agent-domains or `sbx policy allow network`\n", a.Name, strings.Join(a.Domains, ", "))
 		return false

@@ -195,21 +195,27 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 	}
 	// The folder is published only once its disk exists, so a command
 	// killed half-way never leaves a sandbox without a disk.
+	// The agent's rules go in before the sandbox is published, so a
+	// sandbox never exists without them; a failed creation takes them out.
+	if err := e.addAgentDomains(sb, t.agent); err != nil {
+		e.store.Discard(sb)
+		return nil, false, err
+	}
 	err = disk.CreateOverlay(cmd.Context(), qemuImg, tmpl.Image, "raw", sb.Path(sandbox.DiskFile), cfg.DiskBytes)
 	if err == nil {
 		err = e.store.Commit(sb)
 	}
 	if err != nil {
 		e.store.Discard(sb)
+		if sb.Config.AgentDomains {
+			_, _ = e.policyStore().RemoveSandbox(sb.Config.ID)
+		}
 		if errors.Is(err, disk.ErrTooSmall) {
 			return nil, false, userErr(err, "give a larger --disk", "--disk %s is smaller than the template", f.disk)
 		}
 		return nil, false, userErr(err, "check free disk space with `sbx diagnose`", "cannot create the disk of sandbox %s", cfg.Name)
 	}
 	e.warnUnwritable(sb)
-	if err := e.addAgentDomains(sb, t.agent); err != nil {
-		return nil, false, err
-	}
 	return sb, true, nil
 }
 
@@ -345,7 +351,9 @@ func (e *env) checkSameFlags(cmd *cobra.Command, f *createFlags, t target, sb *s
 			bad = append(bad, fmt.Sprintf("--docker-disk (sandbox has %s)", sandbox.FormatSize(c.DockerDiskBytes)))
 		}
 	}
-	if fl.Changed("template") && f.template != c.Template.Name {
+	// Only a template name can be compared: a file or an image reference
+	// becomes a template of a derived name.
+	if fl.Changed("template") && isTemplateName(f.template) && f.template != c.Template.Name {
 		bad = append(bad, fmt.Sprintf("--template (sandbox has %s)", c.Template.Name))
 	}
 	if fl.Changed("accel") && f.accel != c.Accel {
@@ -359,6 +367,16 @@ func (e *env) checkSameFlags(cmd *cobra.Command, f *createFlags, t target, sb *s
 			"sandbox %s exists with other settings: %s", c.Name, strings.Join(bad, ", "))
 	}
 	return nil
+}
+
+// isTemplateName reports whether a --template value names a template
+// rather than a file or an image reference.
+func isTemplateName(v string) bool {
+	if strings.ContainsAny(v, "/:@") {
+		return false
+	}
+	_, err := os.Stat(v)
+	return err != nil
 }
 
 func sameWorkspaces(a, b []sandbox.Workspace) bool {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 )
@@ -114,6 +115,7 @@ func installAgents(ctx context.Context, npm, root string, progress io.Writer) (m
 		"--os=linux", "--cpu=x64", "--libc=glibc", "--loglevel=error", "--engine-strict=false")
 	cmd.Dir = dst
 	cmd.Stdout, cmd.Stderr = progress, progress
+	cmd.Env = npmEnv()
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("npm install of the agent CLIs: %w (see the output above; npm uses the host's registry settings from its npmrc)", err)
 	}
@@ -137,6 +139,24 @@ func installAgents(ctx context.Context, npm, root string, progress io.Writer) (m
 		}
 	}
 	return versions, nil
+}
+
+// npmEnv is the environment npm runs with: the caller's, and under sudo
+// the sudo user's npmrc, so their registry settings apply.
+func npmEnv() []string {
+	env := os.Environ()
+	if os.Getuid() != 0 || os.Getenv("SUDO_USER") == "" || os.Getenv("NPM_CONFIG_USERCONFIG") != "" || os.Getenv("npm_config_userconfig") != "" {
+		return env
+	}
+	u, err := user.Lookup(os.Getenv("SUDO_USER"))
+	if err != nil || u.HomeDir == "" {
+		return env
+	}
+	rc := filepath.Join(u.HomeDir, ".npmrc")
+	if _, err := os.Stat(rc); err != nil {
+		return env
+	}
+	return append(env, "NPM_CONFIG_USERCONFIG="+rc)
 }
 
 // agentsProfile is sourced by login shells in the agents template.

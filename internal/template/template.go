@@ -115,8 +115,12 @@ func Lookup(cacheDir, name string) (Template, error) {
 	if err := validName(name); err != nil {
 		return Template{}, err
 	}
-	dir := templatesDir(cacheDir)
-	b, err := os.ReadFile(filepath.Join(dir, name+".json"))
+	return lookupFile(templatesDir(cacheDir), name, name+".json")
+}
+
+// lookupFile reads the manifest file of template name in dir.
+func lookupFile(dir, name, file string) (Template, error) {
+	b, err := os.ReadFile(filepath.Join(dir, file))
 	if errors.Is(err, fs.ErrNotExist) {
 		return Template{}, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
@@ -230,7 +234,7 @@ type recipe struct {
 
 // recipeRevision is bumped whenever configure or configureAgents change
 // what they write, so built-in templates are rebuilt.
-const recipeRevision = 1
+const recipeRevision = 2
 
 // key identifies the recipe: its packages and, for agents, the lock file.
 func (r recipe) key() string {
@@ -285,7 +289,13 @@ func Ensure(ctx context.Context, cacheDir, name string, progress io.Writer) (Tem
 		return Template{}, fmt.Errorf("%w: %s is not a built-in template", ErrNotFound, name)
 	}
 	current := func() (Template, bool) {
-		t, err := Lookup(cacheDir, name)
+		if t, err := Lookup(cacheDir, name); err == nil && t.Recipe == r.key() {
+			return t, true
+		}
+		// Another sbx version sharing the cache may have rebuilt the
+		// template from its own recipe since; this one's build is still
+		// there under its recipe alias.
+		t, err := lookupFile(templatesDir(cacheDir), name, recipeAlias(name, r.key()))
 		return t, err == nil && t.Recipe == r.key()
 	}
 	if t, ok := current(); ok {
@@ -310,11 +320,21 @@ func Ensure(ctx context.Context, cacheDir, name string, progress io.Writer) (Tem
 	return build(ctx, dir, r, hr, progress)
 }
 
+// recipeAlias is the hidden manifest that keeps a built-in template
+// findable by its recipe key, so two sbx versions sharing a cache do not
+// rebuild it in turn.
+func recipeAlias(name, key string) string { return ".builtin-" + name + "-" + key + ".json" }
+
 // lockDir creates dir, takes the templates lock and removes what an
 // interrupted build or import left behind.
 func lockDir(ctx context.Context, dir string) (func(), error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// 0700: a template saved from a sandbox may hold what its agent kept
+	// outside the workspace (logins, tokens).
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create template cache: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("restrict template cache: %w", err)
 	}
 	unlock, err := safefile.Lock(ctx, filepath.Join(dir, ".lock"))
 	if err != nil {
@@ -397,6 +417,11 @@ func build(ctx context.Context, dir string, r recipe, hr HostRelease, progress i
 	if err != nil {
 		return Template{}, err
 	}
+	if b, err := os.ReadFile(filepath.Join(dir, name+".json")); err == nil {
+		if err := safefile.Write(filepath.Join(dir, recipeAlias(name, m.Key)), b, 0o444); err != nil {
+			return Template{}, fmt.Errorf("write recipe alias of template %s: %w", name, err)
+		}
+	}
 	fmt.Fprintf(progress, "template %s ready in %.0fs (packages %.0fs)\n", name, time.Since(start).Seconds(), tBoot.Seconds())
 	return t, nil
 }
@@ -410,18 +435,55 @@ func aptInstall(ctx context.Context, root string, pkgs []string, progress io.Wri
 		return fmt.Errorf("write policy-rc.d: %w", err)
 	}
 	defer os.Remove(policy)
+	// The host's proxy settings (environment and apt's own) apply in the
+	// chroot too, as they did to debootstrap.
+	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive", "HOME=/root"}
+	for _, k := range []string{"http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	aptOpts := hostAptProxy(ctx)
 	for _, args := range [][]string{
-		{"apt-get", "update", "-q"},
-		append([]string{"apt-get", "install", "-y", "-q", "--no-install-recommends"}, pkgs...),
+		append(append([]string{"apt-get"}, aptOpts...), "update", "-q"),
+		append(append(append([]string{"apt-get"}, aptOpts...), "install", "-y", "-q", "--no-install-recommends"), pkgs...),
 	} {
 		cmd := exec.CommandContext(ctx, "chroot", append([]string{root}, args...)...)
 		cmd.Stdout, cmd.Stderr = progress, progress
-		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive", "HOME=/root"}
+		cmd.Env = env
 		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("%s in the template: %w (see the output above)", strings.Join(args[:2], " "), err)
+			return fmt.Errorf("%s in the template: %w (see the output above)", strings.Join(args[len(aptOpts):len(aptOpts)+2], " "), err)
 		}
 	}
 	return nil
+}
+
+// hostAptProxy returns apt-get options carrying the host apt's proxy
+// settings (Acquire::http::Proxy and Acquire::https::Proxy), if any.
+func hostAptProxy(ctx context.Context) []string {
+	out, err := exec.CommandContext(ctx, "apt-config", "dump", "Acquire").Output()
+	if err != nil {
+		return nil
+	}
+	return parseAptProxy(string(out))
+}
+
+// parseAptProxy picks the proxy settings out of `apt-config dump` output.
+func parseAptProxy(dump string) []string {
+	var opts []string
+	for line := range strings.SplitSeq(dump, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok {
+			continue
+		}
+		if strings.EqualFold(k, "Acquire::http::Proxy") || strings.EqualFold(k, "Acquire::https::Proxy") {
+			v = strings.Trim(strings.TrimSuffix(v, ";"), `"`)
+			if v != "" {
+				opts = append(opts, "-o", k+"="+v)
+			}
+		}
+	}
+	return opts
 }
 
 // pack turns the tree root into template name: an ext4 image named by its
@@ -492,8 +554,10 @@ func commitImage(dir, name, img string, m manifest, progress io.Writer, since ti
 const PersistentFile = "/etc/sandbox-persistent.sh"
 
 const (
+	// Root's login shells do not source the agent-owned file: in an image
+	// where the agent user has no sudo, that would hand it root.
 	persistentHook = "# Written by sbx: environment the user keeps for every login shell.\n" +
-		"if [ -r " + PersistentFile + " ]; then . " + PersistentFile + "; fi\n"
+		"if [ \"$(id -u)\" != 0 ] && [ -r " + PersistentFile + " ]; then . " + PersistentFile + "; fi\n"
 	persistentInit = "# Sourced by every login shell in this sandbox (bash -l, and the agents\n" +
 		"# sbx starts). Add exports here, e.g.: export EDITOR=vim\n"
 )

@@ -198,3 +198,73 @@ func TestRealDefaultTemplate(t *testing.T) {
 		t.Errorf("image %s not named by id %s", tp.Image, tp.ID)
 	}
 }
+
+func TestParseAptProxy(t *testing.T) {
+	dump := `Acquire "";
+Acquire::http "";
+Acquire::http::Proxy "http://10.0.0.1:3128/";
+Acquire::https::Proxy "DIRECT";
+Acquire::cdrom::mount "/media/cdrom/";
+Acquire::ftp::Proxy "ftp://x/";
+`
+	got := strings.Join(parseAptProxy(dump), " ")
+	want := "-o Acquire::http::Proxy=http://10.0.0.1:3128/ -o Acquire::https::Proxy=DIRECT"
+	if got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if len(parseAptProxy("Acquire \"\";\n")) != 0 {
+		t.Error("options without a proxy")
+	}
+}
+
+func TestRecipeKeys(t *testing.T) {
+	s, _ := builtin(DefaultName)
+	a, _ := builtin(AgentsName)
+	if s.key() == a.key() || len(s.key()) != 16 {
+		t.Errorf("keys %q %q", s.key(), a.key())
+	}
+	if !IsBuiltin("agents") || IsBuiltin("mine") {
+		t.Error("IsBuiltin")
+	}
+	if recipeAlias("shell", s.key())[0] != '.' {
+		t.Error("recipe alias must be hidden from List")
+	}
+	v, err := PinnedVersions()
+	if err != nil || v["node"] == "" || v["claude"] == "" || len(v) != len(AgentCLIs)+1 {
+		t.Errorf("pinned versions %v %v", v, err)
+	}
+}
+
+// TestAgentsLockInStep: the committed lock pins exactly package.json's
+// versions and records no download addresses.
+func TestAgentsLockInStep(t *testing.T) {
+	var pj struct {
+		Dependencies map[string]string `json:"dependencies"`
+	}
+	var lock struct {
+		Packages map[string]struct {
+			Version      string            `json:"version"`
+			Resolved     string            `json:"resolved"`
+			Dependencies map[string]string `json:"dependencies"`
+		} `json:"packages"`
+	}
+	if err := json.Unmarshal(agentsPackageJSON, &pj); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(agentsLock, &lock); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(pj.Dependencies, lock.Packages[""].Dependencies); diff != "" {
+		t.Errorf("lock root dependencies differ from package.json (run `make agents-lock`):\n%s", diff)
+	}
+	for name, want := range pj.Dependencies {
+		if got := lock.Packages["node_modules/"+name].Version; got != want {
+			t.Errorf("lock has %s %s, package.json pins %s", name, got, want)
+		}
+	}
+	for p, e := range lock.Packages {
+		if e.Resolved != "" {
+			t.Errorf("lock records a download address for %s", p)
+		}
+	}
+}
