@@ -43,6 +43,8 @@ type createFlags struct {
 	dockerDisk        string
 	allowAgentDomains bool
 	noGitIdentity     bool
+	protect           []string
+	protectDefaults   bool
 }
 
 func (f *createFlags) register(cmd *cobra.Command) {
@@ -59,6 +61,8 @@ func (f *createFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.dockerDisk, "docker-disk", defaultDockerDisk, "size of the sparse disk for /var/lib/docker, in templates with Docker Engine")
 	fl.BoolVar(&f.allowAgentDomains, "allow-agent-domains", false, "add the agent's domains as sandbox rules even when the default policy is deny-all")
 	fl.BoolVar(&f.noGitIdentity, "no-git-identity", false, "do not set the host's git user.name and user.email in the sandbox")
+	fl.StringArrayVar(&f.protect, "protect", nil, "keep this path of the workspace read-only for the agent, enforced on the host (repeatable)")
+	fl.BoolVar(&f.protectDefaults, "protect-defaults", false, "keep .git/hooks and .git/config read-only for the agent")
 }
 
 // target is what the positional arguments of run/create resolve to.

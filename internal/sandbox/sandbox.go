@@ -103,8 +103,13 @@ type Config struct {
 	Git *GitIdentity `json:"git,omitempty"`
 	// AgentDomains reports whether the agent's domains were added as
 	// sandbox rules (origin "agent:NAME").
-	AgentDomains bool      `json:"agentDomains,omitempty"`
-	Created      time.Time `json:"created"`
+	AgentDomains bool `json:"agentDomains,omitempty"`
+	// Protect are host paths inside the workspaces the agent may not
+	// change (read-only for the guest, enforced on the host), including the
+	// defaults when ProtectDefaults is set.
+	Protect         []string  `json:"protect,omitempty"`
+	ProtectDefaults bool      `json:"protectDefaults,omitempty"`
+	Created         time.Time `json:"created"`
 }
 
 // GitIdentity is a git user.name and user.email.
