@@ -21,8 +21,7 @@ import (
 
 // Paths of Docker in the guest.
 const (
-	dockerdBinary = "/usr/sbin/dockerd"
-	dockerCLI     = "/usr/bin/docker"
+	dockerCLI = "/usr/bin/docker"
 	// dockerWrapper is found before dockerCLI in PATH: it waits for
 	// dockerd after boot and passes the proxy CA to builds.
 	dockerWrapper = "/usr/local/bin/docker"
@@ -36,6 +35,21 @@ const (
 	cgroupRoot   = "/sys/fs/cgroup"
 )
 
+// dockerdBinaries are where templates have dockerd, in the order tried:
+// Debian's docker.io, then Docker's own docker-ce packages.
+var dockerdBinaries = []string{"/usr/sbin/dockerd", "/usr/bin/dockerd"}
+
+// findDockerd returns the first of dockerdBinaries that is an executable
+// regular file under the guest root root, as a guest path, or "".
+func findDockerd(root string) string {
+	for _, p := range dockerdBinaries {
+		if fi, err := os.Stat(filepath.Join(root, p)); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+			return p
+		}
+	}
+	return ""
+}
+
 // Supervision of dockerd.
 const (
 	dockerDiskTimeout  = 10 * time.Second
@@ -44,31 +58,53 @@ const (
 	dockerStableRun    = time.Minute
 	dockerLogMaxBytes  = 8 << 20
 	dockerPingInterval = 100 * time.Millisecond
+	// dockerConfigMaxBytes bounds the ~/.docker/config.json read.
+	dockerConfigMaxBytes = 1 << 20
 )
 
-// dockerWrapperScript is written to dockerWrapper. It stays small: wait
-// (at most two minutes, TCG is slow) while the sandbox wants Docker and
-// dockerd is not yet ready, add the proxy CA as a build argument to image
-// builds, and run the real client.
-const dockerWrapperScript = `#!/bin/sh
+// dockerWrapperScript returns the script written to dockerWrapper (with
+// cli, wanted and ready set to dockerCLI, dockerWanted and dockerReady;
+// parameters for the tests). It stays small POSIX sh: wait (at most two
+// minutes, TCG is slow) while the sandbox wants Docker and dockerd is not
+// yet ready, add the proxy CA as a build argument to image builds, and run
+// the real client.
+//
+// A build is "build" after the global options, directly or after image,
+// builder or buildx (and buildx's options); the global options that take
+// a separate value are skipped with it. The arguments are rotated through
+// "$@" one by one (sh has no other array), the build argument added after
+// the build word. Compose is not covered: Debian's docker.io has no
+// compose plugin.
+func dockerWrapperScript(cli, wanted, ready string) string {
+	return `#!/bin/sh
 # Written by sbx-agent at boot. Waits for the sandbox's Docker Engine after
-# boot and passes $PROXY_CA_CERT_B64 to image builds; the client is ` + dockerCLI + `.
-if [ -e ` + dockerWanted + ` ] && [ ! -e ` + dockerReady + ` ]; then
+# boot and passes $PROXY_CA_CERT_B64 to image builds; the client is ` + cli + `.
+if [ -e ` + wanted + ` ] && [ ! -e ` + ready + ` ]; then
 	i=0
-	while [ ! -e ` + dockerReady + ` ] && [ $i -lt 1200 ]; do
+	while [ ! -e ` + ready + ` ] && [ $i -lt 1200 ]; do
 		[ $i -eq 20 ] && echo "docker: waiting for the sandbox's Docker Engine to start (log: ` + dockerLog + `)" >&2
 		sleep 0.1; i=$((i+1))
 	done
 fi
 if [ -n "$PROXY_CA_CERT_B64" ]; then
-	case "$1" in
-	build) shift; exec ` + dockerCLI + ` build --build-arg PROXY_CA_CERT_B64 "$@" ;;
-	image|builder|buildx)
-		if [ "$2" = build ]; then c=$1; shift 2; exec ` + dockerCLI + ` "$c" build --build-arg PROXY_CA_CERT_B64 "$@"; fi ;;
-	esac
+	n=$# s=top v=
+	while [ $n -gt 0 ]; do
+		a=$1; shift; n=$((n-1))
+		set -- "$@" "$a"
+		if [ -n "$v" ]; then v=; continue; fi
+		case $s:$a in
+		done:*) ;;
+		top:--context|top:-c|top:--config|top:-H|top:--host|top:-l|top:--log-level|top:--tlscacert|top:--tlscert|top:--tlskey|buildx:--builder) v=1 ;;
+		top:-*|buildx:-*) ;;
+		top:build|image:build|builder:build|buildx:build) set -- "$@" --build-arg PROXY_CA_CERT_B64; s=done ;;
+		top:image|top:builder|top:buildx) s=$a ;;
+		*) s=done ;;
+		esac
+	done
 fi
-exec ` + dockerCLI + ` "$@"
+exec ` + cli + ` "$@"
 `
+}
 
 // setupDocker prepares Docker for the agent user and root and, the first
 // time, starts bringing dockerd up in the background: modules, cgroup2,
@@ -76,8 +112,9 @@ exec ` + dockerCLI + ` "$@"
 // wait for dockerd. A guest without dockerd is left alone.
 func (g *Guest) setupDocker(ctx context.Context, user string, d *agentapi.DockerSetup) error {
 	root := filepath.Dir(g.etc)
-	if _, err := os.Stat(filepath.Join(root, dockerdBinary)); err != nil {
-		g.log.Info("docker requested but the template has no dockerd", "path", dockerdBinary)
+	bin := findDockerd(root)
+	if bin == "" {
+		g.log.Info("docker requested but the template has no dockerd", "paths", dockerdBinaries)
 		g.dockerMods.release()
 		return nil
 	}
@@ -98,7 +135,7 @@ func (g *Guest) setupDocker(ctx context.Context, user string, d *agentapi.Docker
 	if _, err := os.Stat(filepath.Join(root, dockerCLI)); err == nil {
 		p := filepath.Join(root, dockerWrapper)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
-			if err := writeAtomicMode(p, []byte(dockerWrapperScript), 0o755); err != nil {
+			if err := writeAtomicMode(p, []byte(dockerWrapperScript(dockerCLI, dockerWanted, dockerReady)), 0o755); err != nil {
 				errs = append(errs, fmt.Errorf("write docker wrapper: %w", err))
 			}
 		}
@@ -106,7 +143,7 @@ func (g *Guest) setupDocker(ctx context.Context, user string, d *agentapi.Docker
 	g.mu.Lock()
 	started := g.docker != nil
 	if !started {
-		g.docker = &dockerd{log: g.log.With("service", "dockerd"), reaper: g.reaper, env: env, stopc: make(chan struct{}), done: make(chan struct{})}
+		g.docker = &dockerd{log: g.log.With("service", "dockerd"), bin: bin, reaper: g.reaper, env: env, stopc: make(chan struct{}), done: make(chan struct{})}
 	}
 	dk := g.docker
 	g.mu.Unlock()
@@ -197,17 +234,44 @@ func (g *Guest) writeDockerConfig(user string, env []string) error {
 	if len(proxies) == 0 {
 		return nil
 	}
-	root := filepath.Dir(g.etc)
-	if fi, err := os.Stat(filepath.Join(root, acct.Home)); err != nil || !fi.IsDir() || acct.Home == "/" {
+	if acct.Home == "/" || !filepath.IsAbs(acct.Home) {
 		return nil // no home to write into
 	}
-	dir := filepath.Join(root, acct.Home, ".docker")
-	p := filepath.Join(dir, "config.json")
+	// The home and everything in it may be the user's: no symlink is
+	// followed below the guest root, no file written or chowned but by
+	// descriptor (see nofollow_linux.go).
+	home, err := openDirNoFollow(filepath.Dir(g.etc), acct.Home)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+		return nil // no home to write into
+	}
+	if err != nil {
+		return fmt.Errorf("docker config for %s: %w", user, err)
+	}
+	defer home.Close()
+	created := false
+	if err := unix.Mkdirat(int(home.Fd()), ".docker", 0o700); err == nil {
+		created = true
+	} else if !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("docker config for %s: mkdir %s/.docker: %w", user, home.Name(), err)
+	}
+	dir, err := openDirAt(home, ".docker")
+	if err != nil {
+		return fmt.Errorf("docker config for %s: %w", user, err)
+	}
+	defer dir.Close()
+	if created {
+		if err := dir.Chown(acct.UID, acct.GID); err != nil {
+			return fmt.Errorf("docker config for %s: %w", user, err)
+		}
+	}
+	p := filepath.Join(dir.Name(), "config.json")
 	cfg := map[string]any{}
-	if b, err := os.ReadFile(p); err == nil {
+	if b, err := readFileAt(dir, "config.json", dockerConfigMaxBytes); err == nil {
 		if err := json.Unmarshal(b, &cfg); err != nil {
 			return fmt.Errorf("docker config %s is not JSON, left alone: %w", p, err)
 		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("docker config for %s: %w", user, err)
 	}
 	all, _ := cfg["proxies"].(map[string]any)
 	if all == nil {
@@ -219,15 +283,7 @@ func (g *Guest) writeDockerConfig(user string, env []string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.Mkdir(dir, 0o700); err == nil {
-		_ = os.Lchown(dir, acct.UID, acct.GID)
-	} else if !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("docker config for %s: %w", user, err)
-	}
-	if err := writeAtomicMode(p, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("docker config for %s: %w", user, err)
-	}
-	if err := os.Lchown(p, acct.UID, acct.GID); err != nil {
+	if err := writeFileAt(dir, "config.json", append(b, '\n'), 0o600, acct.UID, acct.GID); err != nil {
 		return fmt.Errorf("docker config for %s: %w", user, err)
 	}
 	return nil
@@ -253,6 +309,7 @@ func writeAtomicMode(path string, data []byte, mode os.FileMode) error {
 // dockerd runs and restarts dockerd.
 type dockerd struct {
 	log    *slog.Logger
+	bin    string // dockerd's path
 	reaper *Reaper
 	env    []string
 
@@ -282,7 +339,7 @@ func (d *dockerd) run(ctx context.Context, since time.Time) {
 			d.mu.Lock()
 			d.pid = pid
 			d.mu.Unlock()
-			d.log.Info("dockerd started", "pid", pid, "log", dockerLog)
+			d.log.Info("dockerd started", "pid", pid, "path", d.bin, "log", dockerLog)
 			readyCtx, cancel := context.WithCancel(ctx)
 			go d.watchReady(readyCtx, since)
 			ws := <-exited
@@ -328,7 +385,7 @@ func (d *dockerd) start() (int, <-chan unix.WaitStatus, error) {
 	env := append([]string{"PATH=" + defaultPath, "HOME=/root"}, d.env...)
 	attr := &os.ProcAttr{Dir: "/", Env: env, Files: []*os.File{devnull, logf, logf}, Sys: &unix.SysProcAttr{Setsid: true}}
 	return d.reaper.Start(func() (int, error) {
-		p, err := os.StartProcess(dockerdBinary, []string{dockerdBinary}, attr)
+		p, err := os.StartProcess(d.bin, []string{d.bin}, attr)
 		if err != nil {
 			return 0, err
 		}

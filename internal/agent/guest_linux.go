@@ -195,6 +195,9 @@ func (g *Guest) mountWorkspace(ws agentapi.Workspace) error {
 		}
 		return fmt.Errorf("mount workspace %q at %s: share %q is already mounted there", ws.Tag, path, src)
 	}
+	if err := noUserSymlink(path); err != nil {
+		return fmt.Errorf("mount workspace %q: %w", ws.Tag, err)
+	}
 	if err := os.MkdirAll(path, 0o755); err != nil {
 		return fmt.Errorf("mount workspace %q: %w", ws.Tag, err)
 	}
@@ -208,6 +211,36 @@ func (g *Guest) mountWorkspace(ws agentapi.Workspace) error {
 	}
 	g.mounted = append(g.mounted, agentapi.Workspace{Tag: ws.Tag, Path: path, ReadOnly: ws.ReadOnly})
 	g.log.Info("mounted workspace", "tag", ws.Tag, "path", path, "read_only", ws.ReadOnly, "duration", time.Since(start))
+	return nil
+}
+
+// noUserSymlink reports an error if a component of the absolute path is a
+// symlink not owned by root; the check ends at the first missing one. The path may lie in a directory the agent
+// user owns (its home), and a symlink of theirs would move a mount
+// elsewhere (over /etc, say); the template's own links (/var/run) are
+// root's. Setup runs before any process of the user, so the check holds
+// for the mkdir and mount that follow.
+func noUserSymlink(path string) error {
+	cur := "/"
+	for c := range strings.SplitSeq(filepath.Clean(path), "/") {
+		if c == "" {
+			continue
+		}
+		cur = filepath.Join(cur, c)
+		fi, err := os.Lstat(cur)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if fi.Mode()&os.ModeSymlink == 0 {
+			continue
+		}
+		if o, ok := fileOwner(fi); !ok || o.uid != 0 {
+			return fmt.Errorf("%s: %s is a symlink of uid %d, not followed", path, cur, o.uid)
+		}
+	}
 	return nil
 }
 
@@ -279,23 +312,33 @@ const persistentScript = "sandbox-persistent.sh"
 
 // ownPersistentScript gives /etc/sandbox-persistent.sh, if the template
 // has it, to user's current uid and gid (the user is renumbered at setup).
+// The file is the user's: it is opened without following a symlink and
+// chowned by descriptor, and a symlink, a non-regular file or a file with
+// other hard links is refused, so root never hands over another file.
 func (g *Guest) ownPersistentScript(user string) error {
 	p := filepath.Join(g.etc, persistentScript)
-	fi, err := os.Lstat(p)
-	if errors.Is(err, os.ErrNotExist) {
+	etc, err := os.Open(g.etc)
+	if err != nil {
+		return fmt.Errorf("own %s: %w", p, err)
+	}
+	defer etc.Close()
+	fd, err := openatNoFollow(int(etc.Fd()), persistentScript, unix.O_RDONLY|unix.O_NONBLOCK)
+	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("own %s: %w", p, err)
 	}
-	if !fi.Mode().IsRegular() {
-		return nil
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	if err := checkSingleFile(f); err != nil {
+		return fmt.Errorf("own %s: %w", p, err)
 	}
 	acct, err := lookupAccount(g.etc, user)
 	if err != nil {
 		return fmt.Errorf("own %s: %w", p, err)
 	}
-	if err := os.Lchown(p, acct.UID, acct.GID); err != nil {
+	if err := f.Chown(acct.UID, acct.GID); err != nil {
 		return fmt.Errorf("own %s: %w", p, err)
 	}
 	return nil
