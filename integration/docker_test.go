@@ -3,8 +3,10 @@ package integration
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -12,14 +14,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -167,10 +172,46 @@ func TestDocker(t *testing.T) {
 	defer webSrv.Close()
 	webPort := webSrv.Listener.Addr().(*net.TCPAddr).Port
 	hosts := filepath.Join(t.TempDir(), "hosts")
-	if err := os.WriteFile(hosts, []byte("127.0.0.1 allowed.test\n"), 0o644); err != nil {
+	if err := os.WriteFile(hosts, []byte("127.0.0.1 allowed.test images.test unlisted.test\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	h.env = append(h.env, "SBX_HOSTS_FILE="+hosts)
+
+	// A registry on loopback over TLS (a test CA), as images.test: the
+	// policy allows it; unlisted.test, the same server, it does not. The
+	// proxy tunnels its TLS, so dockerd in the guest is given the CA (in
+	// /etc/docker/certs.d) and the host's proxy needs none. The test
+	// pushes over plain HTTP to the same in-memory registry.
+	var regHosts sync.Map // Host header -> true
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	regHandler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		regHosts.Store(strings.Split(r.Host, ":")[0], true)
+		reg.ServeHTTP(w, r)
+	})
+	regCA, regLeaf := tlsCert(t, "images.test", "unlisted.test")
+	regSrv := httptest.NewUnstartedServer(regHandler)
+	regSrv.TLS = &tls.Config{Certificates: []tls.Certificate{regLeaf}}
+	regSrv.StartTLS()
+	defer regSrv.Close()
+	regPort := regSrv.Listener.Addr().(*net.TCPAddr).Port
+	pushSrv := httptest.NewServer(reg)
+	defer pushSrv.Close()
+	img, err := tarball.ImageFromPath(imgTar, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushRef, err := name.ParseReference(strings.TrimPrefix(pushSrv.URL, "http://")+"/sbx-test/pulled:1", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(pushRef, img); err != nil {
+		t.Fatalf("push to the test registry: %v", err)
+	}
+	digest, _ := img.Digest()
+	regCAFile := filepath.Join(t.TempDir(), "registry-ca.pem")
+	if err := os.WriteFile(regCAFile, regCA, 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	// A fake Docker API on the host's own address: any connection counts.
 	ip := hostAddr(t)
@@ -194,6 +235,7 @@ func TestDocker(t *testing.T) {
 
 	h.mustSbx("policy", "init", "balanced")
 	h.mustSbx("policy", "allow", "network", "allowed.test")
+	h.mustSbx("policy", "allow", "network", "images.test")
 	start := time.Now()
 	name := strings.TrimSpace(h.mustSbx("create", "-t", "agents", "--name", "t-docker", ws).stdout)
 	t.Logf("create -t agents (template build on first use included): %s", time.Since(start).Round(time.Millisecond))
@@ -242,6 +284,29 @@ func TestDocker(t *testing.T) {
 	mustSh(`mkdir -p /tmp/ctx && printf 'FROM ` + ref + `\nARG PROXY_CA_CERT_B64\nENV CA_FROM_BUILD=$PROXY_CA_CERT_B64\n' > /tmp/ctx/Dockerfile && docker build -q -t sbx-test/built /tmp/ctx`)
 	if out := mustSh(`docker image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' sbx-test/built | grep -qx "CA_FROM_BUILD=$PROXY_CA_CERT_B64" && [ -n "$PROXY_CA_CERT_B64" ] && echo same`); !strings.Contains(out, "same") {
 		t.Errorf("the build did not get $PROXY_CA_CERT_B64: %q", out)
+	}
+
+	// docker pull from the allowed registry, through the proxy; the same
+	// registry under a name the policy does not allow is refused.
+	h.mustSbx("cp", regCAFile, name+":/tmp/registry-ca.pem")
+	for _, n := range []string{"images.test", "unlisted.test"} {
+		mustSh(fmt.Sprintf("sudo mkdir -p /etc/docker/certs.d/%s:%d && sudo cp /tmp/registry-ca.pem /etc/docker/certs.d/%s:%d/ca.crt", n, regPort, n, regPort))
+	}
+	pulled := fmt.Sprintf("images.test:%d/sbx-test/pulled:1", regPort)
+	mustSh("docker pull -q " + pulled)
+	if out := mustSh("docker image inspect --format '{{join .RepoDigests \" \"}}' " + pulled); !strings.Contains(out, digest.String()) {
+		t.Errorf("pulled image digests %q, want %s", out, digest)
+	}
+	if r := sh(fmt.Sprintf("docker pull -q unlisted.test:%d/sbx-test/pulled:1", regPort)); r.code == 0 {
+		t.Errorf("docker pull from a name the policy does not allow succeeded: %s", r.stdout)
+	} else {
+		t.Logf("pull from a name not allowed: %s", strings.TrimSpace(r.stderr))
+	}
+	if _, ok := regHosts.Load("images.test"); !ok {
+		t.Error("the registry saw no request for images.test")
+	}
+	if _, ok := regHosts.Load("unlisted.test"); ok {
+		t.Error("a request for unlisted.test reached the registry")
 	}
 
 	// No path to a Docker daemon on the host from the guest, directly or
