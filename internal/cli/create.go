@@ -18,6 +18,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/disk"
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/template"
 )
 
 const (
@@ -206,6 +207,11 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 		return nil, false, err
 	}
 	err = disk.CreateOverlay(cmd.Context(), qemuImg, tmpl.Image, "raw", sb.Path(sandbox.DiskFile), cfg.DiskBytes)
+	if err == nil {
+		// The lease names the disk's final path: it holds the image once
+		// the sandbox is published, in whichever SBX_HOME.
+		err = template.Lease(e.dirs.Cache, tmpl.ID, filepath.Join(e.store.DirOf(cfg.ID), sandbox.DiskFile))
+	}
 	if err == nil {
 		err = e.store.Commit(sb)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/template"
 )
 
 func newRmCmd(e *env) *cobra.Command {
@@ -89,6 +90,11 @@ func (e *env) removeSandbox(ctx context.Context, sb *sandbox.Sandbox, force bool
 	}
 	if _, err := policy.NewStore(e.dirs.Config).RemoveSandbox(sb.Config.ID); err != nil {
 		return userErr(err, "remove them with `sbx policy rm network --id ID`", "sandbox %s removed, but its policy rules could not be", sb.Config.Name)
+	}
+	// A template image that only this sandbox still held (its template
+	// was rebuilt or replaced since) goes now.
+	if _, err := template.Collect(ctx, e.dirs.Cache); err != nil {
+		e.log.Debug("collect template images", "err", err)
 	}
 	return nil
 }

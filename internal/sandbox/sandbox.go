@@ -213,6 +213,9 @@ func (s *Store) Dirs() paths.Dirs { return s.dirs }
 
 func (s *Store) root() string { return filepath.Join(s.dirs.Data, sandboxesDir) }
 
+// DirOf is the folder sandbox id has once committed.
+func (s *Store) DirOf(id string) string { return filepath.Join(s.root(), id) }
+
 // LockStore takes the store-wide lock, used while choosing a name and
 // creating a sandbox. The returned func releases it.
 func (s *Store) LockStore() (func(), error) {

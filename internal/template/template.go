@@ -195,11 +195,18 @@ func Remove(cacheDir, name string, inUse func(id string) bool) error {
 	if err != nil {
 		return err
 	}
-	if inUse != nil && inUse(t.ID) {
+	dir := templatesDir(cacheDir)
+	if (inUse != nil && inUse(t.ID)) || leased(dir, t.ID) {
 		return fmt.Errorf("remove template %s: %w by a sandbox (remove the sandboxes that use it first)", name, ErrInUse)
 	}
-	if err := os.Remove(filepath.Join(templatesDir(cacheDir), name+".json")); err != nil {
+	if err := os.Remove(filepath.Join(dir, name+".json")); err != nil {
 		return fmt.Errorf("remove template %s: %w", name, err)
+	}
+	// Recipe aliases of the removed template go with it.
+	if aliases, err := filepath.Glob(filepath.Join(dir, ".builtin-"+name+"-*.json")); err == nil {
+		for _, a := range aliases {
+			os.Remove(a)
+		}
 	}
 	all, err := List(cacheDir)
 	if err != nil {
@@ -213,7 +220,9 @@ func Remove(cacheDir, name string, inUse func(id string) bool) error {
 	if err := os.Remove(t.Image); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove template image: %w", err)
 	}
-	return nil
+	os.RemoveAll(leasesDir(dir, t.ID))
+	_, err = collect(dir)
+	return err
 }
 
 func validName(name string) error {
@@ -422,6 +431,10 @@ func build(ctx context.Context, dir string, r recipe, hr HostRelease, progress i
 			return Template{}, fmt.Errorf("write recipe alias of template %s: %w", name, err)
 		}
 	}
+	// The image this build replaces goes once no sandbox disk uses it.
+	if freed, err := collect(dir); err == nil && freed > 0 {
+		fmt.Fprintf(progress, "removed unused template images (%d MiB)\n", freed>>20)
+	}
 	fmt.Fprintf(progress, "template %s ready in %.0fs (packages %.0fs)\n", name, time.Since(start).Seconds(), tBoot.Seconds())
 	return t, nil
 }
@@ -531,6 +544,9 @@ func commitImage(dir, name, img string, m manifest, progress io.Writer, since ti
 	}
 	if err := os.Chmod(img, 0o444); err != nil {
 		return Template{}, fmt.Errorf("chmod image: %w", err)
+	}
+	if err := track(dir, id); err != nil {
+		return Template{}, err
 	}
 	finalImg := filepath.Join(dir, id+".ext4")
 	if err := os.Rename(img, finalImg); err != nil {
