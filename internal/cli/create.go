@@ -18,6 +18,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/disk"
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/supervisor"
 	"github.com/sbx-dev/sbx/internal/template"
 )
 
@@ -226,6 +227,7 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 		return nil, false, userErr(err, "check free disk space with `sbx diagnose`", "cannot create the disk of sandbox %s", cfg.Name)
 	}
 	e.warnUnwritable(sb)
+	e.warnProtect(f, sb)
 	return sb, true, nil
 }
 
@@ -277,6 +279,11 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target, name strin
 	default:
 		errs = append(errs, fmt.Errorf("--accel %q: use auto, kvm or tcg", f.accel))
 	}
+	protect, perrs := resolveProtectFlags(f.protect, t.workspaces)
+	errs = append(errs, perrs...)
+	if (len(protect) > 0 || f.protectDefaults) && os.Geteuid() != 0 {
+		errs = append(errs, fmt.Errorf("--protect and --protect-defaults: %w; run sbx as root (sudo), or leave them out", supervisor.ErrProtectNeedsRoot))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return sandbox.Config{}, userErr(nil, "see `sbx "+cmd.Name()+" --help`", "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
@@ -296,7 +303,60 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target, name strin
 		Created:    time.Now().UTC(),
 
 		DockerDiskBytes: dockerDisk,
+		Protect:         protect,
+		ProtectDefaults: f.protectDefaults,
 	}, nil
+}
+
+// resolveProtectFlags resolves --protect values (relative ones from the
+// primary workspace, symlinks resolved on the host) to absolute paths
+// inside the workspaces, without duplicates.
+func resolveProtectFlags(vals []string, ws []sandbox.Workspace) ([]string, []error) {
+	var out []string
+	var errs []error
+	for _, v := range vals {
+		r, _, err := supervisor.ResolveProtect(v, ws)
+		switch {
+		case errors.Is(err, supervisor.ErrProtectMissing):
+			errs = append(errs, fmt.Errorf("--protect %s: %w; create it first (sbx does not create files in the workspace), or leave it out", v, err))
+		case errors.Is(err, supervisor.ErrProtectOutside):
+			errs = append(errs, fmt.Errorf("--protect %s: %w (%s); the agent cannot reach it anyway", v, err, describeWorkspaces(ws)))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("--protect %q: %w", v, err))
+		case !slices.Contains(out, r):
+			out = append(out, r)
+		}
+	}
+	return out, errs
+}
+
+// warnProtect says on stderr what protection will not cover: default paths
+// that do not exist (the agent could create them) and protected paths
+// reached through a symlink inside a workspace (the agent could re-point
+// the link).
+func (e *env) warnProtect(f *createFlags, sb *sandbox.Sandbox) {
+	for _, v := range f.protect {
+		if r, viaLink, err := supervisor.ResolveProtect(v, sb.Config.Workspaces); err == nil && viaLink {
+			fmt.Fprintf(e.stderr, "sbx: warning: --protect %s: protecting %s, where a symlink in the workspace leads; the agent can change the link itself\n", v, r)
+		}
+	}
+	if !sb.Config.ProtectDefaults {
+		return
+	}
+	for _, w := range sb.Config.Workspaces {
+		if w.ReadOnly {
+			continue
+		}
+		var missing []string
+		for _, d := range supervisor.DefaultProtected {
+			if _, _, err := supervisor.ResolveProtect(filepath.Join(w.Path, d), sb.Config.Workspaces); errors.Is(err, supervisor.ErrProtectMissing) {
+				missing = append(missing, d)
+			}
+		}
+		if len(missing) > 0 {
+			fmt.Fprintf(e.stderr, "sbx: warning: --protect-defaults: %s has no %s, so the agent could create it unprotected; sbx protects it from the next start on once it exists\n", w.Path, strings.Join(missing, " or "))
+		}
+	}
 }
 
 // defaultName is the agent and the folder name, plus a short hash of the
@@ -369,6 +429,14 @@ func (e *env) checkSameFlags(cmd *cobra.Command, f *createFlags, t target, sb *s
 	if fl.Changed("accel") && f.accel != c.Accel {
 		bad = append(bad, fmt.Sprintf("--accel (sandbox has %s)", c.Accel))
 	}
+	if fl.Changed("protect") {
+		if p, errs := resolveProtectFlags(f.protect, c.Workspaces); len(errs) > 0 || !supervisor.SameProtect(p, c.Protect) {
+			bad = append(bad, "--protect (sandbox has "+describeProtect(c.Protect)+")")
+		}
+	}
+	if fl.Changed("protect-defaults") && f.protectDefaults != c.ProtectDefaults {
+		bad = append(bad, fmt.Sprintf("--protect-defaults (sandbox has %t)", c.ProtectDefaults))
+	}
 	if t.explicitPaths && !sameWorkspaces(t.workspaces, c.Workspaces) {
 		bad = append(bad, "workspace paths (sandbox has "+describeWorkspaces(c.Workspaces)+")")
 	}
@@ -399,6 +467,13 @@ func sameWorkspaces(a, b []sandbox.Workspace) bool {
 		}
 	}
 	return true
+}
+
+func describeProtect(ps []string) string {
+	if len(ps) == 0 {
+		return "none"
+	}
+	return strings.Join(ps, " ")
 }
 
 func describeWorkspaces(ws []sandbox.Workspace) string {

@@ -59,7 +59,18 @@ func Launch(ctx context.Context, store *sandbox.Store, sb *sandbox.Sandbox, boot
 	cmd.Stderr = logf
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if Protected(sb.Config) {
+		// Protected paths are read-only bind mounts in a mount namespace
+		// of the supervisor's own, which QEMU inherits.
+		if os.Geteuid() != 0 {
+			return fmt.Errorf("sandbox %s: %w; run sbx as root (sudo), or recreate the sandbox without --protect/--protect-defaults", sb.Config.Name, ErrProtectNeedsRoot)
+		}
+		cmd.SysProcAttr.Cloneflags = protectCloneflags
+	}
 	if err := cmd.Start(); err != nil {
+		if Protected(sb.Config) {
+			return fmt.Errorf("start supervisor in its own mount namespace (for the protected paths): %w", err)
+		}
 		return fmt.Errorf("start supervisor: %w", err)
 	}
 	exited := make(chan error, 1)

@@ -161,6 +161,10 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		return err
 	}
 
+	if err := s.protect(); err != nil {
+		return s.fail(err)
+	}
+
 	sock := filepath.Join(rt, sandbox.ControlSocket)
 	os.Remove(sock)
 	ln, err := net.Listen("unix", sock)
@@ -332,6 +336,28 @@ func (s *Supervisor) fail(err error) error {
 		s.log.Error("record state", "err", serr)
 	}
 	return err
+}
+
+// protect makes the sandbox's protected paths read-only for QEMU (and so
+// for the guest) before QEMU starts; see protect.go.
+func (s *Supervisor) protect() error {
+	if !Protected(s.sb.Config) {
+		return nil
+	}
+	plan, err := planProtect(s.sb.Config)
+	if err != nil {
+		return fmt.Errorf("protected paths: %w", err)
+	}
+	for _, m := range plan.Missing {
+		s.log.Warn("protected path does not exist; not protected", "component", "supervisor", "path", m)
+	}
+	if err := applyProtect(plan.Steps); err != nil {
+		return fmt.Errorf("protected paths: %w", err)
+	}
+	for _, st := range plan.Steps {
+		s.log.Info("protect", "component", "supervisor", "path", st.Path, "readOnly", st.ReadOnly)
+	}
+	return nil
 }
 
 // phaseFunc runs one named boot phase, logging and recording its duration.

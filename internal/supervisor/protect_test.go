@@ -1,0 +1,258 @@
+package supervisor
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/sbx-dev/sbx/internal/sandbox"
+)
+
+// protectTree makes a workspace with a git folder, a sub folder, a second
+// workspace nested in the first and a folder outside both, all resolved.
+func protectTree(t *testing.T) (ws []sandbox.Workspace, outside string) {
+	t.Helper()
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := filepath.Join(dir, "ws")
+	for _, d := range []string{".git/hooks", "sub/dir", "nested/x", "real/hooks"} {
+		if err := os.MkdirAll(filepath.Join(w, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	outside = filepath.Join(dir, "outside")
+	if err := os.MkdirAll(outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{".git/config", ".git/hooks/pre-commit"} {
+		if err := os.WriteFile(filepath.Join(w, f), []byte("x\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for link, target := range map[string]string{"link": "real", "out": outside} {
+		if err := os.Symlink(target, filepath.Join(w, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return []sandbox.Workspace{{Path: w}, {Path: filepath.Join(w, "nested"), ReadOnly: true}}, outside
+}
+
+func TestResolveProtect(t *testing.T) {
+	ws, outside := protectTree(t)
+	w := ws[0].Path
+	for _, tc := range []struct {
+		in      string
+		want    string
+		viaLink bool
+		err     error
+	}{
+		{in: ".git/hooks", want: w + "/.git/hooks"},
+		{in: "./sub//dir/", want: w + "/sub/dir"},
+		{in: w + "/.git/config", want: w + "/.git/config"},
+		{in: "sub/../.git/hooks", want: w + "/.git/hooks"},
+		{in: "nested/x", want: w + "/nested/x"},
+		{in: ".", want: w},
+		{in: "link/hooks", want: w + "/real/hooks", viaLink: true},
+		{in: "missing", err: ErrProtectMissing},
+		{in: "out", err: ErrProtectOutside},
+		{in: outside, err: ErrProtectOutside},
+		{in: "..", err: ErrProtectOutside},
+		{in: "/", err: ErrProtectOutside},
+	} {
+		got, viaLink, err := ResolveProtect(tc.in, ws)
+		if tc.err != nil {
+			if !errors.Is(err, tc.err) {
+				t.Errorf("ResolveProtect(%q) = %q, %v; want error %v", tc.in, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want || viaLink != tc.viaLink {
+			t.Errorf("ResolveProtect(%q) = %q, %t, %v; want %q, %t", tc.in, got, viaLink, err, tc.want, tc.viaLink)
+		}
+	}
+	// A path given through a symlink outside the workspaces (say, a linked
+	// home folder) is fine and not "via a link" in the workspace.
+	alias := filepath.Join(filepath.Dir(w), "alias")
+	if err := os.Symlink(w, alias); err != nil {
+		t.Fatal(err)
+	}
+	if got, viaLink, err := ResolveProtect(alias+"/.git/hooks", ws); err != nil || got != w+"/.git/hooks" || viaLink {
+		t.Errorf("through an outside alias: %q, %t, %v", got, viaLink, err)
+	}
+}
+
+func TestMountSteps(t *testing.T) {
+	ws := []sandbox.Workspace{{Path: "/w"}, {Path: "/w/n"}, {Path: "/v"}}
+	for _, tc := range []struct {
+		name  string
+		paths []string
+		want  []mountStep
+	}{
+		{"defaults", []string{"/w/.git/hooks", "/w/.git/config"}, []mountStep{
+			{"/w/.git", false}, {"/w/.git/config", true}, {"/w/.git/hooks", true},
+		}},
+		{"deep user path", []string{"/w/a/b/c"}, []mountStep{
+			{"/w/a", false}, {"/w/a/b", false}, {"/w/a/b/c", true},
+		}},
+		{"protected parent of a protected path", []string{"/w/a/b/c", "/w/a"}, []mountStep{
+			{"/w/a", true}, {"/w/a/b", false}, {"/w/a/b/c", true},
+		}},
+		{"duplicates", []string{"/w/x", "/w/x"}, []mountStep{{"/w/x", true}}},
+		{"workspace root", []string{"/v"}, []mountStep{{"/v", true}}},
+		// Nested workspaces: parents up to the outermost root, which the
+		// agent reaches the path through too.
+		{"nested workspace", []string{"/w/n/.git/hooks"}, []mountStep{
+			{"/w/n", false}, {"/w/n/.git", false}, {"/w/n/.git/hooks", true},
+		}},
+		{"outside", []string{"/elsewhere/x"}, []mountStep{}},
+		{"prefix is not a parent", []string{"/vv/x"}, []mountStep{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, mountSteps(tc.paths, ws)); diff != "" {
+				t.Errorf("mountSteps(%q) (-want +got):\n%s", tc.paths, diff)
+			}
+		})
+	}
+}
+
+func TestPlanProtect(t *testing.T) {
+	ws, _ := protectTree(t)
+	w := ws[0].Path
+	if err := os.MkdirAll(filepath.Join(ws[1].Path, ".git"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	extra := filepath.Join(filepath.Dir(w), "extra")
+	if err := os.MkdirAll(extra, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := sandbox.Config{
+		// The read-only nested workspace gets no defaults; the extra one
+		// has no git folder.
+		Workspaces:      append(ws, sandbox.Workspace{Path: extra}),
+		Protect:         []string{w + "/sub/dir"},
+		ProtectDefaults: true,
+	}
+	plan, err := planProtect(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := protectPlan{
+		Steps: []mountStep{
+			{w + "/.git", false}, {w + "/sub", false},
+			{w + "/.git/config", true}, {w + "/.git/hooks", true}, {w + "/sub/dir", true},
+		},
+		Missing: []string{extra + "/.git/hooks", extra + "/.git/config"},
+	}
+	if diff := cmp.Diff(want, plan); diff != "" {
+		t.Errorf("plan (-want +got):\n%s", diff)
+	}
+
+	// A configured path that went away fails the start (fail closed).
+	cfg.Protect = append(cfg.Protect, w+"/gone")
+	if _, err := planProtect(cfg); !errors.Is(err, ErrProtectMissing) {
+		t.Errorf("missing configured path: %v, want ErrProtectMissing", err)
+	}
+	// One that became a link out of the workspaces too.
+	if err := os.RemoveAll(w + "/sub/dir"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/", w+"/sub/dir"); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Protect = []string{w + "/sub/dir"}
+	if _, err := planProtect(cfg); !errors.Is(err, ErrProtectOutside) {
+		t.Errorf("path now linking outside: %v, want ErrProtectOutside", err)
+	}
+}
+
+func TestSameProtect(t *testing.T) {
+	if !SameProtect([]string{"/a", "/b"}, []string{"/b", "/a", "/a"}) {
+		t.Error("order and duplicates should not matter")
+	}
+	if SameProtect([]string{"/a"}, []string{"/a", "/b"}) || SameProtect(nil, []string{"/a"}) {
+		t.Error("different sets reported equal")
+	}
+	if !SameProtect(nil, []string{}) {
+		t.Error("nil and empty differ")
+	}
+}
+
+// TestApplyProtect runs applyProtect in a child of the test in its own
+// mount namespace (as Launch starts the supervisor) and checks, in the
+// child, what the guest would get through QEMU: read-only protected paths,
+// parents that cannot be renamed, the rest writable. Needs root.
+func TestApplyProtect(t *testing.T) {
+	if os.Getenv("SBX_PROTECT_CHILD") != "" {
+		return // the child's work runs in TestMain's path below
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a mount namespace")
+	}
+	ws, _ := protectTree(t)
+	w := ws[0].Path
+	cmd := exec.Command(os.Args[0], "-test.run=^TestApplyProtectChild$", "-test.v")
+	cmd.Env = append(os.Environ(), "SBX_PROTECT_CHILD="+w)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: protectCloneflags}
+	out, err := cmd.CombinedOutput()
+	t.Logf("child:\n%s", out)
+	if err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	// Nothing leaked into this namespace.
+	if err := os.WriteFile(w+"/.git/hooks/pre-commit", []byte("host\n"), 0o755); err != nil {
+		t.Errorf("write in the parent namespace: %v", err)
+	}
+	if err := os.Rename(w+"/.git", w+"/.git2"); err != nil {
+		t.Errorf("rename in the parent namespace: %v", err)
+	}
+	// In this (the parent's) namespace, applyProtect refuses to mount.
+	if err := applyProtect([]mountStep{{Path: w + "/sub", ReadOnly: true}}); err == nil || !strings.Contains(err.Error(), "mount namespace") {
+		t.Errorf("applyProtect in the parent's namespace: %v, want a refusal", err)
+	}
+}
+
+func TestApplyProtectChild(t *testing.T) {
+	w := os.Getenv("SBX_PROTECT_CHILD")
+	if w == "" {
+		t.Skip("run by TestApplyProtect")
+	}
+	cfg := sandbox.Config{Workspaces: []sandbox.Workspace{{Path: w}}, Protect: []string{w + "/sub/dir"}, ProtectDefaults: true}
+	plan, err := planProtect(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := applyProtect(plan.Steps); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		what string
+		op   func() error
+		want error // nil: must succeed
+	}{
+		{"write a hook", func() error { return os.WriteFile(w+"/.git/hooks/pre-commit", []byte("evil\n"), 0o755) }, syscall.EROFS},
+		{"add a hook", func() error { return os.WriteFile(w+"/.git/hooks/post-checkout", []byte("evil\n"), 0o755) }, syscall.EROFS},
+		{"write the git config", func() error { return os.WriteFile(w+"/.git/config", []byte("evil\n"), 0o644) }, syscall.EROFS},
+		{"remove the git config", func() error { return os.Remove(w + "/.git/config") }, syscall.EBUSY},
+		{"rename .git", func() error { return os.Rename(w+"/.git", w+"/.git2") }, syscall.EBUSY},
+		{"rename the hooks", func() error { return os.Rename(w+"/.git/hooks", w+"/.git/h2") }, syscall.EBUSY},
+		{"rename sub", func() error { return os.Rename(w+"/sub", w+"/sub2") }, syscall.EBUSY},
+		{"write in sub/dir", func() error { return os.WriteFile(w+"/sub/dir/f", nil, 0o644) }, syscall.EROFS},
+		{"hard link the config", func() error { return os.Link(w+"/.git/config", w+"/hl") }, syscall.EXDEV},
+		{"write .git/HEAD", func() error { return os.WriteFile(w+"/.git/HEAD", []byte("ref\n"), 0o644) }, nil},
+		{"write in sub", func() error { return os.WriteFile(w+"/sub/f", nil, 0o644) }, nil},
+		{"write a normal file", func() error { return os.WriteFile(w+"/normal", nil, 0o644) }, nil},
+	} {
+		err := tc.op()
+		if (tc.want == nil && err != nil) || (tc.want != nil && !errors.Is(err, tc.want)) {
+			t.Errorf("%s: %v, want %v", tc.what, err, tc.want)
+		}
+	}
+}
