@@ -104,9 +104,10 @@ type Config struct {
 	// AgentDomains reports whether the agent's domains were added as
 	// sandbox rules (origin "agent:NAME").
 	AgentDomains bool `json:"agentDomains,omitempty"`
-	// Protect are host paths inside the workspaces the agent may not
-	// change (read-only for the guest, enforced on the host), including the
-	// defaults when ProtectDefaults is set.
+	// Protect are the user's host paths inside the workspaces the agent
+	// may not change (read-only for the guest, enforced on the host). The
+	// defaults (.git/hooks, .git/config) are resolved at each start when
+	// ProtectDefaults is set, so a repository made later is covered.
 	Protect         []string  `json:"protect,omitempty"`
 	ProtectDefaults bool      `json:"protectDefaults,omitempty"`
 	Created         time.Time `json:"created"`
