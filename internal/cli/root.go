@@ -81,6 +81,7 @@ traffic the policy allows (see ` + "`sbx policy`" + `) cross between it and the 
 		newRmCmd(e),
 		newPruneCmd(e),
 		newCpCmd(e),
+		newDiffCmd(e),
 		newLogsCmd(e),
 		newDiagnoseCmd(e),
 		newVersionCmd(e),

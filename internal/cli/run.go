@@ -10,6 +10,7 @@ import (
 
 func newRunCmd(e *env) *cobra.Command {
 	var f createFlags
+	var quiet bool
 	cmd := &cobra.Command{
 		Use:   "run [flags] [AGENT|SANDBOX] [PATH...] [-- AGENT_ARGS...]",
 		Short: "Run an agent in a sandbox, creating and starting it as needed",
@@ -34,7 +35,9 @@ the agent's default arguments; others replace them:
 
 Without a terminal on stdin, the streams are plain pipes and sbx exits with
 the agent's exit code. The VM stops when its last session ends, unless it
-was started with -d.`,
+was started with -d. When the session ends, a summary of what changed in
+the workspace since the sandbox started goes to stderr, risky changes first
+(-q hides it; ` + "`sbx diff`" + ` shows it all).`,
 		Example: `  sbx run                      # a shell in a sandbox on the current folder
   sbx run claude ~/proj        # Claude Code on ~/proj
   sbx run -t mytemplate codex  # Codex in a template saved or loaded earlier
@@ -102,6 +105,9 @@ was started with -d.`,
 				tty:   isTerm,
 				stdin: true,
 			}, mode)
+			if !quiet {
+				e.printChangeSummary(e.stderr, sb)
+			}
 			if err != nil {
 				return err
 			}
@@ -113,6 +119,7 @@ was started with -d.`,
 	}
 	f.register(cmd)
 	cmd.Flags().BoolVarP(&f.detached, "detached", "d", false, "boot the VM in the background without starting the agent; print the name")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "do not print the summary of workspace changes when the session ends")
 	cmd.Flags().BoolVar(&f.rm, "rm", false, "remove the sandbox when the agent exits (only a sandbox this command creates)")
 	return cmd
 }

@@ -64,6 +64,11 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, mode start
 	case sandbox.StatusCrashed:
 		fmt.Fprintf(e.stderr, "sbx: sandbox %s had crashed (%s); starting it again\n", sb.Config.Name, st.Reason)
 	}
+	// The workspace baseline of `sbx diff` is read while the start is
+	// prepared, and finished before the VM boots: nothing in the guest
+	// (not even a container Docker restarts at boot) can write before it.
+	waitSnapshot := e.startSnapshot(sb)
+	defer waitSnapshot()
 	// The first start asks for the default network policy (or takes
 	// balanced without a terminal). A malformed policy file does not stop
 	// the start: the sandbox's network then denies everything.
@@ -84,6 +89,7 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, mode start
 			fmt.Fprintf(e.stderr, "boot: %-8s %6d ms\n", p.Name, p.DurationMS)
 		}
 	}
+	waitSnapshot()
 	if err := supervisor.Launch(ctx, e.store, sb, boot, progress); err != nil {
 		if errors.Is(err, context.Canceled) {
 			return err

@@ -1,0 +1,55 @@
+package cli
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/wsdiff"
+)
+
+func TestChangeSummary(t *testing.T) {
+	ws := t.TempDir()
+	sb := &sandbox.Sandbox{Dir: t.TempDir(), Config: sandbox.Config{Name: "proj", Workspaces: []sandbox.Workspace{{Path: ws}}}}
+	e := &env{log: slog.New(slog.DiscardHandler)}
+	var buf bytes.Buffer
+	// No baseline: nothing printed.
+	e.printChangeSummary(&buf, sb)
+	if _, err := wsdiff.Record(sb.Path(wsdiffDir), []string{ws}); err != nil {
+		t.Fatal(err)
+	}
+	// No change: nothing printed.
+	e.printChangeSummary(&buf, sb)
+	if buf.Len() != 0 {
+		t.Fatalf("printed %q", buf.String())
+	}
+	for i := 0; i < 24; i++ {
+		os.WriteFile(filepath.Join(ws, fmt.Sprintf("f%02d.txt", i)), []byte("x"), 0o644)
+	}
+	os.WriteFile(filepath.Join(ws, "Makefile"), []byte("all:\n"), 0o644)
+	e.printChangeSummary(&buf, sb)
+	out := buf.String()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 1+summaryLines+1 {
+		t.Errorf("%d lines:\n%s", len(lines), out)
+	}
+	if !strings.HasPrefix(lines[0], "sbx: 25 changes in the workspace since sandbox proj started, 1 risky:") {
+		t.Errorf("header %q", lines[0])
+	}
+	if !strings.HasPrefix(lines[1], "  ! added") || !strings.Contains(lines[1], "Makefile") || !strings.Contains(lines[1], "make runs") {
+		t.Errorf("risky change not first: %q", lines[1])
+	}
+	if want := "  ... 5 more; see `sbx diff proj`"; lines[len(lines)-1] != want {
+		t.Errorf("last line %q, want %q", lines[len(lines)-1], want)
+	}
+	for _, l := range lines {
+		if strings.TrimRight(l, " ") != l {
+			t.Errorf("trailing blanks in %q", l)
+		}
+	}
+}

@@ -1,0 +1,334 @@
+package wsdiff
+
+import (
+	"crypto/sha256"
+	"errors"
+	"hash/fnv"
+	"io"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/go-git/go-git/v5/plumbing/format/gitignore"
+	"golang.org/x/sys/unix"
+)
+
+type inodeKey struct{ dev, ino uint64 }
+
+// walker holds the state of one tree's walk.
+type walker struct {
+	opt    Options
+	t      *Tree
+	frozen bool                  // ignore rules come from the base tree
+	forced map[string]bool       // folders the base tree summarised
+	ignore map[string]IgnoreFile // the base tree's ignore files by folder ("\x00" for exclude)
+	pats   []gitignore.Pattern   // patterns in force, outermost first
+	links  map[inodeKey]uint64   // links seen in the tree of inodes with nlink > 1
+	buf    []byte
+}
+
+const openDir = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+
+func takeTree(root string, opt Options) (*Tree, error) {
+	fd, err := unix.Open(root, openDir, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: root, Err: err}
+	}
+	w := &walker{opt: opt, t: &Tree{Root: root}, links: map[inodeKey]uint64{}}
+	if bt := opt.Base.Tree(root); bt != nil {
+		w.frozen = true
+		w.forced = map[string]bool{}
+		for _, s := range bt.Summaries {
+			w.forced[s.Dir] = true
+		}
+		w.ignore = map[string]IgnoreFile{}
+		for _, f := range bt.Ignore {
+			key := f.Dir
+			if f.Exclude {
+				key = "\x00"
+			}
+			w.ignore[key] = f
+		}
+	}
+	w.loadExclude(fd)
+	w.walk(fd, "", nil, false)
+	// A file with more links than the tree holds is linked from outside.
+	for i := range w.t.Entries {
+		e := &w.t.Entries[i]
+		if e.Kind == KindFile && e.Nlink > 1 && e.Nlink > w.links[inodeKey{e.Dev, e.Ino}] {
+			e.LinkedOut = true
+		}
+	}
+	slices.SortFunc(w.t.Entries, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
+	slices.SortFunc(w.t.Summaries, func(a, b Summary) int { return strings.Compare(a.Dir, b.Dir) })
+	return w.t, nil
+}
+
+// loadExclude reads .git/info/exclude of the root (or the base's copy).
+func (w *walker) loadExclude(rootFd int) {
+	var data []byte
+	if w.frozen {
+		f, ok := w.ignore["\x00"]
+		if !ok {
+			return
+		}
+		data = f.Data
+	} else {
+		var err error
+		data, err = readAt(rootFd, []string{".git", "info", "exclude"}, 1<<20)
+		if err != nil {
+			return
+		}
+		w.t.Ignore = append(w.t.Ignore, IgnoreFile{Exclude: true, Data: data})
+	}
+	w.pats = append(w.pats, parseIgnore(data, nil)...)
+}
+
+func parseIgnore(data []byte, domain []string) []gitignore.Pattern {
+	var ps []gitignore.Pattern
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSuffix(line, "\r")
+		if strings.HasPrefix(line, "#") || strings.TrimSpace(line) == "" {
+			continue
+		}
+		ps = append(ps, gitignore.ParsePattern(line, domain))
+	}
+	return ps
+}
+
+// readAt reads the file at the path parts below fd without following
+// symlinks, up to limit bytes.
+func readAt(fd int, parts []string, limit int64) ([]byte, error) {
+	cur := fd
+	for i, p := range parts {
+		flags := openDir
+		if i == len(parts)-1 {
+			flags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC
+		}
+		next, err := unix.Openat(cur, p, flags, 0)
+		if cur != fd {
+			unix.Close(cur)
+		}
+		if err != nil {
+			return nil, err
+		}
+		cur = next
+	}
+	f := os.NewFile(uintptr(cur), parts[len(parts)-1])
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(cur, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, errors.New("not a regular file")
+	}
+	return io.ReadAll(io.LimitReader(f, limit))
+}
+
+func join(rel, name string) string {
+	if rel == "" {
+		return name
+	}
+	return rel + "/" + name
+}
+
+func kindOf(mode uint32) Kind {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return KindFile
+	case unix.S_IFDIR:
+		return KindDir
+	case unix.S_IFLNK:
+		return KindSymlink
+	}
+	return KindSpecial
+}
+
+func entryOf(path string, st *unix.Stat_t) Entry {
+	return Entry{
+		Path:  path,
+		Kind:  kindOf(st.Mode),
+		Mode:  st.Mode & 0o7777,
+		Size:  st.Size,
+		MTime: st.Mtim.Nano(),
+		CTime: st.Ctim.Nano(),
+		Dev:   uint64(st.Dev),
+		Ino:   uint64(st.Ino),
+		Nlink: uint64(st.Nlink),
+	}
+}
+
+// walk lists the folder fd (rel, split as segs) and closes fd.
+func (w *walker) walk(fd int, rel string, segs []string, inGit bool) {
+	f := os.NewFile(uintptr(fd), rel)
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil && len(names) == 0 {
+		return
+	}
+	slices.Sort(names)
+	npats := len(w.pats)
+	defer func() { w.pats = w.pats[:npats] }()
+	if !inGit {
+		w.loadGitignore(fd, rel, segs, names)
+	}
+	var st unix.Stat_t
+	for _, name := range names {
+		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			continue // gone meanwhile
+		}
+		p := join(rel, name)
+		e := entryOf(p, &st)
+		switch e.Kind {
+		case KindSymlink:
+			e.Target = readlinkAt(fd, name)
+		case KindFile:
+			if e.Nlink > 1 {
+				w.links[inodeKey{e.Dev, e.Ino}]++
+			}
+			if RiskyPath(p) != "" {
+				w.hash(fd, name, &e)
+			}
+		case KindDir:
+			childSegs := append(segs[:len(segs):len(segs)], name)
+			childInGit := inGit || name == ".git"
+			reason := ""
+			if inGit && name == "objects" {
+				reason = "git objects"
+			} else if !childInGit && (w.forced[p] || w.ignored(childSegs)) && !anchoredUnder(childSegs) {
+				reason = "ignored"
+			}
+			cfd, err := unix.Openat(fd, name, openDir, 0)
+			if reason != "" {
+				s := Summary{Dir: p, Reason: reason}
+				if err == nil {
+					w.summarise(cfd, p, &s)
+				}
+				w.t.Summaries = append(w.t.Summaries, s)
+				continue
+			}
+			w.t.Entries = append(w.t.Entries, e)
+			if err == nil {
+				w.walk(cfd, p, childSegs, childInGit)
+			}
+			continue
+		}
+		w.t.Entries = append(w.t.Entries, e)
+	}
+}
+
+func (w *walker) ignored(segs []string) bool {
+	if len(w.pats) == 0 {
+		return false
+	}
+	return gitignore.NewMatcher(w.pats).Match(segs, true)
+}
+
+// loadGitignore adds the patterns of rel's .gitignore (or the base's copy).
+func (w *walker) loadGitignore(fd int, rel string, segs []string, names []string) {
+	var data []byte
+	if w.frozen {
+		f, ok := w.ignore[rel]
+		if !ok {
+			return
+		}
+		data = f.Data
+	} else {
+		if _, ok := slices.BinarySearch(names, ".gitignore"); !ok {
+			return
+		}
+		var err error
+		data, err = readAt(fd, []string{".gitignore"}, 1<<20)
+		if err != nil {
+			return
+		}
+		w.t.Ignore = append(w.t.Ignore, IgnoreFile{Dir: rel, Data: data})
+	}
+	w.pats = append(w.pats, parseIgnore(data, segs)...)
+}
+
+func readlinkAt(fd int, name string) string {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Readlinkat(fd, name, buf)
+		if err != nil {
+			return ""
+		}
+		if n < len(buf) {
+			return string(buf[:n])
+		}
+		if len(buf) >= 1<<16 {
+			return string(buf[:n])
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// hash takes the sha256 of a flagged file (and keeps a copy if asked),
+// checking that what it opened is the file it stat'ed.
+func (w *walker) hash(dirfd int, name string, e *Entry) {
+	if e.Size > w.opt.MaxHashBytes {
+		return
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || uint64(st.Ino) != e.Ino || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return
+	}
+	data, err := io.ReadAll(io.LimitReader(f, w.opt.MaxHashBytes+1))
+	if err != nil || int64(len(data)) > w.opt.MaxHashBytes {
+		return
+	}
+	e.Hash = sha256.Sum256(data)
+	e.Hashed = true
+	if w.opt.FilesDir != "" && int64(len(data)) <= w.opt.MaxCopyBytes {
+		e.Copied = keepCopy(w.opt.FilesDir, e.Hash, data)
+	}
+}
+
+// summarise counts the folder fd (rel) into s and closes fd.
+func (w *walker) summarise(fd int, rel string, s *Summary) {
+	f := os.NewFile(uintptr(fd), rel)
+	defer f.Close()
+	names, _ := f.Readdirnames(-1)
+	var st unix.Stat_t
+	h := fnv.New64a()
+	for _, name := range names {
+		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			continue
+		}
+		p := join(rel, name)
+		e := entryOf(p, &st)
+		h.Reset()
+		io.WriteString(h, p)
+		var b [8 * 5]byte
+		putU64(b[0:], uint64(e.Size))
+		putU64(b[8:], uint64(e.MTime))
+		putU64(b[16:], uint64(e.CTime))
+		putU64(b[24:], uint64(e.Mode)|uint64(e.Kind)<<32)
+		putU64(b[32:], e.Ino)
+		h.Write(b[:])
+		s.Sum += h.Sum64()
+		if e.Kind == KindDir {
+			s.Dirs++
+			if cfd, err := unix.Openat(fd, name, openDir, 0); err == nil {
+				w.summarise(cfd, p, s)
+			}
+			continue
+		}
+		s.Files++
+		s.Bytes += e.Size
+		if e.Kind == KindFile && e.Nlink > 1 {
+			w.links[inodeKey{e.Dev, e.Ino}]++
+		}
+	}
+}
+
+func putU64(b []byte, v uint64) {
+	for i := 0; i < 8; i++ {
+		b[i] = byte(v >> (8 * i))
+	}
+}
