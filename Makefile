@@ -67,6 +67,7 @@ fuzz:
 # measured in the same run; results also go to bin/bench.json.
 bench: build
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 2s ./internal/proxy/
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x ./internal/wsdiff/
 	SBX_BENCH_JSON=$(BIN)/bench.json $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration/
 
 lint:
