@@ -244,6 +244,17 @@ func TestSaveTemplate(t *testing.T) {
 	}
 	h.mustSbx("rm", "-f", "t-y")
 
+	// A load does not silently replace a template that came from
+	// elsewhere (the saved one here).
+	h.wantFail([]string{"template t-saved exists and came from elsewhere", "--force"}, "template", "load", out, "--name", "t-saved")
+	if row := h.templates()["t-saved"]; row.Source != "sandbox t-src (shell)" {
+		t.Errorf("refused load changed t-saved: %+v", row)
+	}
+	if st, err := os.Stat(out); err != nil {
+		t.Error(err)
+	} else if st.Mode().Perm() != 0o600 {
+		t.Errorf("save -o file mode %v, want 0600", st.Mode().Perm())
+	}
 	res = h.mustSbx("template", "load", out, "--name", "t-loaded")
 	if got := strings.TrimSpace(res.stdout); got != "t-loaded" {
 		t.Errorf("load printed %q", got)

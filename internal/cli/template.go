@@ -391,8 +391,9 @@ func (e *env) saveErr(err error, sb *sandbox.Sandbox) error {
 
 func newTemplateLoadCmd(e *env) *cobra.Command {
 	var name string
+	var force bool
 	cmd := &cobra.Command{
-		Use:   "load FILE [--name NAME]",
+		Use:   "load FILE [--name NAME] [--force]",
 		Short: "Make a template of an image file or a saved template",
 		Long: `Make a template of FILE: a ` + "`docker save`" + ` tarball (plain or gzip), an OCI image
 layout folder, an OCI archive (a tar of a layout), or a file from
@@ -402,8 +403,10 @@ The image needs a user agent with uid 1000 in /etc/passwd and its group in
 /etc/group, and bash for ` + "`sbx run shell`" + `; see ` + templatesDoc + `.
 
 The name is NAME, else the image's tag or the file's name made into a template
-name. A template of the same name is replaced; sandboxes made from it keep
-their disks. Loading an image needs root (its files keep their owners).`,
+name. A template of the same name loaded from the same FILE is replaced; one
+that came from anywhere else (another file, a registry, ` + "`sbx template save`" + `) is
+replaced only with --force. Sandboxes made from a replaced template keep their
+disks. Loading an image needs root (its files keep their owners).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if name != "" {
@@ -411,8 +414,13 @@ their disks. Loading an image needs root (its files keep their owners).`,
 					return err
 				}
 			}
-			t, err := template.LoadFile(cmd.Context(), e.dirs.Cache, args[0], template.ImportOptions{
+			abs, err := filepath.Abs(args[0])
+			if err != nil {
+				return userErr(err, "", "invalid path %q", args[0])
+			}
+			t, err := template.LoadFile(cmd.Context(), e.dirs.Cache, abs, template.ImportOptions{
 				Name: name, Progress: e.stderr, InUse: e.inUse,
+				Replace: loadReplace(args[0], abs, force),
 			})
 			if err != nil {
 				return e.importErr(err, args[0])
@@ -422,7 +430,21 @@ their disks. Loading an image needs root (its files keep their owners).`,
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "name of the new template (default: from the image's tag or the file name)")
+	cmd.Flags().BoolVar(&force, "force", false, "replace a template of the same name that came from elsewhere")
 	return cmd
+}
+
+// loadReplace says whether `template load` of the file at abs (given as
+// path) may replace template old: when old was loaded from the same path,
+// or with --force.
+func loadReplace(path, abs string, force bool) func(old template.Template) error {
+	return func(old template.Template) error {
+		if force || strings.HasPrefix(old.Source, "file "+abs+"@") {
+			return nil
+		}
+		return userErr(nil, fmt.Sprintf("load it under another name with `sbx template load %s --name NEW`, or replace %s with --force", path, old.Name),
+			"template %s exists and came from elsewhere (%s)", old.Name, shortDigests(old.Source))
+	}
 }
 
 // importErr turns an error of loading or pulling an image into a message
@@ -443,6 +465,9 @@ func (e *env) importErr(err error, what string) error {
 			"%s is not an image file sbx reads", what)
 	case errors.Is(err, template.ErrBuiltinName):
 		return userErr(err, "choose another name with --name", "an image cannot take a built-in template's name")
+	case errors.Is(err, template.ErrNoSpace):
+		return userErr(err, "free space on the cache's file system (`sbx template rm` unused templates), or check that the image is what you expect: sbx writes at most 64 GiB for one image and always leaves 2 GiB free",
+			"not enough disk space to load image %s", what)
 	case errors.Is(err, template.ErrUnsafeEntry):
 		return userErr(err, "the image is malformed or hostile; rebuild it", "refusing image %s: an entry points outside its root file system", what)
 	case errors.Is(err, fs.ErrNotExist):
@@ -494,7 +519,7 @@ func (e *env) templateFromFile(ctx context.Context, path string) (template.Templ
 	if err != nil {
 		return template.Template{}, userErr(err, "", "invalid path %q", path)
 	}
-	if src, err := template.FileSource(abs); err == nil && src != "" {
+	if src, err := template.FileSource(e.dirs.Cache, abs); err == nil {
 		all, _ := template.List(e.dirs.Cache)
 		if i := slices.IndexFunc(all, func(t template.Template) bool { return t.Source == src }); i >= 0 {
 			return all[i], nil

@@ -50,3 +50,36 @@ func TestCheckNewName(t *testing.T) {
 		}
 	}
 }
+
+// template load replaces a template of the same name only when it came
+// from the same file, or with --force.
+func TestLoadReplace(t *testing.T) {
+	abs := "/data/img.tar"
+	for _, tc := range []struct {
+		source string
+		force  bool
+		ok     bool
+	}{
+		{"file /data/img.tar@sha256:" + strings.Repeat("a", 64), false, true},
+		{"file /data/img.tar.old@sha256:" + strings.Repeat("a", 64), false, false},
+		{"file /other/img.tar@sha256:" + strings.Repeat("a", 64), false, false},
+		{"sandbox sb (shell)", false, false},
+		{"image 127.0.0.1:5000/a:1@sha256:" + strings.Repeat("a", 64), false, false},
+		{"sandbox sb (shell)", true, true},
+	} {
+		err := loadReplace("img.tar", abs, tc.force)(template.Template{Name: "mine", Source: tc.source})
+		if (err == nil) != tc.ok {
+			t.Errorf("replace %q (force %v): %v, want ok %v", tc.source, tc.force, err, tc.ok)
+		}
+		if err != nil && (!strings.Contains(err.Error(), "template mine exists") || !strings.Contains(err.Error()+hintOf(err), "--force")) {
+			t.Errorf("refusal does not say how to go on: %v (%s)", err, hintOf(err))
+		}
+	}
+}
+
+func hintOf(err error) string {
+	if ue, ok := errors.AsType[*UserError](err); ok {
+		return ue.Hint
+	}
+	return ""
+}

@@ -3,6 +3,7 @@ package template
 import (
 	"archive/tar"
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,57 +40,150 @@ type extractOptions struct {
 	// Progress, when set, is called with the bytes of file content written
 	// so far, at most every few seconds.
 	Progress func(bytes int64)
+	// Budget, when set, is charged for everything written (see
+	// diskBudget); running out stops the extraction.
+	Budget *diskBudget
 }
 
-// extractTar writes the tar stream r (one flattened file system, as
-// mutate.Extract makes it) into the existing folder dir. Every entry is
-// written through an os.Root, so no name, symbolic link or hard link can
-// reach outside dir; names with ".." components are rejected with
-// ErrUnsafeEntry. Regular files, folders, symbolic and hard links, FIFOs
-// and (with Owners) device nodes are created with their modes, owners,
-// modification times and extended attributes. Entries below a name that
-// an earlier entry made a non-folder are skipped, as are later entries for
-// a name already written (the stream lists upper layers first). Hard
-// links whose target comes later in the stream are made at the end.
+// extractTar writes the tar stream r, one layer without whiteouts, into
+// the existing folder dir; see flattenLayers for the rules.
 func extractTar(r io.Reader, dir string, opts extractOptions) error {
-	root, err := os.OpenRoot(dir)
+	x, err := newExtractor(dir, opts, nil)
 	if err != nil {
-		return fmt.Errorf("open extraction root: %w", err)
+		return err
 	}
-	defer root.Close()
-	x := &extractor{root: root, opts: opts, lastReport: time.Now()}
+	defer x.root.Close()
 	tr := tar.NewReader(r)
-	for {
+	for idx := 0; ; idx++ {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			// mutate.Extract ends the archive properly even when it
-			// fails, and only then reports the error: read to the end.
-			if _, err := io.Copy(io.Discard, r); err != nil {
-				return &sourceError{fmt.Errorf("read archive: %w", err)}
-			}
 			break
 		}
 		if err != nil {
 			return &sourceError{fmt.Errorf("read archive: %w", err)}
 		}
-		if err := x.entry(hdr, tr); err != nil {
+		name, err := entryName(hdr.Name)
+		if err != nil {
+			return err
+		}
+		if err := x.entry(name, hdr, tr, entryPos{0, idx}); err != nil {
 			return err
 		}
 	}
 	return x.finish()
 }
 
+// flattenLayers writes the file system of an image's layers (lowest
+// first) into the existing folder dir, as docker would apply them one
+// after the other. Like mutate.Extract, it reads the layers from the top
+// down and keeps the first entry of each name; whiteouts (".wh.NAME") and
+// opaque markers (".wh..wh..opq") hide the names below them in lower
+// layers, and a non-folder hides everything below its name. Names are
+// cleaned (leading "/" and "./" dropped) before any of that, so one name
+// cannot be spelled two ways; names with ".." components are rejected
+// with ErrUnsafeEntry.
+//
+// Every entry is written through an os.Root, so no name, symbolic link or
+// hard link can reach outside dir. Regular files, folders, symbolic and
+// hard links, FIFOs and (with Owners) device nodes are created with their
+// modes, owners, modification times and extended attributes. An entry
+// below a name that is not a folder in the tree (a symbolic link, even an
+// absolute one, or a file of an upper layer) is skipped: in the image
+// that name replaced the folder the entry was in. A hard link keeps the
+// content its target had when the link's layer was applied: a target
+// that an upper layer deleted or replaced is copied from the layers.
+func flattenLayers(ctx context.Context, layers []v1.Layer, dir string, opts extractOptions) error {
+	x, err := newExtractor(dir, opts, layers)
+	if err != nil {
+		return err
+	}
+	defer x.root.Close()
+	seen := map[string]bool{} // name -> hides the names below it
+	opaque := map[string]bool{}
+	hidden := func(m map[string]bool, name string) bool {
+		for d := path.Dir(name); d != "."; d = path.Dir(d) {
+			if m[d] {
+				return true
+			}
+		}
+		return false
+	}
+	for i := len(layers) - 1; i >= 0; i-- {
+		layerOpaque := map[string]bool{}
+		err := x.scanLayer(i, func(idx int, name string, hdr *tar.Header, body io.Reader) (bool, error) {
+			if err := ctx.Err(); err != nil {
+				return false, err
+			}
+			base, parent := path.Base(name), path.Dir(name)
+			if base == whiteoutOpaque {
+				layerOpaque[parent] = true
+				return true, nil
+			}
+			tomb := strings.HasPrefix(base, whiteoutPrefix)
+			if tomb {
+				name = path.Join(parent, strings.TrimPrefix(base, whiteoutPrefix))
+			}
+			if _, ok := seen[name]; ok && !tomb {
+				return true, nil
+			}
+			if hidden(seen, name) || hidden(opaque, name) {
+				return true, nil
+			}
+			seen[name] = tomb || hdr.Typeflag != tar.TypeDir
+			if tomb {
+				return true, nil
+			}
+			return true, x.entry(name, hdr, body, entryPos{i, idx})
+		})
+		if err != nil {
+			return err
+		}
+		for d := range layerOpaque {
+			opaque[d] = true
+		}
+	}
+	return x.finish()
+}
+
+// Whiteout names of the OCI image layer format.
+const (
+	whiteoutPrefix = ".wh."
+	whiteoutOpaque = ".wh..wh..opq"
+)
+
+func newExtractor(dir string, opts extractOptions, layers []v1.Layer) (*extractor, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open extraction root: %w", err)
+	}
+	return &extractor{root: root, opts: opts, layers: layers, lastReport: time.Now(),
+		isDir: map[string]bool{}, from: map[string]int{}}, nil
+}
+
 type extractor struct {
-	root *os.Root
-	opts extractOptions
+	root   *os.Root
+	opts   extractOptions
+	layers []v1.Layer
+	// from is the layer each non-folder name of the tree came from.
+	from map[string]int
 	// dirs are the folders seen, whose attributes are set at the end
 	// (deepest first), once nothing more is written into them.
 	dirs []*tar.Header
 	// links are hard links whose target did not exist yet.
-	links      []*tar.Header
+	links []pendingLink
+	// isDir holds the names known to be folders (never replaced: nothing
+	// is removed during an extraction).
+	isDir      map[string]bool
 	written    int64
 	lastReport time.Time
 }
+
+// entryCost is what an entry is charged besides its content: an inode
+// and its share of a folder block.
+const entryCost = 512
+
+// charge takes n bytes of the budget.
+func (x *extractor) charge(n int64) error { return x.opts.Budget.take(n) }
 
 // entryName cleans an archive name into a path relative to the root:
 // leading "/" and "./" are dropped; ".." components are rejected.
@@ -106,11 +201,9 @@ func entryName(name string) (string, error) {
 	return rel, nil
 }
 
-func (x *extractor) entry(hdr *tar.Header, body io.Reader) error {
-	name, err := entryName(hdr.Name)
-	if err != nil {
-		return err
-	}
+// entry writes the entry hdr (its cleaned name is name; pos says where
+// it is in the layers) unless the tree already has the name.
+func (x *extractor) entry(name string, hdr *tar.Header, body io.Reader, pos entryPos) error {
 	if name == "." {
 		return nil // the root keeps the mode pack gives it
 	}
@@ -118,6 +211,13 @@ func (x *extractor) entry(hdr *tar.Header, body io.Reader) error {
 		if errors.Is(err, errShadowed) {
 			return nil
 		}
+		return err
+	}
+	cost := int64(entryCost)
+	for k, v := range hdr.PAXRecords {
+		cost += int64(len(k) + len(v))
+	}
+	if err := x.charge(cost); err != nil {
 		return err
 	}
 	switch hdr.Typeflag {
@@ -132,6 +232,7 @@ func (x *extractor) entry(hdr *tar.Header, body io.Reader) error {
 				return fmt.Errorf("create /%s: %w", name, err)
 			}
 		}
+		x.isDir[name] = true
 		h := *hdr
 		h.Name = name
 		x.dirs = append(x.dirs, &h)
@@ -140,36 +241,13 @@ func (x *extractor) entry(hdr *tar.Header, body io.Reader) error {
 		if x.exists(name) {
 			return nil
 		}
-		f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return fmt.Errorf("create /%s: %w", name, err)
-		}
-		src := &readErrs{r: body}
-		n, err := io.Copy(f, src)
-		x.written += n
-		if err != nil {
-			f.Close()
-			if src.err != nil {
-				return &sourceError{fmt.Errorf("read /%s from the archive: %w", name, err)}
-			}
-			return fmt.Errorf("write /%s: %w", name, err)
-		}
-		if err := x.attrs(f, hdr); err != nil {
-			f.Close()
-			return fmt.Errorf("/%s: %w", name, err)
-		}
-		if err := f.Close(); err != nil {
-			return fmt.Errorf("write /%s: %w", name, err)
-		}
-		if err := x.root.Chtimes(name, hdr.ModTime, hdr.ModTime); err != nil {
-			return fmt.Errorf("set times of /%s: %w", name, err)
-		}
-		x.report()
-		return nil
+		x.from[name] = pos.layer
+		return x.file(name, hdr, body)
 	case tar.TypeSymlink:
 		if x.exists(name) {
 			return nil
 		}
+		x.from[name] = pos.layer
 		if err := x.root.Symlink(hdr.Linkname, name); err != nil {
 			return fmt.Errorf("create link /%s: %w", name, err)
 		}
@@ -180,17 +258,25 @@ func (x *extractor) entry(hdr *tar.Header, body io.Reader) error {
 		}
 		return nil
 	case tar.TypeLink:
-		if _, err := entryName(hdr.Linkname); err != nil {
+		target, err := entryName(hdr.Linkname)
+		if err != nil {
 			return err
 		}
 		if x.exists(name) {
 			return nil
 		}
+		x.from[name] = pos.layer
+		h := *hdr
+		h.Name = name
+		// A target written from an upper layer replaced the one the
+		// link was made to: wait, and copy that one at the end.
+		if l, ok := x.from[target]; ok && l > pos.layer {
+			x.links = append(x.links, pendingLink{&h, pos})
+			return nil
+		}
 		if err := x.link(hdr, name); err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
-				h := *hdr
-				h.Name = name
-				x.links = append(x.links, &h)
+				x.links = append(x.links, pendingLink{&h, pos})
 				return nil
 			}
 			return err
@@ -200,35 +286,92 @@ func (x *extractor) entry(hdr *tar.Header, body io.Reader) error {
 		if x.exists(name) {
 			return nil
 		}
+		x.from[name] = pos.layer
 		return x.node(hdr, name)
 	}
 	return nil // pax headers and other metadata
+}
+
+// file writes the regular file name with hdr's content (from body) and
+// attributes.
+func (x *extractor) file(name string, hdr *tar.Header, body io.Reader) error {
+	if err := x.charge(roundUp(hdr.Size, 4096)); err != nil {
+		return err
+	}
+	f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return fmt.Errorf("create /%s: %w", name, err)
+	}
+	src := &readErrs{r: io.LimitReader(body, hdr.Size)}
+	n, err := io.Copy(f, src)
+	x.written += n
+	if err != nil {
+		f.Close()
+		if src.err != nil {
+			return &sourceError{fmt.Errorf("read /%s from the archive: %w", name, err)}
+		}
+		return fmt.Errorf("write /%s: %w", name, err)
+	}
+	if err := x.attrs(f, hdr); err != nil {
+		f.Close()
+		return fmt.Errorf("/%s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write /%s: %w", name, err)
+	}
+	if err := x.root.Chtimes(name, hdr.ModTime, hdr.ModTime); err != nil {
+		return fmt.Errorf("set times of /%s: %w", name, err)
+	}
+	x.report()
+	return nil
 }
 
 // errShadowed says an entry lies below a name that is not a folder.
 var errShadowed = errors.New("shadowed")
 
 // parent makes sure name's parent folders exist (mode 0755 for folders the
-// archive did not list, as container runtimes do).
+// archive did not list, as container runtimes do). Each existing ancestor
+// is looked at without following it: one that is not a folder (a file or
+// a symbolic link, relative or absolute) was put there by the same or an
+// upper layer, since the stream lists upper layers first, and in the
+// image it replaces the folder the entry came from, so the entry is
+// shadowed (errShadowed). mutate.Extract already drops most such entries;
+// this catches the ones it misses (names it spells differently, such as
+// "/lib/x" under "lib").
 func (x *extractor) parent(name string) error {
 	dir := path.Dir(name)
-	if dir == "." {
+	if dir == "." || x.isDir[dir] {
 		return nil
 	}
-	fi, err := x.root.Stat(dir)
-	if err == nil {
-		if !fi.IsDir() {
-			return errShadowed
+	for i := 0; ; {
+		j := strings.IndexByte(dir[i:], '/')
+		p := dir
+		if j >= 0 {
+			p = dir[:i+j]
 		}
-		return nil
-	}
-	if err := x.root.MkdirAll(dir, 0o755); err != nil {
-		if errors.Is(err, unix.ENOTDIR) {
-			return errShadowed
+		if !x.isDir[p] {
+			fi, err := x.root.Lstat(p)
+			switch {
+			case err == nil && fi.IsDir():
+			case err == nil:
+				return errShadowed
+			case errors.Is(err, fs.ErrNotExist):
+				if err := x.charge(entryCost); err != nil {
+					return err
+				}
+				if err := x.root.Mkdir(p, 0o755); err != nil {
+					return fmt.Errorf("create /%s: %w", p, err)
+				}
+			default:
+				return fmt.Errorf("/%s: %w", p, err)
+			}
+			x.isDir[p] = true
 		}
-		return fmt.Errorf("create /%s: %w", dir, err)
+		if j < 0 {
+			return nil
+		}
+		i += j + 1
 	}
-	return nil
 }
 
 // exists reports whether an upper layer (or an implicit parent folder)
@@ -333,13 +476,39 @@ func (x *extractor) report() {
 // finish makes the hard links that waited for their targets and sets the
 // folders' attributes, deepest first.
 func (x *extractor) finish() error {
-	for _, h := range x.links {
-		if x.exists(h.Name) {
-			continue
+	// A link may wait for another link: retry while that makes progress.
+	// A link whose target is missing, or came from a layer above the
+	// link's, gets the target's old content (materialise).
+	pending := x.links
+	for len(pending) > 0 {
+		var again []pendingLink
+		var lastErr error
+		for _, l := range pending {
+			target, _ := entryName(l.hdr.Linkname)
+			if from, ok := x.from[target]; ok && from > l.pos.layer {
+				again = append(again, l)
+				continue
+			}
+			if err := x.link(l.hdr, l.hdr.Name); err != nil {
+				if !errors.Is(err, fs.ErrNotExist) {
+					return err
+				}
+				again, lastErr = append(again, l), err
+			}
 		}
-		if err := x.link(h, h.Name); err != nil {
-			return err
+		if len(again) == len(pending) {
+			if x.layers == nil {
+				if lastErr == nil {
+					lastErr = fmt.Errorf("hard link /%s: its target was replaced", again[0].hdr.Name)
+				}
+				return lastErr
+			}
+			if err := x.materialise(again); err != nil {
+				return err
+			}
+			break
 		}
+		pending = again
 	}
 	slices.SortStableFunc(x.dirs, func(a, b *tar.Header) int {
 		return strings.Count(b.Name, "/") - strings.Count(a.Name, "/")
@@ -390,17 +559,72 @@ func (e *MissingUserError) Error() string {
 	return fmt.Sprintf("the image has no usable user %s: %s", e.User, e.Reason)
 }
 
+// maxUserFile caps what checkAgentUser reads of /etc/passwd and /etc/group.
+const maxUserFile = 1 << 20
+
+// readTreeFile reads the regular file name in the tree root. Symbolic
+// links are resolved by hand inside the tree, as the guest will see them
+// (an absolute target starts at the tree's root, ".." stops there); what
+// they lead to must be a regular file of at most max bytes: a device
+// node, FIFO or socket the image made is refused without being read.
+func readTreeFile(root *os.Root, name string, max int64) ([]byte, error) {
+	for hops := 0; ; hops++ {
+		fi, err := root.Lstat(name)
+		if err != nil {
+			return nil, err
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			if !fi.Mode().IsRegular() {
+				return nil, fmt.Errorf("/%s is not a regular file (%s)", name, fi.Mode().Type())
+			}
+			break
+		}
+		if hops == 40 {
+			return nil, fmt.Errorf("/%s: too many levels of symbolic links", name)
+		}
+		target, err := root.Readlink(name)
+		if err != nil {
+			return nil, err
+		}
+		if !path.IsAbs(target) {
+			target = path.Join(path.Dir(name), target)
+		}
+		name = strings.TrimPrefix(path.Clean("/"+target), "/")
+	}
+	f, err := root.OpenFile(name, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("/%s is not a regular file (%s)", name, fi.Mode().Type())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("/%s is larger than %d KiB", name, max>>10)
+	}
+	return b, nil
+}
+
 // checkAgentUser checks that the tree at dir has the agent user with uid
-// AgentUID in /etc/passwd and its primary group in /etc/group.
+// AgentUID in /etc/passwd and its primary group in /etc/group. Both are
+// read with readTreeFile.
 func checkAgentUser(dir string) error {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
-	pw, err := root.ReadFile("etc/passwd")
+	pw, err := readTreeFile(root, "etc/passwd", maxUserFile)
 	if err != nil {
-		return &MissingUserError{User: AgentUser, Reason: "it has no readable /etc/passwd"}
+		return &MissingUserError{User: AgentUser, Reason: "it has no readable /etc/passwd: " + err.Error()}
 	}
 	gid := -1
 	for _, f := range colonLines(pw, 7) {
@@ -417,9 +641,9 @@ func checkAgentUser(dir string) error {
 	if gid < 0 {
 		return &MissingUserError{User: AgentUser, Reason: fmt.Sprintf("/etc/passwd has no line for %s (uid %d)", AgentUser, AgentUID)}
 	}
-	gr, err := root.ReadFile("etc/group")
+	gr, err := readTreeFile(root, "etc/group", maxUserFile)
 	if err != nil {
-		return &MissingUserError{User: AgentUser, Reason: "it has no readable /etc/group"}
+		return &MissingUserError{User: AgentUser, Reason: "it has no readable /etc/group: " + err.Error()}
 	}
 	for _, f := range colonLines(gr, 4) {
 		if f[2] == strconv.Itoa(gid) {
@@ -441,4 +665,214 @@ func colonLines(b []byte, n int) [][]string {
 		}
 	}
 	return out
+}
+
+// materialise makes the hard links whose target is not in the tree, or
+// not the version the link was made to: an upper layer deleted or
+// replaced the target after the link's layer made the link. Docker
+// applies layers in order, so the link kept the target's inode and
+// content; the flattened tree no longer has that content, so it is read
+// again from the layers: the last entry of the target's name before the
+// link in the link's layer, else the topmost one in a lower layer. The
+// first link to a target becomes a copy of it, the others hard links to
+// that copy. A target that did not exist when the link was made (a broken
+// image) is an error, as it is for docker.
+func (x *extractor) materialise(links []pendingLink) error {
+	made := map[entryPos]string{}
+	for _, l := range links {
+		pos, src, err := x.findTarget(l)
+		if err != nil {
+			return err
+		}
+		if first, ok := made[pos]; ok {
+			if err := x.root.Link(first, l.hdr.Name); err != nil {
+				return fmt.Errorf("create hard link /%s to /%s: %w", l.hdr.Name, first, err)
+			}
+			continue
+		}
+		if err := x.copyEntry(l.hdr.Name, pos, src); err != nil {
+			return err
+		}
+		made[pos] = l.hdr.Name
+	}
+	return nil
+}
+
+// entryPos is an entry of a layer: the layer's index (lowest first) and
+// the entry's index in its tar.
+type entryPos struct{ layer, index int }
+
+// pendingLink is a hard link (Name cleaned) waiting for its target, and
+// where it is in the layers.
+type pendingLink struct {
+	hdr *tar.Header
+	pos entryPos
+}
+
+// scanLayer calls fn with every entry of layer i and its cleaned name
+// until fn returns false. A name with ".." components is an error
+// (ErrUnsafeEntry). The layer is read to its end, so its digest is
+// checked.
+func (x *extractor) scanLayer(i int, fn func(idx int, name string, h *tar.Header, body io.Reader) (bool, error)) error {
+	rc, err := x.layers[i].Uncompressed()
+	if err != nil {
+		return &sourceError{fmt.Errorf("read layer %d: %w", i+1, err)}
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for idx := 0; ; idx++ {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return &sourceError{fmt.Errorf("read layer %d: %w", i+1, err)}
+		}
+		name, err := entryName(h.Name)
+		if err != nil {
+			return err
+		}
+		more, err := fn(idx, name, h, tr)
+		if err != nil {
+			return err
+		}
+		if !more {
+			return nil
+		}
+	}
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return &sourceError{fmt.Errorf("read layer %d: %w", i+1, err)}
+	}
+	return nil
+}
+
+// findTarget finds the entry that gave link l's target its content: see
+// materialise. Links to links are followed.
+func (x *extractor) findTarget(l pendingLink) (entryPos, *tar.Header, error) {
+	target, _ := entryName(l.hdr.Linkname)
+	layer, before := l.pos.layer, l.pos.index
+	for hops := 0; hops < 16; hops++ {
+		var found *tar.Header
+		var pos entryPos
+		gone := false
+		for i := layer; i >= 0 && found == nil && !gone; i-- {
+			err := x.scanLayer(i, func(idx int, name string, e *tar.Header, _ io.Reader) (bool, error) {
+				if i == layer && idx >= before {
+					return false, nil
+				}
+				switch {
+				case name == target:
+					found, pos = e, entryPos{i, idx}
+				case name == path.Join(path.Dir(target), whiteoutPrefix+path.Base(target)) ||
+					path.Base(name) == whiteoutOpaque && strings.HasPrefix(target, path.Dir(name)+"/"):
+					gone = true // removed by this layer: lower ones do not count
+				}
+				return true, nil
+			})
+			if err != nil {
+				return entryPos{}, nil, err
+			}
+		}
+		if found == nil {
+			return entryPos{}, nil, fmt.Errorf("create hard link /%s to /%s: the target does not exist in the image", l.hdr.Name, target)
+		}
+		if found.Typeflag != tar.TypeLink {
+			return pos, found, nil
+		}
+		target, _ = entryName(found.Linkname)
+		layer, before = pos.layer, pos.index
+	}
+	return entryPos{}, nil, fmt.Errorf("create hard link /%s: too many links to links", l.hdr.Name)
+}
+
+// copyEntry writes the entry src at pos of the layers as name.
+func (x *extractor) copyEntry(name string, pos entryPos, src *tar.Header) error {
+	h := *src
+	h.Name = name
+	switch src.Typeflag {
+	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old archives still use TypeRegA
+		return x.scanLayer(pos.layer, func(idx int, _ string, _ *tar.Header, body io.Reader) (bool, error) {
+			if idx < pos.index {
+				return true, nil
+			}
+			return false, x.file(name, &h, body)
+		})
+	case tar.TypeSymlink:
+		if err := x.root.Symlink(src.Linkname, name); err != nil {
+			return fmt.Errorf("create link /%s: %w", name, err)
+		}
+		if x.opts.Owners {
+			return x.root.Lchown(name, src.Uid, src.Gid)
+		}
+		return nil
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		return x.node(&h, name)
+	}
+	return fmt.Errorf("create hard link /%s: its target is a %c entry", name, src.Typeflag)
+}
+
+// ErrNoSpace is returned when an import would write more than its
+// budget: see diskBudget.
+var ErrNoSpace = errors.New("not enough disk space")
+
+// Limits on what one import writes to the host.
+const (
+	// maxImportBytes caps what one import writes, whatever the free space.
+	maxImportBytes = 64 << 30
+	// keepFreeBytes is the free space an import leaves on the file system
+	// of the templates.
+	keepFreeBytes = 2 << 30
+)
+
+// diskBudget caps what an import writes to the host (an archive's
+// content, decompressed files, extracted trees, the packed image), so a
+// hostile or broken image (a gzip bomb, a layer of huge sparse files)
+// cannot fill the disk: at most maxImportBytes, and never so much that
+// less than keepFreeBytes would stay free on the file system of dir when
+// the import began. A nil budget allows everything.
+type diskBudget struct {
+	dir         string
+	free, limit int64
+	used        int64
+}
+
+// newBudget measures the free space of dir.
+func newBudget(dir string) (*diskBudget, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return nil, fmt.Errorf("free space of %s: %w", dir, err)
+	}
+	free := int64(st.Bavail) * st.Bsize
+	return &diskBudget{dir: dir, free: free, limit: max(0, min(maxImportBytes, free-keepFreeBytes))}, nil
+}
+
+// take charges n bytes, failing with ErrNoSpace once the limit is passed.
+func (b *diskBudget) take(n int64) error {
+	if b == nil {
+		return nil
+	}
+	b.used += n
+	if b.used <= b.limit {
+		return nil
+	}
+	if b.limit < maxImportBytes {
+		return fmt.Errorf("%w: the import needs more than the %d MiB that can be written to %s (%d MiB free, sbx leaves %d GiB free)",
+			ErrNoSpace, b.limit>>20, b.dir, b.free>>20, keepFreeBytes>>30)
+	}
+	return fmt.Errorf("%w: the import would write more than %d GiB, the most sbx writes for one image", ErrNoSpace, maxImportBytes>>30)
+}
+
+// writer returns w charging this budget for every byte written.
+func (b *diskBudget) writer(w io.Writer) io.Writer { return &budgetWriter{w: w, b: b} }
+
+type budgetWriter struct {
+	w io.Writer
+	b *diskBudget
+}
+
+func (w *budgetWriter) Write(p []byte) (int, error) {
+	if err := w.b.take(int64(len(p))); err != nil {
+		return 0, err
+	}
+	return w.w.Write(p)
 }

@@ -5,13 +5,18 @@ import (
 	"bufio"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,10 +24,12 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"golang.org/x/sys/unix"
+
+	"github.com/sbx-dev/sbx/internal/safefile"
 )
 
 // Platform is the only platform sandboxes run: images are pulled and
@@ -193,8 +200,8 @@ func Pull(ctx context.Context, cacheDir, ref string, opts PullOptions) (Template
 // LoadFile makes a template of the file or folder at path: a `docker save`
 // tarball (plain or gzip-compressed), an OCI image layout folder, an OCI
 // archive (a tar of a layout), or a file written by SaveFile. Its Source
-// is "file PATH@DIGEST" (the image's config digest, or the saved image's
-// id). An image file with several images is refused. The other rules are
+// is FileSource's "file PATH@sha256:HEX", the hash of the file itself.
+// An image file with several images is refused. The other rules are
 // importImage's.
 func LoadFile(ctx context.Context, cacheDir, path string, opts ImportOptions) (Template, error) {
 	abs, err := filepath.Abs(path)
@@ -205,12 +212,16 @@ func LoadFile(ctx context.Context, cacheDir, path string, opts ImportOptions) (T
 	if err != nil {
 		return Template{}, fmt.Errorf("load %s: %w", path, err)
 	}
+	source, err := FileSource(cacheDir, abs)
+	if err != nil {
+		return Template{}, fmt.Errorf("load %s: %w", path, err)
+	}
 	if st.IsDir() {
 		img, tag, err := layoutImage(abs)
 		if err != nil {
 			return Template{}, fmt.Errorf("load %s: %w", path, err)
 		}
-		return loadImage(ctx, cacheDir, abs, img, tag, opts)
+		return loadImage(ctx, cacheDir, abs, source, img, tag, opts)
 	}
 	kind, err := sniff(abs)
 	if err != nil {
@@ -218,98 +229,64 @@ func LoadFile(ctx context.Context, cacheDir, path string, opts ImportOptions) (T
 	}
 	switch kind {
 	case kindSaved:
-		return loadSaved(ctx, cacheDir, abs, opts)
+		return loadSaved(ctx, cacheDir, abs, source, opts)
 	case kindGzip, kindOCIArchive:
 		// Unpacked into a temporary folder in the cache first: gzip is
 		// not seekable, and an OCI archive is read as a layout.
-		return withTemp(ctx, cacheDir, func(tmp string) (Template, error) {
-			img, tag, err := unpackImageFile(abs, kind, tmp)
+		return withTemp(ctx, cacheDir, func(tmp string, budget *diskBudget) (Template, error) {
+			img, tag, err := unpackImageFile(abs, kind, tmp, budget)
 			if err != nil {
 				return Template{}, fmt.Errorf("load %s: %w", path, err)
 			}
-			return loadImageLocked(ctx, cacheDir, abs, img, tag, opts)
+			if opts.Name == "" {
+				opts.Name = defaultFileName(abs, tag)
+			}
+			return importImageLocked(ctx, templatesDir(cacheDir), img, source, opts, budget)
 		})
 	case kindDockerSave:
 		img, tag, err := dockerSaveImage(abs)
 		if err != nil {
 			return Template{}, fmt.Errorf("load %s: %w", path, err)
 		}
-		return loadImage(ctx, cacheDir, abs, img, tag, opts)
+		return loadImage(ctx, cacheDir, abs, source, img, tag, opts)
 	}
 	return Template{}, fmt.Errorf("load %s: %w", path, ErrUnknownFormat)
 }
 
-// FileSource returns the Source LoadFile would record for path, without
-// loading it, so a caller can reuse a template loaded from the same
-// content before.
-func FileSource(path string) (string, error) {
+// FileSource returns the Source LoadFile records for path: "file
+// ABS@sha256:HEX", the sha256 of the file (of a folder: of its listing,
+// see treeDigest), so a caller can reuse a template loaded from the same
+// content before: a file edited or replaced in place has another source.
+// Hashes are remembered in cacheDir (see hashCache): a file whose size,
+// times, inode or device changed is hashed again.
+func FileSource(cacheDir, path string) (string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return "", err
 	}
+	hc := openHashCache(cacheDir)
+	defer hc.save()
 	st, err := os.Stat(abs)
 	if err != nil {
 		return "", err
 	}
+	var sum string
 	if st.IsDir() {
-		img, _, err := layoutImage(abs)
-		if err != nil {
-			return "", err
-		}
-		return imageFileSource(abs, img)
+		sum, err = treeDigest(abs, hc)
+	} else {
+		sum, err = hc.sum(abs)
 	}
-	kind, err := sniff(abs)
 	if err != nil {
 		return "", err
 	}
-	switch kind {
-	case kindSaved:
-		h, err := readSavedHeader(abs)
-		if err != nil {
-			return "", err
-		}
-		return "file " + abs + "@sha256:" + h.ID, nil
-	case kindDockerSave:
-		img, _, err := dockerSaveImage(abs)
-		if err != nil {
-			return "", err
-		}
-		return imageFileSource(abs, img)
-	}
-	// Compressed and archived layouts need unpacking to find their digest.
-	return "", nil
+	return "file " + abs + "@sha256:" + sum, nil
 }
 
-func imageFileSource(abs string, img v1.Image) (string, error) {
-	cfg, err := img.ConfigName()
-	if err != nil {
-		return "", fmt.Errorf("read image config: %w", err)
-	}
-	return "file " + abs + "@" + cfg.String(), nil
-}
-
-func loadImage(ctx context.Context, cacheDir, abs string, img v1.Image, tag string, opts ImportOptions) (Template, error) {
-	source, err := imageFileSource(abs, img)
-	if err != nil {
-		return Template{}, err
-	}
+func loadImage(ctx context.Context, cacheDir, abs, source string, img v1.Image, tag string, opts ImportOptions) (Template, error) {
 	if opts.Name == "" {
 		opts.Name = defaultFileName(abs, tag)
 	}
 	return importImage(ctx, cacheDir, img, source, opts)
-}
-
-// loadImageLocked is loadImage for a caller inside withTemp, which holds
-// the templates lock.
-func loadImageLocked(ctx context.Context, cacheDir, abs string, img v1.Image, tag string, opts ImportOptions) (Template, error) {
-	source, err := imageFileSource(abs, img)
-	if err != nil {
-		return Template{}, err
-	}
-	if opts.Name == "" {
-		opts.Name = defaultFileName(abs, tag)
-	}
-	return importImageLocked(ctx, templatesDir(cacheDir), img, source, opts)
 }
 
 func defaultFileName(abs, tag string) string {
@@ -385,10 +362,16 @@ func importImage(ctx context.Context, cacheDir string, img v1.Image, source stri
 		return Template{}, err
 	}
 	defer unlock()
-	return importImageLocked(ctx, dir, img, source, opts)
+	budget, err := newBudget(dir)
+	if err != nil {
+		return Template{}, err
+	}
+	return importImageLocked(ctx, dir, img, source, opts, budget)
 }
 
-func importImageLocked(ctx context.Context, dir string, img v1.Image, source string, opts ImportOptions) (Template, error) {
+// importImageLocked is importImage for a caller holding the templates
+// lock; budget is charged for the tree and the packed image.
+func importImageLocked(ctx context.Context, dir string, img v1.Image, source string, opts ImportOptions, budget *diskBudget) (Template, error) {
 	if err := checkImportName(opts.Name); err != nil {
 		return Template{}, err
 	}
@@ -424,17 +407,12 @@ func importImageLocked(ctx context.Context, dir string, img v1.Image, source str
 		}
 	}
 	fmt.Fprintf(progress, "extracting %d layers (%d MiB) for template %s...\n", len(layers), compressed>>20, opts.Name)
-	rc := mutate.Extract(img)
-	err = extractTar(rc, root, extractOptions{Owners: true, Progress: func(n int64) {
+	err = flattenLayers(ctx, layers, root, extractOptions{Owners: true, Budget: budget, Progress: func(n int64) {
 		fmt.Fprintf(progress, "  %d MiB written\n", n>>20)
 	}})
-	rc.Close()
 	if err != nil {
 		if ctx.Err() != nil {
 			return Template{}, ctx.Err()
-		}
-		if strings.Contains(err.Error(), "unsafe tar path") {
-			return Template{}, fmt.Errorf("%w: %v", ErrUnsafeEntry, err)
 		}
 		return Template{}, err
 	}
@@ -445,11 +423,15 @@ func importImageLocked(ctx context.Context, dir string, img v1.Image, source str
 		return Template{}, err
 	}
 	if !hasFile(root, "bin/bash") && !hasFile(root, "usr/bin/bash") {
-		fmt.Fprintf(progress, "note: the image has no bash, which the shell agent's `bash -l` needs; name a program instead (`sbx run -t %s shell . -- /bin/PROGRAM`) or use `sbx exec`\n", opts.Name)
+		fmt.Fprintf(progress, "note: the image has no bash, which the agents and `sbx run` need; run its programs with `sbx create -t %s --name NAME .` and `sbx exec NAME /bin/PROGRAM`\n", opts.Name)
 	}
-	m := manifest{Source: source}
-	if _, err := os.Lstat(filepath.Join(root, "usr/bin/dockerd")); err == nil {
-		m.Docker = true
+	m := manifest{Source: source, Docker: hasDockerd(root)}
+	// The packed image: the tree plus a tenth plus headroom (sparse, so
+	// this is the most it takes), while the tree is still there.
+	if budget != nil {
+		if err := budget.take(budget.used/10 + budget.used + headroomBytes); err != nil {
+			return Template{}, err
+		}
 	}
 	t, err := pack(ctx, dir, opts.Name, root, m, progress)
 	if err != nil {
@@ -509,6 +491,27 @@ func ensureDirs(root string) error {
 		}
 	}
 	return nil
+}
+
+// dockerdPaths are where Docker Engine's daemon may be: Debian's docker.io
+// installs /usr/sbin/dockerd, Docker's own packages /usr/bin/dockerd.
+var dockerdPaths = []string{"usr/sbin/dockerd", "usr/bin/dockerd"}
+
+// hasDockerd reports whether the tree at root has dockerd at one of
+// dockerdPaths. Every name is looked up through an os.Root, so symbolic
+// links (usr -> /) cannot make it look at the host's files.
+func hasDockerd(root string) bool {
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return false
+	}
+	defer r.Close()
+	for _, p := range dockerdPaths {
+		if _, err := r.Lstat(p); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // hasFile reports whether name exists in the tree at root, following
@@ -676,8 +679,9 @@ func indexImage(idx v1.ImageIndex, tag string) (v1.Image, string, error) {
 }
 
 // unpackImageFile turns a gzip-compressed tarball or an OCI archive into
-// files under tmp and opens its image.
-func unpackImageFile(path string, kind int, tmp string) (v1.Image, string, error) {
+// files under tmp and opens its image; what it writes is charged to
+// budget.
+func unpackImageFile(path string, kind int, tmp string, budget *diskBudget) (v1.Image, string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, "", err
@@ -693,7 +697,7 @@ func unpackImageFile(path string, kind int, tmp string) (v1.Image, string, error
 		if err != nil {
 			return nil, "", err
 		}
-		if _, err := io.Copy(out, zr); err != nil {
+		if _, err := io.Copy(budget.writer(out), zr); err != nil {
 			out.Close()
 			return nil, "", fmt.Errorf("decompress: %w", err)
 		}
@@ -708,7 +712,7 @@ func unpackImageFile(path string, kind int, tmp string) (v1.Image, string, error
 		case kindDockerSave:
 			return dockerSaveImage(plain)
 		case kindOCIArchive:
-			return unpackImageFile(plain, k, tmp)
+			return unpackImageFile(plain, k, tmp, budget)
 		}
 		return nil, "", ErrUnknownFormat
 	}
@@ -716,15 +720,16 @@ func unpackImageFile(path string, kind int, tmp string) (v1.Image, string, error
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, "", err
 	}
-	if err := unpackLayout(f, dir); err != nil {
+	if err := unpackLayout(f, dir, budget); err != nil {
 		return nil, "", err
 	}
 	return layoutImage(dir)
 }
 
 // unpackLayout writes the regular files and folders of an OCI archive into
-// dir; an OCI layout needs nothing else.
-func unpackLayout(r io.Reader, dir string) error {
+// dir; an OCI layout needs nothing else. What it writes is charged to
+// budget.
+func unpackLayout(r io.Reader, dir string, budget *diskBudget) error {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return err
@@ -749,6 +754,9 @@ func unpackLayout(r io.Reader, dir string) error {
 				return err
 			}
 		case tar.TypeReg:
+			if err := budget.take(roundUp(h.Size, 4096) + entryCost); err != nil {
+				return err
+			}
 			if d := filepath.Dir(n); d != "." {
 				if err := root.MkdirAll(d, 0o700); err != nil {
 					return err
@@ -769,9 +777,9 @@ func unpackLayout(r io.Reader, dir string) error {
 	}
 }
 
-// withTemp runs fn with a temporary folder in the templates cache, holding
-// the templates lock.
-func withTemp(ctx context.Context, cacheDir string, fn func(tmp string) (Template, error)) (Template, error) {
+// withTemp runs fn with a temporary folder in the templates cache and the
+// budget of the import, holding the templates lock.
+func withTemp(ctx context.Context, cacheDir string, fn func(tmp string, budget *diskBudget) (Template, error)) (Template, error) {
 	if os.Geteuid() != 0 {
 		return Template{}, fmt.Errorf("%w (the image's files keep their owners and device nodes): run sbx as root", ErrNeedRoot)
 	}
@@ -786,5 +794,145 @@ func withTemp(ctx context.Context, cacheDir string, fn func(tmp string) (Templat
 		return Template{}, fmt.Errorf("create template temp dir: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	return fn(tmp)
+	budget, err := newBudget(dir)
+	if err != nil {
+		return Template{}, err
+	}
+	return fn(tmp, budget)
+}
+
+// hashCacheFile, in the templates folder, remembers the sha256 of files
+// loaded or given to -t, so an unchanged file is not read again.
+const hashCacheFile = ".file-hashes.json"
+
+// hashCacheSize is how many files the cache remembers.
+const hashCacheSize = 256
+
+// hashEntry is what hashCache knows of one file: its sha256 and the stat
+// fields that must all match for it to be reused. The change time cannot
+// be set by users, so content rewritten with its old modification time
+// restored is hashed again.
+type hashEntry struct {
+	Size    int64     `json:"size"`
+	ModNs   int64     `json:"mtime"`
+	ChangNs int64     `json:"ctime"`
+	Ino     uint64    `json:"ino"`
+	Dev     uint64    `json:"dev"`
+	Sum     string    `json:"sha256"`
+	Used    time.Time `json:"used"`
+}
+
+// hashCache is the loaded hashCacheFile.
+type hashCache struct {
+	path    string
+	entries map[string]hashEntry
+	dirty   bool
+}
+
+func openHashCache(cacheDir string) *hashCache {
+	hc := &hashCache{path: filepath.Join(templatesDir(cacheDir), hashCacheFile), entries: map[string]hashEntry{}}
+	if b, err := os.ReadFile(hc.path); err == nil {
+		json.Unmarshal(b, &hc.entries) //nolint:errcheck // a broken cache is an empty one
+	}
+	return hc
+}
+
+// save writes the cache back, keeping the most recently used entries.
+// Failures are ignored: the cache only saves time.
+func (hc *hashCache) save() {
+	if !hc.dirty {
+		return
+	}
+	if len(hc.entries) > hashCacheSize {
+		keys := slices.Collect(maps.Keys(hc.entries))
+		slices.SortFunc(keys, func(a, b string) int { return hc.entries[b].Used.Compare(hc.entries[a].Used) })
+		for _, k := range keys[hashCacheSize:] {
+			delete(hc.entries, k)
+		}
+	}
+	b, err := json.Marshal(hc.entries)
+	if err != nil {
+		return
+	}
+	if err := os.MkdirAll(filepath.Dir(hc.path), 0o700); err != nil {
+		return
+	}
+	safefile.Write(hc.path, b, 0o600) //nolint:errcheck // see above
+}
+
+// sum returns the sha256 of the regular file at abs, from the cache when
+// its stat fields all match, else by reading it.
+func (hc *hashCache) sum(abs string) (string, error) {
+	f, err := os.Open(abs)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	key := func() (hashEntry, error) {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			return hashEntry{}, fmt.Errorf("stat %s: %w", abs, err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return hashEntry{}, fmt.Errorf("%s is not a regular file", abs)
+		}
+		return hashEntry{Size: st.Size, ModNs: st.Mtim.Nano(), ChangNs: st.Ctim.Nano(), Ino: st.Ino, Dev: st.Dev}, nil
+	}
+	k, err := key()
+	if err != nil {
+		return "", err
+	}
+	if e, ok := hc.entries[abs]; ok && e.Size == k.Size && e.ModNs == k.ModNs && e.ChangNs == k.ChangNs && e.Ino == k.Ino && e.Dev == k.Dev {
+		e.Used = time.Now()
+		hc.entries[abs], hc.dirty = e, true
+		return e.Sum, nil
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, bufio.NewReaderSize(f, 1<<20)); err != nil {
+		return "", fmt.Errorf("hash %s: %w", abs, err)
+	}
+	after, err := key()
+	if err != nil {
+		return "", err
+	}
+	k.Sum, k.Used = hex.EncodeToString(h.Sum(nil)), time.Now()
+	if after == (hashEntry{Size: k.Size, ModNs: k.ModNs, ChangNs: k.ChangNs, Ino: k.Ino, Dev: k.Dev}) {
+		// Remembered only if the file did not change while it was read.
+		hc.entries[abs], hc.dirty = k, true
+	}
+	return k.Sum, nil
+}
+
+// treeDigest hashes a folder (an OCI layout): a line per entry, in
+// lexical order, with its path and the sha256 of a regular file or the
+// target of a symbolic link.
+func treeDigest(dir string, hc *hashCache) (string, error) {
+	h := sha256.New()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		switch {
+		case d.Type().IsRegular():
+			sum, err := hc.sum(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(h, "file %q %s\n", rel, sum)
+		case d.Type()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(h, "link %q %q\n", rel, target)
+		case d.IsDir():
+			fmt.Fprintf(h, "dir %q\n", rel)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("hash %s: %w", dir, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -176,9 +176,11 @@ func TestNameFor(t *testing.T) {
 func extractImage(t *testing.T, img v1.Image) (string, error) {
 	t.Helper()
 	dir := t.TempDir()
-	rc := mutate.Extract(img)
-	defer rc.Close()
-	return dir, extractTar(rc, dir, extractOptions{Owners: os.Geteuid() == 0})
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, flattenLayers(context.Background(), layers, dir, extractOptions{Owners: os.Geteuid() == 0})
 }
 
 func TestExtractWhiteoutsAndAttributes(t *testing.T) {
@@ -240,11 +242,9 @@ func TestExtractWhiteoutsAndAttributes(t *testing.T) {
 func TestExtractRejectsEscapes(t *testing.T) {
 	outside := t.TempDir()
 	for name, entries := range map[string][]tentry{
-		"dotdot":          {{name: "../escaped", body: "x"}},
-		"nested dotdot":   {{name: "a/../../escaped", body: "x"}},
-		"hard link out":   {{name: "h", typ: tar.TypeLink, link: "../../../../" + outside + "/escaped"}},
-		"through symlink": {{name: "s", typ: tar.TypeSymlink, link: outside}, {name: "s/escaped", body: "x"}},
-		"abs symlink dir": {{name: "s", typ: tar.TypeSymlink, link: "/"}, {name: "s/" + strings.TrimPrefix(outside, "/") + "/escaped", body: "x"}},
+		"dotdot":        {{name: "../escaped", body: "x"}},
+		"nested dotdot": {{name: "a/../../escaped", body: "x"}},
+		"hard link out": {{name: "h", typ: tar.TypeLink, link: "../../../../" + outside + "/escaped"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "root")
@@ -260,6 +260,26 @@ func TestExtractRejectsEscapes(t *testing.T) {
 				t.Fatal("a file was written next to the root")
 			}
 			t.Logf("error: %v", err)
+		})
+	}
+	// An entry below a symbolic link is shadowed by it (the link came
+	// from the same or an upper layer): skipped, never written through it.
+	for name, entries := range map[string][]tentry{
+		"through symlink": {{name: "s", typ: tar.TypeSymlink, link: outside}, {name: "s/escaped", body: "x"}},
+		"abs symlink dir": {{name: "s", typ: tar.TypeSymlink, link: "/"}, {name: "s/" + strings.TrimPrefix(outside, "/") + "/escaped", body: "x"}},
+		"deep":            {{name: "s", typ: tar.TypeSymlink, link: outside}, {name: "s/a/b/escaped", body: "x"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := extractTar(bytes.NewReader(layerTar(t, entries)), dir, extractOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if _, serr := os.Stat(filepath.Join(outside, "escaped")); serr == nil {
+				t.Fatal("a file was written outside the root")
+			}
+			if fi, err := os.Lstat(filepath.Join(dir, "s")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+				t.Errorf("s is not the symbolic link: %v %v", fi, err)
+			}
 		})
 	}
 	// Symbolic links themselves may point anywhere: they are resolved in
@@ -387,7 +407,6 @@ func TestLoadFileFormats(t *testing.T) {
 	gzTar := filepath.Join(files, "docker.tar.gz")
 	gzipFile(t, dockerTar, gzTar)
 
-	cfg, _ := img.ConfigName()
 	for _, tc := range []struct{ path, name string }{
 		{dockerTar, "test-img-1"},
 		{gzTar, "test-img-1-archive"},
@@ -409,11 +428,16 @@ func TestLoadFileFormats(t *testing.T) {
 			if tp.Name != tc.name {
 				t.Errorf("name %q, want %q", tp.Name, tc.name)
 			}
-			if want := "file " + tc.path + "@" + cfg.String(); tp.Source != want {
-				t.Errorf("source %q, want %q", tp.Source, want)
+			if !strings.HasPrefix(tp.Source, "file "+tc.path+"@sha256:") {
+				t.Errorf("source %q, want file %s@sha256:...", tp.Source, tc.path)
 			}
-			if src, err := FileSource(tc.path); err != nil || (src != "" && src != tp.Source) {
+			if src, err := FileSource(cache, tc.path); err != nil || src != tp.Source {
 				t.Errorf("FileSource = %q, %v; want %q", src, err, tp.Source)
+			}
+			// Images without bash get a hint that works for them: exec
+			// runs a program directly, run and the agents need bash.
+			if p := progress.String(); !strings.Contains(p, "no bash") || !strings.Contains(p, "sbx exec NAME /bin/PROGRAM") || strings.Contains(p, "shell . --") {
+				t.Errorf("no-bash hint: %s", p)
 			}
 			checkImported(t, tp)
 		})
@@ -620,4 +644,56 @@ func fileOwner(t *testing.T, p string) (int, int) {
 	var u, g int
 	fmt.Sscan(string(out), &u, &g)
 	return u, g
+}
+
+// FileSource hashes the file itself: an image file rewritten in place
+// (same size, modification time put back) has a new source, whatever its
+// headers say; an unchanged one is not read again.
+func TestFileSource(t *testing.T) {
+	cache := t.TempDir()
+	p := filepath.Join(t.TempDir(), "img.tar.gz")
+	os.WriteFile(p, []byte("first content"), 0o644)
+	mtime := time.Unix(1700000000, 0)
+	os.Chtimes(p, mtime, mtime)
+	s1, err := FileSource(cache, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256File(t, p)
+	if s1 != "file "+p+"@sha256:"+sum {
+		t.Errorf("source %q, want the file's sha256 %s", s1, sum)
+	}
+	if _, err := os.Stat(filepath.Join(templatesDir(cache), hashCacheFile)); err != nil {
+		t.Errorf("hash not remembered: %v", err)
+	}
+	// The cache answers for an unchanged file: a poisoned entry shows it.
+	hc := openHashCache(cache)
+	e := hc.entries[p]
+	e.Sum = strings.Repeat("0", 64)
+	hc.entries[p], hc.dirty = e, true
+	hc.save()
+	if s, _ := FileSource(cache, p); !strings.HasSuffix(s, e.Sum) {
+		t.Errorf("unchanged file hashed again: %q", s)
+	}
+	// Rewritten in place, same size, old modification time.
+	f, _ := os.OpenFile(p, os.O_WRONLY, 0)
+	f.WriteString("other content")
+	f.Close()
+	os.Chtimes(p, mtime, mtime)
+	s2, err := FileSource(cache, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2 == s1 || s2 != "file "+p+"@sha256:"+sha256File(t, p) {
+		t.Errorf("rewritten file: source %q (was %q)", s2, s1)
+	}
+	// A folder (an OCI layout) is hashed by its files.
+	lay := t.TempDir()
+	writeFile(t, filepath.Join(lay, "index.json"), "{}")
+	d1, _ := FileSource(cache, lay)
+	writeFile(t, filepath.Join(lay, "blobs/sha256/x"), "blob")
+	d2, _ := FileSource(cache, lay)
+	if d1 == d2 || !strings.HasPrefix(d1, "file "+lay+"@sha256:") {
+		t.Errorf("folder sources %q, %q", d1, d2)
+	}
 }
