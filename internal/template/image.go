@@ -271,10 +271,13 @@ func FileSource(cacheDir, path string) (string, error) {
 		return "", err
 	}
 	var sum string
-	if st.IsDir() {
+	switch {
+	case st.IsDir():
 		sum, err = treeDigest(abs, hc)
-	} else {
+	case st.Mode().IsRegular():
 		sum, err = hc.sum(abs)
+	default:
+		err = fmt.Errorf("%s is not a regular file or a folder", abs)
 	}
 	if err != nil {
 		return "", err

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -686,6 +687,21 @@ func TestFileSource(t *testing.T) {
 	}
 	if s2 == s1 || s2 != "file "+p+"@sha256:"+sha256File(t, p) {
 		t.Errorf("rewritten file: source %q (was %q)", s2, s1)
+	}
+	// A FIFO is refused, not read.
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := FileSource(cache, fifo); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("FileSource of a FIFO succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("FileSource hangs on a FIFO")
 	}
 	// A folder (an OCI layout) is hashed by its files.
 	lay := t.TempDir()

@@ -551,8 +551,12 @@ func shrinkDisk(ctx context.Context, disk, raw string, progress io.Writer) error
 		return err
 	}
 	defer img.Close()
-	if err := img.Chown(fsToolUID, fsToolUID); err != nil {
-		return fmt.Errorf("hand the image to uid %d: %w", fsToolUID, err)
+	// Run by root (as sbx is to save a sandbox): the tools get the image
+	// as nobody. Otherwise they already run as an unprivileged user.
+	if os.Geteuid() == 0 {
+		if err := img.Chown(fsToolUID, fsToolUID); err != nil {
+			return fmt.Errorf("hand the image to uid %d: %w", fsToolUID, err)
+		}
 	}
 	if err := img.Chmod(0o600); err != nil {
 		return err
@@ -584,8 +588,10 @@ func shrinkDisk(ctx context.Context, disk, raw string, progress io.Writer) error
 	if err := img.Truncate(size); err != nil {
 		return fmt.Errorf("truncate image: %w", err)
 	}
-	if err := img.Chown(0, 0); err != nil {
-		return fmt.Errorf("take the image back: %w", err)
+	if os.Geteuid() == 0 {
+		if err := img.Chown(0, 0); err != nil {
+			return fmt.Errorf("take the image back: %w", err)
+		}
 	}
 	fmt.Fprintf(progress, "file system shrunk to %d MiB (%d MiB of data)\n", size>>20, used>>20)
 	return nil
@@ -605,10 +611,11 @@ const fsToolImage = "/dev/fd/3"
 const fsToolMemory = 8 << 30
 
 // runFSTool runs prog with args as fsToolUID (its group too, no
-// supplementary groups), img as descriptor 3, a minimal environment, no
-// core dumps and at most fsToolMemory of address space (set by
-// util-linux's prlimit before prog starts; without prlimit, right after),
-// and returns its combined output. img must belong to fsToolUID.
+// supplementary groups; when sbx is not root, as its own user), img as
+// descriptor 3, a minimal environment, no core dumps and at most
+// fsToolMemory of address space (set by util-linux's prlimit before prog
+// starts; without prlimit, right after), and returns its combined output.
+// img must belong to the user the tool runs as.
 func runFSTool(ctx context.Context, img *os.File, prog string, args ...string) ([]byte, error) {
 	limits := []string{fmt.Sprintf("--as=%d", fsToolMemory), "--core=0"}
 	prlimit, perr := tool("prlimit", "util-linux")
@@ -622,9 +629,9 @@ func runFSTool(ctx context.Context, img *os.File, prog string, args ...string) (
 	cmd.ExtraFiles = []*os.File{img}
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: &syscall.Credential{Uid: fsToolUID, Gid: fsToolUID, Groups: []uint32{}},
-		Pdeathsig:  syscall.SIGKILL,
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if os.Geteuid() == 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: fsToolUID, Gid: fsToolUID, Groups: []uint32{}}
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
