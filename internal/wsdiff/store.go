@@ -25,7 +25,15 @@ func Record(dir string, roots []string) (*Snapshot, error) {
 	}
 	start := filepath.Join(dir, StartFile)
 	files := filepath.Join(dir, FilesDir)
-	s, err := Take(roots, Options{FilesDir: files})
+	create := filepath.Join(dir, CreateFile)
+	// Ignore rules and summarised folders come from the create snapshot:
+	// a .gitignore the guest wrote in an earlier session does not hide
+	// anything from this one.
+	opt := Options{FilesDir: files, Baseline: true}
+	if c, err := Load(create); err == nil {
+		opt.Base = c
+	}
+	s, err := Take(roots, opt)
 	if err == nil {
 		err = Save(start, s)
 	}
@@ -33,7 +41,6 @@ func Record(dir string, roots []string) (*Snapshot, error) {
 		os.Remove(start)
 		return nil, err
 	}
-	create := filepath.Join(dir, CreateFile)
 	keep := map[string]bool{}
 	mark := func(s *Snapshot) {
 		for _, t := range s.Trees {

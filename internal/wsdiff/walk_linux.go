@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/go-git/go-git/v5/plumbing/format/gitignore"
@@ -24,8 +25,29 @@ type walker struct {
 	ignore map[string]IgnoreFile // the base tree's ignore files by folder ("\x00" for exclude)
 	pats   []gitignore.Pattern   // patterns in force, outermost first
 	links  map[inodeKey]uint64   // links seen in the tree of inodes with nlink > 1
-	buf    []byte
+	extra  []string              // risky paths named by the baseline .git/config
 }
+
+// maxDepth caps how deep the walk goes: a deeper folder is reported as
+// unread, not walked (no unbounded recursion on a guest-made tree).
+const maxDepth = 256
+
+func (w *walker) unread(rel, why string) {
+	if rel == "" {
+		rel = "."
+	}
+	w.t.Unread = append(w.t.Unread, Unread{Path: rel, Why: why})
+}
+
+// risky reports whether a file at rel is on the table or under a path the
+// baseline .git/config names.
+func (w *walker) risky(rel string) bool {
+	return RiskyPath(rel) != "" || underExtra(w.extra, rel)
+}
+
+// openDirAt opens a folder below a walked one; tests replace it to fail
+// as an unreadable folder or fd exhaustion would.
+var openDirAt = unix.Openat
 
 const openDir = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
 
@@ -42,6 +64,8 @@ func takeTree(root string, opt Options) (*Tree, error) {
 			w.forced[s.Dir] = true
 		}
 		w.ignore = map[string]IgnoreFile{}
+		w.t.Ignore = append(w.t.Ignore, bt.Ignore...)
+		w.extra = append(w.extra, bt.Extra...)
 		for _, f := range bt.Ignore {
 			key := f.Dir
 			if f.Exclude {
@@ -50,8 +74,18 @@ func takeTree(root string, opt Options) (*Tree, error) {
 			w.ignore[key] = f
 		}
 	}
+	if opt.Baseline {
+		if data, err := readAt(fd, []string{".git", "config"}, 1<<20); err == nil {
+			for _, x := range configPaths(root, data) {
+				if !slices.Contains(w.extra, x) {
+					w.extra = append(w.extra, x)
+				}
+			}
+		}
+	}
+	w.t.Extra = w.extra
 	w.loadExclude(fd)
-	w.walk(fd, "", nil, false)
+	w.walk(fd, "", nil, false, 0)
 	// A file with more links than the tree holds is linked from outside.
 	for i := range w.t.Entries {
 		e := &w.t.Entries[i]
@@ -157,12 +191,15 @@ func entryOf(path string, st *unix.Stat_t) Entry {
 }
 
 // walk lists the folder fd (rel, split as segs) and closes fd.
-func (w *walker) walk(fd int, rel string, segs []string, inGit bool) {
+func (w *walker) walk(fd int, rel string, segs []string, inGit bool, depth int) {
 	f := os.NewFile(uintptr(fd), rel)
 	defer f.Close()
 	names, err := f.Readdirnames(-1)
-	if err != nil && len(names) == 0 {
-		return
+	if err != nil {
+		w.unread(rel, "cannot list: "+errText(err))
+		if len(names) == 0 {
+			return
+		}
 	}
 	slices.Sort(names)
 	npats := len(w.pats)
@@ -184,7 +221,7 @@ func (w *walker) walk(fd int, rel string, segs []string, inGit bool) {
 			if e.Nlink > 1 {
 				w.links[inodeKey{e.Dev, e.Ino}]++
 			}
-			if RiskyPath(p) != "" {
+			if w.risky(p) {
 				w.hash(fd, name, &e)
 			}
 		case KindDir:
@@ -193,21 +230,31 @@ func (w *walker) walk(fd int, rel string, segs []string, inGit bool) {
 			reason := ""
 			if inGit && name == "objects" {
 				reason = "git objects"
-			} else if !childInGit && (w.forced[p] || w.ignored(childSegs)) && !anchoredUnder(childSegs) {
+			} else if !childInGit && (w.forced[p] || w.ignored(childSegs)) && !anchoredUnder(childSegs) && !nearExtra(w.extra, p) {
 				reason = "ignored"
 			}
-			cfd, err := unix.Openat(fd, name, openDir, 0)
+			if depth+1 >= maxDepth {
+				if reason == "" {
+					w.t.Entries = append(w.t.Entries, e)
+				}
+				w.unread(p, "too deep: more than "+itoa(maxDepth)+" folders")
+				continue
+			}
+			cfd, err := openDirAt(fd, name, openDir, 0)
+			if err != nil {
+				w.unread(p, "cannot open: "+errText(err))
+			}
 			if reason != "" {
 				s := Summary{Dir: p, Reason: reason}
 				if err == nil {
-					w.summarise(cfd, p, &s)
+					w.summarise(cfd, p, &s, reason == "ignored", depth+1)
 				}
 				w.t.Summaries = append(w.t.Summaries, s)
 				continue
 			}
 			w.t.Entries = append(w.t.Entries, e)
 			if err == nil {
-				w.walk(cfd, p, childSegs, childInGit)
+				w.walk(cfd, p, childSegs, childInGit, depth+1)
 			}
 			continue
 		}
@@ -289,11 +336,16 @@ func (w *walker) hash(dirfd int, name string, e *Entry) {
 	}
 }
 
-// summarise counts the folder fd (rel) into s and closes fd.
-func (w *walker) summarise(fd int, rel string, s *Summary) {
+// summarise counts the folder fd (rel) into s and closes fd. In ignored
+// folders, files on the table (a nested Makefile, package.json, .git/hooks
+// file...) are listed as entries, not counted.
+func (w *walker) summarise(fd int, rel string, s *Summary, listRisky bool, depth int) {
 	f := os.NewFile(uintptr(fd), rel)
 	defer f.Close()
-	names, _ := f.Readdirnames(-1)
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		w.unread(rel, "cannot list: "+errText(err))
+	}
 	var st unix.Stat_t
 	h := fnv.New64a()
 	for _, name := range names {
@@ -302,6 +354,16 @@ func (w *walker) summarise(fd int, rel string, s *Summary) {
 		}
 		p := join(rel, name)
 		e := entryOf(p, &st)
+		if listRisky && e.Kind != KindDir && w.risky(p) {
+			if e.Kind == KindFile && e.Nlink > 1 {
+				w.links[inodeKey{e.Dev, e.Ino}]++
+			}
+			if e.Kind == KindSymlink {
+				e.Target = readlinkAt(fd, name)
+			}
+			w.t.Entries = append(w.t.Entries, e)
+			continue
+		}
 		h.Reset()
 		io.WriteString(h, p)
 		var b [8 * 5]byte
@@ -314,9 +376,16 @@ func (w *walker) summarise(fd int, rel string, s *Summary) {
 		s.Sum += h.Sum64()
 		if e.Kind == KindDir {
 			s.Dirs++
-			if cfd, err := unix.Openat(fd, name, openDir, 0); err == nil {
-				w.summarise(cfd, p, s)
+			if depth+1 >= maxDepth {
+				w.unread(p, "too deep: more than "+itoa(maxDepth)+" folders")
+				continue
 			}
+			cfd, err := openDirAt(fd, name, openDir, 0)
+			if err != nil {
+				w.unread(p, "cannot open: "+errText(err))
+				continue
+			}
+			w.summarise(cfd, p, s, listRisky, depth+1)
 			continue
 		}
 		s.Files++
@@ -331,4 +400,18 @@ func putU64(b []byte, v uint64) {
 	for i := 0; i < 8; i++ {
 		b[i] = byte(v >> (8 * i))
 	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func errText(err error) string {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	var se *os.SyscallError
+	if errors.As(err, &se) {
+		err = se.Err
+	}
+	return err.Error()
 }
