@@ -27,7 +27,7 @@ const wsdiffDir = "wsdiff"
 const summaryLines = 20
 
 func newDiffCmd(e *env) *cobra.Command {
-	var asJSON, sinceCreate, patch bool
+	var asJSON, sinceCreate, patch, unreviewed bool
 	cmd := &cobra.Command{
 		Use:   "diff [SANDBOX]",
 		Short: "Show what changed in a sandbox's workspaces since it started",
@@ -62,6 +62,12 @@ unreadable, risky.`,
 				which, since = wsdiff.CreateFile, "was created"
 			}
 			dir := sb.Path(wsdiffDir)
+			if unreviewed {
+				if sinceCreate || patch {
+					return userErr(nil, "use --unreviewed alone or with --json", "--unreviewed compares two kept snapshots: no --since-create or --patch")
+				}
+				which, since = wsdiff.PrevFile, "was last reviewed"
+			}
 			base, err := wsdiff.Load(filepath.Join(dir, which))
 			if errors.Is(err, fs.ErrNotExist) {
 				return userErr(nil, "start it with `sbx run "+sb.Config.Name+"`; changes are recorded from its next start", "sandbox %s has no workspace snapshot yet", sb.Config.Name)
@@ -69,8 +75,13 @@ unreadable, risky.`,
 			if err != nil {
 				return userErr(err, "it is rewritten at the sandbox's next start", "cannot read the workspace snapshot of sandbox %s", sb.Config.Name)
 			}
-			_, changes, err := wsdiff.Since(base)
-			if err != nil {
+			var changes []wsdiff.Change
+			if unreviewed {
+				changes, err = wsdiff.Unreviewed(dir)
+				if err != nil {
+					return userErr(err, "", "cannot read the snapshots of sandbox %s", sb.Config.Name)
+				}
+			} else if _, changes, err = wsdiff.Since(base); err != nil {
 				return userErr(err, "", "cannot read the workspace of sandbox %s", sb.Config.Name)
 			}
 			switch {
@@ -85,6 +96,10 @@ unreadable, risky.`,
 				return enc.Encode(changes)
 			}
 			if len(changes) == 0 {
+				if unreviewed {
+					fmt.Fprintf(e.stderr, "no changes between the last review of sandbox %s (%s) and its last start\n", sb.Config.Name, base.Taken.Local().Format(time.DateTime))
+					return nil
+				}
 				fmt.Fprintf(e.stderr, "no changes since sandbox %s %s (%s)\n", sb.Config.Name, since, base.Taken.Local().Format(time.DateTime))
 				return nil
 			}
@@ -103,6 +118,7 @@ unreadable, risky.`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON: an array of changes (path, change, kind, risky, reason, ...)")
 	cmd.Flags().BoolVar(&sinceCreate, "since-create", false, "compare with the snapshot of the sandbox's first start")
 	cmd.Flags().BoolVar(&patch, "patch", false, "print a unified diff of changed text files")
+	cmd.Flags().BoolVar(&unreviewed, "unreviewed", false, "list what changed after the last printed summary and before the last start (absorbed into its baseline)")
 	return cmd
 }
 
@@ -190,11 +206,18 @@ func (e *env) printChangeSummary(w io.Writer, sb *sandbox.Sandbox) {
 		}
 		return
 	}
-	_, changes, err := wsdiff.Since(base)
+	now, changes, err := wsdiff.Since(base)
 	if err != nil {
 		fmt.Fprintf(w, "sbx: cannot list workspace changes: %v\n", err)
 		return
 	}
+	// What this summary shows is reviewed: the next start tells about
+	// anything changed after it (wsdiff.Unreviewed).
+	defer func() {
+		if err := wsdiff.MarkReviewed(sb.Path(wsdiffDir), now); err != nil {
+			e.log.Debug("workspace summary", "err", err)
+		}
+	}()
 	if len(changes) == 0 {
 		return
 	}
@@ -252,10 +275,14 @@ func (e *env) startSnapshot(sb *sandbox.Sandbox) func() {
 	begin := time.Now()
 	var err error
 	var took time.Duration
+	var unreviewed []wsdiff.Change
 	go func() {
 		defer close(done)
 		_, err = wsdiff.Record(sb.Path(wsdiffDir), roots)
 		took = time.Since(begin)
+		if err == nil {
+			unreviewed, _ = wsdiff.Unreviewed(sb.Path(wsdiffDir))
+		}
 	}()
 	return sync.OnceFunc(func() {
 		waitFrom := time.Now()
@@ -263,8 +290,41 @@ func (e *env) startSnapshot(sb *sandbox.Sandbox) func() {
 		if err != nil {
 			fmt.Fprintf(e.stderr, "sbx: warning: cannot snapshot the workspace (%v); `sbx diff` will not show this session's changes\n", err)
 		}
+		e.warnUnreviewed(sb, unreviewed)
 		if e.debug {
 			fmt.Fprintf(e.stderr, "boot: %-8s %6d ms (start waited %d ms)\n", "snapshot", took.Milliseconds(), time.Since(waitFrom).Milliseconds())
 		}
 	})
+}
+
+// warnUnreviewed tells, at a start, about risky changes made after the
+// last printed summary (by a guest job while the VM idled, in a session
+// whose summary was not printed, or on the host) that the new baseline
+// now includes: they are never absorbed silently.
+func (e *env) warnUnreviewed(sb *sandbox.Sandbox, changes []wsdiff.Change) {
+	risky := 0
+	for _, c := range changes {
+		if c.Risky {
+			risky++
+		}
+	}
+	if risky == 0 {
+		return
+	}
+	fmt.Fprintf(e.stderr, "sbx: warning: %d risky %s in the workspace of sandbox %s since its last summary, before this start (%d in all):\n",
+		risky, plural(risky, "change", "changes"), sb.Config.Name, len(changes))
+	tw := tabwriter.NewWriter(e.stderr, 0, 4, 2, ' ', 0)
+	n := 0
+	for _, c := range changes {
+		if !c.Risky {
+			continue
+		}
+		if n == summaryLines {
+			break
+		}
+		n++
+		fmt.Fprintf(tw, "  ! %s\t%s\t%s\n", c.Change, displayPath(sb, c), detail(c))
+	}
+	tw.Flush()
+	fmt.Fprintf(e.stderr, "  see `sbx diff %s --unreviewed`\n", sb.Config.Name)
 }

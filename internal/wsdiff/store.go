@@ -13,10 +13,52 @@ const (
 	StartFile  = "start.snap"  // taken at the last VM start
 	CreateFile = "create.snap" // taken at the first start, kept
 	FilesDir   = "files"       // copies of flagged files, named by sha256
+	// SummaryFile is the tree as the last printed summary saw it.
+	SummaryFile = "summary.snap"
+	// PrevFile is, after a start, the tree as last reviewed before it: the
+	// last summary's snapshot if one was printed since the start before,
+	// else that start's. Compared with StartFile, it lists what changed
+	// unreviewed (after the summary, while the VM idled or on the host)
+	// and became part of this start's baseline.
+	PrevFile = "prev.snap"
 )
 
+// MarkReviewed records now (a snapshot taken by Since for a summary that
+// was printed) as the state the user last saw.
+func MarkReviewed(dir string, now *Snapshot) error {
+	return Save(filepath.Join(dir, SummaryFile), now)
+}
+
+// Unreviewed lists what changed between PrevFile and StartFile: changes
+// absorbed into the current baseline that no summary showed.
+func Unreviewed(dir string) ([]Change, error) {
+	prev, err := Load(filepath.Join(dir, PrevFile))
+	if err != nil {
+		return nil, err
+	}
+	start, err := Load(filepath.Join(dir, StartFile))
+	if err != nil {
+		return nil, err
+	}
+	return Compare(prev, start), nil
+}
+
+// lastReviewed is the snapshot of the tree as last reviewed: the last
+// summary's if it is newer than the last start's, else the last start's.
+func lastReviewed(dir string) *Snapshot {
+	start, err := Load(filepath.Join(dir, StartFile))
+	if err != nil {
+		start = nil
+	}
+	if sum, err := Load(filepath.Join(dir, SummaryFile)); err == nil && (start == nil || !sum.Taken.Before(start.Taken)) {
+		return sum
+	}
+	return start
+}
+
 // Record snapshots roots into dir as StartFile, keeping copies of flagged
-// files in dir/files, and also as CreateFile when there is none yet. On
+// files in dir/files, and also as CreateFile when there is none yet. The
+// tree as last reviewed (see PrevFile) is kept as PrevFile. On
 // failure it removes StartFile, so no stale baseline is compared later.
 // Copies that neither snapshot refers to are removed.
 func Record(dir string, roots []string) (*Snapshot, error) {
@@ -33,6 +75,7 @@ func Record(dir string, roots []string) (*Snapshot, error) {
 	if c, err := Load(create); err == nil {
 		opt.Base = c
 	}
+	last := lastReviewed(dir)
 	s, err := Take(roots, opt)
 	if err == nil {
 		err = Save(start, s)
@@ -41,6 +84,17 @@ func Record(dir string, roots []string) (*Snapshot, error) {
 		os.Remove(start)
 		return nil, err
 	}
+	// What changed after the last review is kept for Unreviewed, never
+	// silently absorbed into the new baseline.
+	prev := filepath.Join(dir, PrevFile)
+	if last != nil {
+		if err := Save(prev, last); err != nil {
+			return nil, err
+		}
+	} else {
+		os.Remove(prev)
+	}
+	os.Remove(filepath.Join(dir, SummaryFile))
 	keep := map[string]bool{}
 	mark := func(s *Snapshot) {
 		for _, t := range s.Trees {
