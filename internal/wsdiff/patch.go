@@ -165,10 +165,10 @@ func readRooted(r *os.Root, rel string) ([]byte, error) {
 	return data, nil
 }
 
-// openRepo opens the git repository at root/.git for reading through a
-// gitFS: nothing leads outside the workspace, no FIFO blocks, no hook,
-// filter or fsmonitor runs.
-func openRepo(root string) (*git.Repository, func()) {
+// openStorage opens the object and reference storage of root/.git for
+// reading through a gitFS: nothing leads outside the workspace, no FIFO
+// blocks, no hook, filter or fsmonitor runs.
+func openStorage(root string) (*filesystem.Storage, func()) {
 	r, err := os.OpenRoot(root)
 	if err != nil {
 		return nil, func() {}
@@ -182,20 +182,18 @@ func openRepo(root string) (*git.Repository, func()) {
 	if err != nil {
 		return nil, func() {}
 	}
-	st := filesystem.NewStorage(&gitFS{root: g}, cache.NewObjectLRUDefault())
-	repo, err := git.Open(st, nil)
-	if err != nil {
-		g.Close()
-		return nil, func() {}
-	}
-	return repo, func() { g.Close() }
+	return filesystem.NewStorage(&gitFS{root: g}, cache.NewObjectLRUDefault()), func() { g.Close() }
 }
 
 // headCommit is the commit id HEAD of root's repository names, or "".
 func headCommit(root string) string {
-	repo, done := openRepo(root)
+	st, done := openStorage(root)
 	defer done()
-	if repo == nil {
+	if st == nil {
+		return ""
+	}
+	repo, err := git.Open(st, nil)
+	if err != nil {
 		return ""
 	}
 	ref, err := repo.Head()
@@ -213,11 +211,13 @@ func commitTree(root, id string) (*object.Tree, func()) {
 	if id == "" {
 		return nil, nop
 	}
-	repo, done := openRepo(root)
-	if repo == nil {
+	// Objects only: HEAD and the refs (which the guest may have made
+	// FIFOs or moved) are not read.
+	st, done := openStorage(root)
+	if st == nil {
 		return nil, done
 	}
-	commit, err := repo.CommitObject(plumbing.NewHash(id))
+	commit, err := object.GetCommit(st, plumbing.NewHash(id))
 	if err != nil {
 		return nil, done
 	}

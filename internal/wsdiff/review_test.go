@@ -90,6 +90,7 @@ func TestPatchGitFIFOs(t *testing.T) {
 			switch at {
 			case "refs/heads/master":
 				fifo("refs/heads/master")
+				fifo("HEAD")
 			case "object":
 				ref, _ := repo.Head()
 				h := ref.Hash().String()
@@ -99,6 +100,9 @@ func TestPatchGitFIFOs(t *testing.T) {
 			got := patchOf(t, base, files)
 			if !strings.Contains(got, "README.md") {
 				t.Errorf("patch %q", got)
+			}
+			if at == "refs/heads/master" && !strings.Contains(got, "+line two") {
+				t.Errorf("a FIFO ref hid the base commit: %q", got)
 			}
 		})
 	}
