@@ -15,7 +15,7 @@ import (
 
 // The snapshot file: the magic line, then a gzip stream of the body:
 //
-//	uvarint version (2; 1 lacks the tree's tail), varint taken (ns since the epoch), uvarint trees,
+//	uvarint version (3; 1 lacks the tree's tail, 2 its tracked folders), varint taken (ns since the epoch), uvarint trees,
 //	per tree: string root,
 //	  uvarint entries, per entry (sorted by path): uvarint shared prefix with
 //	    the previous path, string rest, byte kind, byte flags (1 hashed,
@@ -26,12 +26,13 @@ import (
 //	    files, dirs, bytes, 8 bytes sum (little endian);
 //	  uvarint ignore files, per file: string dir, byte exclude, string data;
 //	  string head commit, uvarint unread, per unread folder: string path,
-//	  string why; uvarint extra, per extra risky path: string path.
+//	  string why; uvarint extra, per extra risky path: string path;
+//	  uvarint tracked, per tracked folder: string path.
 //
 // Strings are a uvarint length and the bytes.
 const (
 	magic        = "SBXWSDIFF\n"
-	codecVersion = 2
+	codecVersion = 3
 	maxBody      = 1 << 30
 )
 
@@ -123,6 +124,10 @@ func Encode(w io.Writer, s *Snapshot) error {
 		}
 		e.uvarint(uint64(len(t.Extra)))
 		for _, x := range t.Extra {
+			e.str(x)
+		}
+		e.uvarint(uint64(len(t.Tracked)))
+		for _, x := range t.Tracked {
 			e.str(x)
 		}
 	}
@@ -330,6 +335,12 @@ func decodeBody(body []byte) (*Snapshot, error) {
 			nx := d.count(1)
 			for j := 0; j < nx && d.err == nil; j++ {
 				t.Extra = append(t.Extra, d.str())
+			}
+		}
+		if v >= 3 {
+			nk := d.count(1)
+			for j := 0; j < nk && d.err == nil; j++ {
+				t.Tracked = append(t.Tracked, d.str())
 			}
 		}
 		s.Trees = append(s.Trees, t)

@@ -445,3 +445,32 @@ func TestUnreviewedAfterSummary(t *testing.T) {
 		t.Errorf("unreviewed = %+v", cs)
 	}
 }
+
+// An ignored folder that holds files tracked in git is listed, not
+// summarised, in the baseline and the walks compared with it.
+func TestTrackedFolderNotSummarised(t *testing.T) {
+	root := t.TempDir()
+	repo := gitRepo(t, root)
+	write(t, root, "vendor/lib/lib.go", "package lib\n", 0o644)
+	commit(t, repo, "vendor/lib/lib.go")
+	write(t, root, ".gitignore", "vendor/\nbuild/\n", 0o644)
+	write(t, root, "build/out.o", "o", 0o644)
+	dir := filepath.Join(t.TempDir(), "wsdiff")
+	if _, err := Record(dir, []string{root}); err != nil {
+		t.Fatal(err)
+	}
+	start, err := Record(dir, []string{root}) // with create.snap as its base
+	if err != nil {
+		t.Fatal(err)
+	}
+	if start.Trees[0].Lookup("vendor/lib/lib.go") == nil {
+		t.Fatalf("tracked file summarised: %+v", start.Trees[0].Summaries)
+	}
+	time.Sleep(20 * time.Millisecond)
+	write(t, root, "vendor/lib/lib.go", "package lib // evil\n", 0o644)
+	_, cs, _ := Since(start)
+	got := byPath(cs)
+	if c, ok := got["vendor/lib/lib.go"]; !ok || c.Change != Modified || len(cs) != 1 {
+		t.Errorf("changes %+v", cs)
+	}
+}

@@ -110,6 +110,9 @@ type Tree struct {
 	// read for this snapshot, or for its base) makes risky: core.hooksPath
 	// and include paths inside the workspace, slash-separated.
 	Extra []string
+	// Tracked lists the ignored folders not summarised because they hold
+	// files in the baseline's git index; later walks list them too.
+	Tracked []string
 }
 
 // Unread is a folder whose content the walk could not read.

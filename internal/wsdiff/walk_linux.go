@@ -1,16 +1,19 @@
 package wsdiff
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"hash/fnv"
 	"io"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/go-git/go-git/v5/plumbing/format/gitignore"
+	gitindex "github.com/go-git/go-git/v5/plumbing/format/index"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,6 +29,9 @@ type walker struct {
 	pats   []gitignore.Pattern   // patterns in force, outermost first
 	links  map[inodeKey]uint64   // links seen in the tree of inodes with nlink > 1
 	extra  []string              // risky paths named by the baseline .git/config
+	// tracked holds the folders with files in the baseline's git index
+	// (Baseline) or the base tree's Tracked: never summarised as ignored.
+	tracked map[string]bool
 }
 
 // maxDepth caps how deep the walk goes: a deeper folder is reported as
@@ -66,6 +72,12 @@ func takeTree(root string, opt Options) (*Tree, error) {
 		w.ignore = map[string]IgnoreFile{}
 		w.t.Ignore = append(w.t.Ignore, bt.Ignore...)
 		w.extra = append(w.extra, bt.Extra...)
+		for _, d := range bt.Tracked {
+			if w.tracked == nil {
+				w.tracked = map[string]bool{}
+			}
+			w.tracked[d] = true
+		}
 		for _, f := range bt.Ignore {
 			key := f.Dir
 			if f.Exclude {
@@ -84,6 +96,9 @@ func takeTree(root string, opt Options) (*Tree, error) {
 		}
 	}
 	w.t.Extra = w.extra
+	if opt.Baseline {
+		w.loadIndex(fd)
+	}
 	w.loadExclude(fd)
 	w.walk(fd, "", nil, false, 0)
 	// A file with more links than the tree holds is linked from outside.
@@ -231,7 +246,11 @@ func (w *walker) walk(fd int, rel string, segs []string, inGit bool, depth int) 
 			if inGit && name == "objects" {
 				reason = "git objects"
 			} else if !childInGit && (w.forced[p] || w.ignored(childSegs)) && !anchoredUnder(childSegs) && !nearExtra(w.extra, p) {
-				reason = "ignored"
+				if w.tracked[p] {
+					w.t.Tracked = append(w.t.Tracked, p)
+				} else {
+					reason = "ignored"
+				}
 			}
 			if depth+1 >= maxDepth {
 				if reason == "" {
@@ -414,4 +433,32 @@ func errText(err error) string {
 		err = se.Err
 	}
 	return err.Error()
+}
+
+// maxIndexBytes caps the git index read for tracked folders.
+const maxIndexBytes = 128 << 20
+
+// loadIndex adds the folders of the files in the root's git index (as the
+// baseline sees it) to w.tracked: an ignored folder that holds tracked
+// files is listed, not summarised. A malformed index adds nothing.
+func (w *walker) loadIndex(rootFd int) {
+	data, err := readAt(rootFd, []string{".git", "index"}, maxIndexBytes+1)
+	if err != nil || len(data) > maxIndexBytes {
+		return
+	}
+	idx := &gitindex.Index{}
+	func() {
+		defer func() { recover() }()
+		if gitindex.NewDecoder(bytes.NewReader(data)).Decode(idx) != nil {
+			idx.Entries = nil
+		}
+	}()
+	if len(idx.Entries) > 0 && w.tracked == nil {
+		w.tracked = map[string]bool{}
+	}
+	for _, e := range idx.Entries {
+		for d := path.Dir(e.Name); d != "." && d != "/" && !w.tracked[d]; d = path.Dir(d) {
+			w.tracked[d] = true
+		}
+	}
 }
