@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -13,6 +15,7 @@ import (
 	git "github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/cache"
+	"github.com/go-git/go-git/v5/plumbing/format/objfile"
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/storage/filesystem"
 	"github.com/pmezard/go-difflib/difflib"
@@ -217,7 +220,7 @@ func commitTree(root, id string) (*object.Tree, func()) {
 	if st == nil {
 		return nil, done
 	}
-	commit, err := object.GetCommit(st, plumbing.NewHash(id))
+	commit, err := object.GetCommit(&cappedObjects{Storage: st}, plumbing.NewHash(id))
 	if err != nil {
 		return nil, done
 	}
@@ -243,4 +246,62 @@ func blobAt(t *object.Tree, rel string) ([]byte, bool) {
 	defer r.Close()
 	data, err := io.ReadAll(io.LimitReader(r, MaxPatchBytes+1))
 	return data, err == nil
+}
+
+// maxGitObjectBytes caps a git object read for --patch.
+const maxGitObjectBytes = 16 << 20
+
+// cappedObjects reads objects for --patch with bounds: a loose object is
+// read by this code, at most its declared size (capped), and its hash is
+// checked, so a small zlib file that inflates to gigabytes (the guest
+// writes .git/objects) costs nothing; packed objects are refused above the
+// cap by their declared size.
+type cappedObjects struct {
+	*filesystem.Storage
+}
+
+func (c *cappedObjects) EncodedObject(t plumbing.ObjectType, h plumbing.Hash) (plumbing.EncodedObject, error) {
+	hx := h.String()
+	f, err := c.Filesystem().Open(path.Join("objects", hx[:2], hx[2:]))
+	if err == nil {
+		defer f.Close()
+		r, err := objfile.NewReader(f)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		ot, size, err := r.Header()
+		if err != nil {
+			return nil, err
+		}
+		if t != plumbing.AnyObject && ot != t {
+			return nil, plumbing.ErrObjectNotFound
+		}
+		if size < 0 || size > maxGitObjectBytes {
+			return nil, errTooLarge
+		}
+		data, err := io.ReadAll(io.LimitReader(r, size+1))
+		if err != nil {
+			return nil, err
+		}
+		if int64(len(data)) != size || r.Hash() != h {
+			return nil, errors.New("corrupt git object " + hx)
+		}
+		obj := &plumbing.MemoryObject{}
+		obj.SetType(ot)
+		obj.SetSize(size)
+		obj.Write(data)
+		return obj, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	size, err := c.Storage.EncodedObjectSize(h)
+	if err != nil {
+		return nil, err
+	}
+	if size > maxGitObjectBytes {
+		return nil, errTooLarge
+	}
+	return c.Storage.EncodedObject(t, h)
 }

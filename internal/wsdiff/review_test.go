@@ -2,8 +2,10 @@ package wsdiff
 
 import (
 	"bytes"
+	"compress/zlib"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -472,5 +474,43 @@ func TestTrackedFolderNotSummarised(t *testing.T) {
 	got := byPath(cs)
 	if c, ok := got["vendor/lib/lib.go"]; !ok || c.Change != Modified || len(cs) != 1 {
 		t.Errorf("changes %+v", cs)
+	}
+}
+
+// A loose object that inflates far past its declared size (a zlib bomb
+// the guest wrote over the start commit's tree) is not read into memory.
+func TestPatchGitObjectBomb(t *testing.T) {
+	root := t.TempDir()
+	repo := gitRepo(t, root)
+	base := take(t, root, Options{Baseline: true})
+	ref, _ := repo.Head()
+	c, err := repo.CommitObject(ref.Hash())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := c.TreeHash.String()
+	p := filepath.Join(root, ".git/objects", h[:2], h[2:])
+	os.Remove(p)
+	var buf bytes.Buffer
+	zw := zlib.NewWriter(&buf)
+	zw.Write([]byte("tree 10\x00"))
+	zero := make([]byte, 1<<20)
+	for i := 0; i < 128; i++ {
+		zw.Write(zero)
+	}
+	zw.Close()
+	if err := os.WriteFile(p, buf.Bytes(), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	write(t, root, "README.md", "line 1\nline two\n", 0o644)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	got := patchOf(t, base, "")
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 32<<20 {
+		t.Errorf("patch allocated %d MiB", n>>20)
+	}
+	if !strings.Contains(got, "README.md") {
+		t.Errorf("patch %q", got)
 	}
 }
