@@ -1,13 +1,17 @@
 package supervisor
 
 import (
+	"bufio"
+	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -255,4 +259,138 @@ func TestApplyProtectChild(t *testing.T) {
 			t.Errorf("%s: %v, want %v", tc.what, err, tc.want)
 		}
 	}
+}
+
+// TestProtectWatch checks the watcher (watchProtect) in a child in its own
+// mount namespace: a rename over a protected file from this (the host's)
+// namespace, as `git config` does, detaches the child's read-only mount;
+// the watcher makes it again on the new file. A protected folder moved
+// away on the host cannot be protected again: the watcher reports an
+// error. Needs root.
+func TestProtectWatch(t *testing.T) {
+	if os.Getenv("SBX_PROTECT_CHILD") != "" {
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a mount namespace")
+	}
+	ws, _ := protectTree(t)
+	w := ws[0].Path
+	cmd := exec.Command(os.Args[0], "-test.run=^TestProtectWatchChild$", "-test.v")
+	cmd.Env = append(os.Environ(), "SBX_PROTECT_CHILD="+w)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: protectCloneflags}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(stdout)
+	var log strings.Builder
+	await := func(word string) bool {
+		for lines.Scan() {
+			log.WriteString(lines.Text() + "\n")
+			if lines.Text() == word {
+				return true
+			}
+		}
+		return false
+	}
+	defer func() {
+		stdin.Close()
+		for lines.Scan() {
+			log.WriteString(lines.Text() + "\n")
+		}
+		err := cmd.Wait()
+		t.Logf("child:\n%s", log.String())
+		if err != nil {
+			t.Errorf("child: %v", err)
+		}
+	}()
+	if !await("READY") {
+		t.Error("the child did not get ready")
+		return
+	}
+	// What `git config` does on the host.
+	if err := os.WriteFile(w+"/.git/config.lock", []byte("host v2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(w+"/.git/config.lock", w+"/.git/config"); err != nil {
+		t.Fatalf("rename over the protected file on the host: %v", err)
+	}
+	fmt.Fprintln(stdin, "RENAMED")
+	if !await("REPROTECTED") {
+		t.Error("the child did not see the file protected again")
+		return
+	}
+	if err := os.Rename(w+"/.git/hooks", w+"/hooks-moved"); err != nil {
+		t.Fatalf("move the hooks away on the host: %v", err)
+	}
+	fmt.Fprintln(stdin, "MOVED")
+	if !await("LOST") {
+		t.Error("the child did not see the protection lost")
+	}
+}
+
+func TestProtectWatchChild(t *testing.T) {
+	w := os.Getenv("SBX_PROTECT_CHILD")
+	if w == "" {
+		t.Skip("run by TestProtectWatch")
+	}
+	cfg := sandbox.Config{Workspaces: []sandbox.Workspace{{Path: w}}, ProtectDefaults: true}
+	plan, err := planProtect(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := applyProtect(plan.Steps); err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan protectEvent, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := watchProtect(ctx, plan.Steps, func(ev protectEvent) { events <- ev }); err != nil {
+		t.Fatal(err)
+	}
+	in := bufio.NewScanner(os.Stdin)
+	fmt.Println("READY")
+	if !in.Scan() || in.Text() != "RENAMED" {
+		t.Fatalf("parent: %q", in.Text())
+	}
+	select {
+	case ev := <-events:
+		if ev.Err != nil || ev.Path != w+"/.git/config" {
+			t.Fatalf("event %+v, want %s protected again", ev, w+"/.git/config")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event after the rename on the host")
+	}
+	if got, err := os.ReadFile(w + "/.git/config"); err != nil || string(got) != "host v2\n" {
+		t.Errorf("config after the rename: %q, %v", got, err)
+	}
+	if err := os.WriteFile(w+"/.git/config", []byte("evil\n"), 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write the renamed-over config: %v, want EROFS", err)
+	}
+	if err := os.WriteFile(w+"/.git/hooks/pre-commit", []byte("evil\n"), 0o755); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write a hook: %v, want EROFS", err)
+	}
+	fmt.Println("REPROTECTED")
+	if !in.Scan() || in.Text() != "MOVED" {
+		t.Fatalf("parent: %q", in.Text())
+	}
+	select {
+	case ev := <-events:
+		if ev.Err == nil || ev.Path != w+"/.git/hooks" {
+			t.Fatalf("event %+v, want an error for %s", ev, w+"/.git/hooks")
+		}
+		t.Logf("lost: %v", ev.Err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event after the hooks moved on the host")
+	}
+	fmt.Println("LOST")
 }

@@ -102,6 +102,9 @@ type Supervisor struct {
 	idleSince time.Time // guarded by mu
 	// baseCtx is the network's context, for work started by API calls.
 	baseCtx context.Context // guarded by mu
+	// protectLost says why protection was lost while the VM ran (see
+	// watchProtect); the VM is killed then.
+	protectLost error // guarded by mu
 }
 
 // Options are optional settings of New.
@@ -161,7 +164,9 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		return err
 	}
 
-	if err := s.protect(); err != nil {
+	protectCtx, stopProtect := context.WithCancel(context.WithoutCancel(ctx))
+	cleanups = append(cleanups, stopProtect)
+	if err := s.protect(protectCtx); err != nil {
 		return s.fail(err)
 	}
 
@@ -207,7 +212,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 
 	inst, err := s.startVM(ctx, rt)
 	if err != nil {
-		return s.fail(err)
+		return s.fail(s.protectionLostOr(err))
 	}
 	cleanups = append(cleanups, func() { inst.Kill() })
 
@@ -246,6 +251,9 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		return s.setState(sandbox.State{Status: sandbox.StatusStopped})
 	}
 	reason := describeExit(exit)
+	if err := s.protectionLostOr(nil); err != nil {
+		reason = err.Error()
+	}
 	s.log.Error("vm exited unexpectedly", "component", "supervisor", "reason", reason)
 	if err := s.setState(sandbox.State{Status: sandbox.StatusCrashed, Reason: reason}); err != nil {
 		return err
@@ -340,7 +348,7 @@ func (s *Supervisor) fail(err error) error {
 
 // protect makes the sandbox's protected paths read-only for QEMU (and so
 // for the guest) before QEMU starts; see protect.go.
-func (s *Supervisor) protect() error {
+func (s *Supervisor) protect(ctx context.Context) error {
 	if !Protected(s.sb.Config) {
 		return nil
 	}
@@ -357,7 +365,42 @@ func (s *Supervisor) protect() error {
 	for _, st := range plan.Steps {
 		s.log.Info("protect", "component", "supervisor", "path", st.Path, "readOnly", st.ReadOnly)
 	}
+	if err := watchProtect(ctx, plan.Steps, s.protectEvent); err != nil {
+		return fmt.Errorf("protected paths: %w", err)
+	}
 	return nil
+}
+
+// protectEvent handles a protecting mount that went away while the
+// sandbox ran (a rename or unlink on the host, see watchProtect): made
+// again, it is logged; otherwise the VM is killed (fail closed) and the
+// reason recorded.
+func (s *Supervisor) protectEvent(ev protectEvent) {
+	if ev.Err == nil {
+		s.log.Warn("a protecting mount was taken away from outside (a rename or unlink of the path on the host); protected again", "component", "supervisor", "path", ev.Path)
+		return
+	}
+	err := fmt.Errorf("protection of %s lost (a rename or unlink on the host) and not restored: %w; the VM was stopped", ev.Path, ev.Err)
+	s.mu.Lock()
+	if s.protectLost == nil {
+		s.protectLost = err
+	}
+	inst := s.inst
+	s.mu.Unlock()
+	s.log.Error("protected paths", "component", "supervisor", "err", err)
+	if inst != nil {
+		_ = inst.Kill()
+	}
+}
+
+// protectionLostOr returns the loss of protection, if any, else err.
+func (s *Supervisor) protectionLostOr(err error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.protectLost != nil {
+		return s.protectLost
+	}
+	return err
 }
 
 // phaseFunc runs one named boot phase, logging and recording its duration.
@@ -417,7 +460,11 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 	}
 	s.mu.Lock()
 	s.inst = inst
+	lost := s.protectLost
 	s.mu.Unlock()
+	if lost != nil {
+		return nil, lost
+	}
 	timeout := agentTimeoutTCG
 	if accel == vm.AccelKVM {
 		timeout = agentTimeoutKVM
