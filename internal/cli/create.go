@@ -288,7 +288,7 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target, name strin
 		return sandbox.Config{}, userErr(nil, "see `sbx "+cmd.Name()+" --help`", "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 	uid, gid := guestIDs()
-	return sandbox.Config{
+	cfg := sandbox.Config{
 		ID:         sandbox.NewID(),
 		Name:       name,
 		Agent:      t.agent.Name,
@@ -305,7 +305,13 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target, name strin
 		DockerDiskBytes: dockerDisk,
 		Protect:         protect,
 		ProtectDefaults: f.protectDefaults,
-	}, nil
+	}
+	// What would fail every start (a hard-linked protected file, a default
+	// path that is a symlink, ...) is refused now.
+	if _, err := supervisor.PlanNotes(cfg); err != nil {
+		return sandbox.Config{}, userErr(nil, "see \"Protected paths\" in docs/workspace-trust.md", "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	return cfg, nil
 }
 
 // resolveProtectFlags resolves --protect values (relative ones from the
@@ -330,32 +336,19 @@ func resolveProtectFlags(vals []string, ws []sandbox.Workspace) ([]string, []err
 	return out, errs
 }
 
-// warnProtect says on stderr what protection will not cover: default paths
-// that do not exist (the agent could create them) and protected paths
-// reached through a symlink inside a workspace (the agent could re-point
-// the link).
+// warnProtect says on stderr what protection will not cover or adds:
+// default paths that do not exist (the agent could create them), protected
+// paths reached through a symlink inside a workspace (the agent could
+// re-point the link), link targets protected too (supervisor.PlanNotes).
 func (e *env) warnProtect(f *createFlags, sb *sandbox.Sandbox) {
 	for _, v := range f.protect {
 		if r, viaLink, err := supervisor.ResolveProtect(v, sb.Config.Workspaces); err == nil && viaLink {
 			fmt.Fprintf(e.stderr, "sbx: warning: --protect %s: protecting %s, where a symlink in the workspace leads; the agent can change the link itself\n", v, r)
 		}
 	}
-	if !sb.Config.ProtectDefaults {
-		return
-	}
-	for _, w := range sb.Config.Workspaces {
-		if w.ReadOnly {
-			continue
-		}
-		var missing []string
-		for _, d := range supervisor.DefaultProtected {
-			if _, _, err := supervisor.ResolveProtect(filepath.Join(w.Path, d), sb.Config.Workspaces); errors.Is(err, supervisor.ErrProtectMissing) {
-				missing = append(missing, d)
-			}
-		}
-		if len(missing) > 0 {
-			fmt.Fprintf(e.stderr, "sbx: warning: --protect-defaults: %s has no %s, so the agent could create it unprotected; sbx protects it from the next start on once it exists\n", w.Path, strings.Join(missing, " or "))
-		}
+	notes, _ := supervisor.PlanNotes(sb.Config)
+	for _, n := range notes {
+		fmt.Fprintf(e.stderr, "sbx: warning: protected paths: %s\n", n)
 	}
 }
 

@@ -394,3 +394,130 @@ func TestProtectWatchChild(t *testing.T) {
 	}
 	fmt.Println("LOST")
 }
+
+// TestPlanProtectGit covers the git layouts --protect-defaults meets: a
+// .git file (worktree), commondir and config.worktree, symlinked hooks,
+// hooks linking into the workspace, and hard links.
+func TestPlanProtectGit(t *testing.T) {
+	newWS := func(t *testing.T) (string, sandbox.Config) {
+		ws, _ := protectTree(t)
+		return ws[0].Path, sandbox.Config{Workspaces: ws[:1], ProtectDefaults: true}
+	}
+	write := func(t *testing.T, p, data string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps := func(plan protectPlan) map[string]bool {
+		m := map[string]bool{}
+		for _, s := range plan.Steps {
+			m[s.Path] = s.ReadOnly
+		}
+		return m
+	}
+	t.Run("git file", func(t *testing.T) {
+		w, cfg := newWS(t)
+		if err := os.RemoveAll(w + "/.git"); err != nil {
+			t.Fatal(err)
+		}
+		write(t, w+"/.git", "gitdir: /elsewhere/.git/worktrees/x\n")
+		if _, _, err := ResolveProtect(".git/hooks", cfg.Workspaces); !errors.Is(err, ErrProtectMissing) {
+			t.Errorf("ResolveProtect under a .git file: %v, want ErrProtectMissing", err)
+		}
+		plan, err := planProtect(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]mountStep{{w + "/.git", true}}, plan.Steps); diff != "" {
+			t.Errorf("steps (-want +got):\n%s", diff)
+		}
+		if notes, _ := PlanNotes(cfg); len(notes) != 1 || !strings.Contains(notes[0], "/elsewhere/.git/worktrees/x") {
+			t.Errorf("notes %q", notes)
+		}
+	})
+	t.Run("commondir and config.worktree", func(t *testing.T) {
+		w, cfg := newWS(t)
+		write(t, w+"/.git/commondir", ".\n")
+		write(t, w+"/.git/config.worktree", "[core]\n")
+		plan, err := planProtect(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := steps(plan); !m[w+"/.git/commondir"] || !m[w+"/.git/config.worktree"] {
+			t.Errorf("steps %v lack commondir or config.worktree", plan.Steps)
+		}
+		write(t, w+"/.git/commondir", "../../other/.git\n")
+		if _, err := planProtect(cfg); !errors.Is(err, ErrProtectCommonDir) {
+			t.Errorf("commondir outside .git: %v, want ErrProtectCommonDir", err)
+		}
+	})
+	t.Run("symlinked defaults", func(t *testing.T) {
+		w, cfg := newWS(t)
+		if err := os.RemoveAll(w + "/.git/hooks"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("../real/hooks", w+"/.git/hooks"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := planProtect(cfg); !errors.Is(err, ErrProtectLink) {
+			t.Errorf("symlinked hooks: %v, want ErrProtectLink", err)
+		}
+		if err := os.Rename(w+"/.git", w+"/real/git"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("real/git", w+"/.git"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := planProtect(cfg); !errors.Is(err, ErrProtectLink) {
+			t.Errorf("symlinked .git: %v, want ErrProtectLink", err)
+		}
+	})
+	t.Run("hook linking into the workspace", func(t *testing.T) {
+		w, cfg := newWS(t)
+		write(t, w+"/scripts/pre-push", "#!/bin/sh\n")
+		write(t, w+"/tools/lint/run", "#!/bin/sh\n")
+		if err := os.Symlink("../../scripts/pre-push", w+"/.git/hooks/pre-push"); err != nil {
+			t.Fatal(err)
+		}
+		// A linked folder, with a link in it: followed too.
+		if err := os.Symlink("../../tools", w+"/.git/hooks/tools"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("../sub/dir", w+"/tools/subdir"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("../../scripts/missing", w+"/.git/hooks/post-merge"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/usr/bin/true", w+"/.git/hooks/outside"); err != nil {
+			t.Fatal(err)
+		}
+		plan, err := planProtect(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := steps(plan)
+		for p, ro := range map[string]bool{w + "/scripts/pre-push": true, w + "/scripts": false, w + "/tools": true, w + "/sub/dir": true, w + "/sub": false} {
+			if got, ok := m[p]; !ok || got != ro {
+				t.Errorf("step %s: %t, %t; want read-only %t", p, got, ok, ro)
+			}
+		}
+		if notes := strings.Join(plan.Notes, "\n"); !strings.Contains(notes, "post-merge is a symlink to ../../scripts/missing, which does not exist") || strings.Contains(notes, "outside") {
+			t.Errorf("notes:\n%s", notes)
+		}
+	})
+	t.Run("hard link", func(t *testing.T) {
+		w, cfg := newWS(t)
+		if err := os.Link(w+"/.git/hooks/pre-commit", w+"/pc"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := planProtect(cfg)
+		if !errors.Is(err, ErrProtectHardLink) || !strings.Contains(err.Error(), "cp -p "+w+"/.git/hooks/pre-commit") {
+			t.Errorf("hard-linked hook: %v, want ErrProtectHardLink naming the fix", err)
+		}
+	})
+}

@@ -359,6 +359,9 @@ func (s *Supervisor) protect(ctx context.Context) error {
 	for _, m := range plan.Missing {
 		s.log.Warn("protected path does not exist; not protected", "component", "supervisor", "path", m)
 	}
+	for _, n := range plan.Notes {
+		s.log.Warn("protected paths: "+n, "component", "supervisor")
+	}
 	if err := applyProtect(plan.Steps); err != nil {
 		return fmt.Errorf("protected paths: %w", err)
 	}
