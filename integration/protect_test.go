@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestProtect boots one sandbox with --protect-defaults and --protect and
@@ -135,9 +136,42 @@ fi
 			t.Errorf("%s on the host: %q, %v", p, got, err)
 		}
 	}
+	// git config on the host renames config.lock over .git/config, which
+	// detaches the protecting mount in the supervisor's namespace (Linux
+	// 3.18 and later); the supervisor makes it again on the new file.
+	if out, err := exec.Command("git", "-c", "safe.directory=*", "-C", ws, "config", "sbx.test", "host").CombinedOutput(); err != nil {
+		t.Fatalf("git config on the host: %v\n%s", err, out)
+	}
+	gitConfig, err = os.ReadFile(filepath.Join(ws, ".git/config"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the watcher checks at least every second
+	res = h.mustSbx("exec", "-w", "/", "t-protect", "sudo", "sh", "-c", "if echo evil >> "+ws+"/.git/config; then echo wrote; fi")
+	if strings.Contains(res.stdout, "wrote") {
+		t.Errorf("after git config on the host, the guest wrote .git/config")
+	}
+	if got, err := os.ReadFile(filepath.Join(ws, ".git/config")); err != nil || string(got) != string(gitConfig) {
+		t.Errorf(".git/config after git config on the host and a guest write: %q, %v; want %q", got, err, gitConfig)
+	}
 	// The protecting mounts live in the supervisor's namespace only.
 	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(mi), ws) {
 		t.Errorf("a protecting mount leaked into the host's namespace:\n%s", mi)
+	}
+
+	// A protected folder moved away on the host cannot be protected again:
+	// the supervisor stops the VM and records why.
+	if err := os.Rename(filepath.Join(ws, ".git/hooks"), filepath.Join(ws, ".git/hooks-moved")); err != nil {
+		t.Fatal(err)
+	}
+	var ls string
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		if ls = h.sbx("ls", "--json").stdout; strings.Contains(ls, "protection of") {
+			break
+		}
+	}
+	if !strings.Contains(ls, "protection of ") || !strings.Contains(ls, ".git/hooks lost") {
+		t.Errorf("sbx ls after the hooks moved on the host: %s; want the sandbox stopped for lost protection", ls)
 	}
 }
 

@@ -479,6 +479,12 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 	if err != nil {
 		return nil, err
 	}
+	// Protection lost while QEMU started: the watcher's kill may have come
+	// before there was a process to kill.
+	if err := s.protectionLostOr(nil); err != nil {
+		inst.Kill()
+		return nil, err
+	}
 	var client *agentclient.Client
 	err = s.phaseFunc("agent", func() error {
 		// The guest's answer to hello is the agent being up: this phase is
