@@ -2,7 +2,6 @@ package integration
 
 import (
 	"archive/tar"
-	"bytes"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -22,8 +20,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
@@ -86,64 +82,16 @@ func main() {
 // save style tarball at path.
 func testImage(t *testing.T, ref, path string) {
 	t.Helper()
-	dir := t.TempDir()
-	src := filepath.Join(dir, "main.go")
-	if err := os.WriteFile(src, []byte(testToolSource), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "tool")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, src)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GO111MODULE=on", "GOFLAGS=")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the test tool: %v\n%s", err, out)
-	}
-	data, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var layerTar bytes.Buffer
-	tw := tar.NewWriter(&layerTar)
+	data := staticProgram(t, testToolSource)
 	mtime := time.Unix(0, 0)
-	hdrs := []*tar.Header{
-		{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime},
-		{Name: "bin/echo", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(data)), ModTime: mtime},
-		{Name: "bin/fetch", Typeflag: tar.TypeLink, Linkname: "bin/echo", Mode: 0o755, ModTime: mtime},
-		{Name: "bin/env", Typeflag: tar.TypeLink, Linkname: "bin/echo", Mode: 0o755, ModTime: mtime},
-	}
-	for _, h := range hdrs {
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if h.Typeflag == tar.TypeReg {
-			if _, err := tw.Write(data); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerTar.Bytes())), nil
+	img := oneLayerImage(t, []layerEntry{
+		{hdr: tar.Header{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime}},
+		{hdr: tar.Header{Name: "bin/echo", Typeflag: tar.TypeReg, Mode: 0o755, ModTime: mtime}, body: data},
+		{hdr: tar.Header{Name: "bin/fetch", Typeflag: tar.TypeLink, Linkname: "bin/echo", Mode: 0o755, ModTime: mtime}},
+		{hdr: tar.Header{Name: "bin/env", Typeflag: tar.TypeLink, Linkname: "bin/echo", Mode: 0o755, ModTime: mtime}},
+	}, func(cf *v1.ConfigFile) {
+		cf.Config = v1.Config{Env: []string{"PATH=/bin"}, Cmd: []string{"echo", "hello"}}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config = v1.Config{Env: []string{"PATH=/bin"}, Cmd: []string{"echo", "hello"}}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
 	tag, err := name.NewTag(ref)
 	if err != nil {
 		t.Fatal(err)

@@ -2,13 +2,11 @@ package integration
 
 import (
 	"archive/tar"
-	"bytes"
 	"encoding/json"
 	"io"
 	"log"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,8 +16,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
@@ -29,8 +25,7 @@ import (
 // and no libc: what the guest agent needs of an image and nothing more.
 func helloImage(t *testing.T) v1.Image {
 	t.Helper()
-	src := t.TempDir()
-	prog := `package main
+	hello := staticProgram(t, `package main
 
 import (
 	"fmt"
@@ -41,58 +36,17 @@ func main() {
 	wd, _ := os.Getwd()
 	fmt.Printf("hello from an image, uid %d, in %s\n", os.Getuid(), wd)
 }
-`
-	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte(prog), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(src, "hello")
-	cmd := exec.Command("go", "build", "-o", bin, "main.go")
-	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GO111MODULE=off")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build hello: %v\n%s", err, out)
-	}
-	hello, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	add := func(h *tar.Header, body []byte) {
-		h.Size = int64(len(body))
-		h.ModTime = time.Now()
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write(body)
-	}
-	add(&tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755}, nil)
-	add(&tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644},
-		[]byte("root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000:agent:/home/agent:/bin/sh\n"))
-	add(&tar.Header{Name: "etc/group", Typeflag: tar.TypeReg, Mode: 0o644}, []byte("root:x:0:\nagent:x:1000:\n"))
-	add(&tar.Header{Name: "home/agent/", Typeflag: tar.TypeDir, Mode: 0o755, Uid: 1000, Gid: 1000}, nil)
-	add(&tar.Header{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755}, nil)
-	add(&tar.Header{Name: "bin/hello", Typeflag: tar.TypeReg, Mode: 0o755}, hello)
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	layerBytes := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(layerBytes)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, _ := img.ConfigFile()
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
+`)
+	now := time.Now()
+	return oneLayerImage(t, []layerEntry{
+		{hdr: tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: now}},
+		{hdr: tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644, ModTime: now},
+			body: []byte("root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000:agent:/home/agent:/bin/sh\n")},
+		{hdr: tar.Header{Name: "etc/group", Typeflag: tar.TypeReg, Mode: 0o644, ModTime: now}, body: []byte("root:x:0:\nagent:x:1000:\n")},
+		{hdr: tar.Header{Name: "home/agent/", Typeflag: tar.TypeDir, Mode: 0o755, Uid: 1000, Gid: 1000, ModTime: now}},
+		{hdr: tar.Header{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: now}},
+		{hdr: tar.Header{Name: "bin/hello", Typeflag: tar.TypeReg, Mode: 0o755, ModTime: now}, body: hello},
+	}, nil)
 }
 
 type templateRow struct {
