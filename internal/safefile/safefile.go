@@ -1,6 +1,8 @@
-// Package safefile holds the two file operations every store in sbx needs:
+// Package safefile holds the file operations sbx shares: for every store,
 // an exclusive lock file shared across processes (flock), and a write that
-// readers see whole or not at all (temp file, fsync, rename).
+// readers see whole or not at all (temp file, fsync, rename); and for
+// content a guest or an image controls, a bounded read of a regular file
+// that follows no link and never blocks (ReadRegular).
 package safefile
 
 import (

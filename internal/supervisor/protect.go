@@ -3,7 +3,6 @@ package supervisor
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -11,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/sbx-dev/sbx/internal/safefile"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
@@ -343,17 +343,7 @@ func protectLinks(paths []string, ws []sandbox.Workspace, plan *protectPlan) ([]
 
 // readSmall reads a small git metadata file (at most 4 KiB), refusing
 // anything but a regular file.
-func readSmall(p string) ([]byte, error) {
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", p)
-	}
-	return io.ReadAll(io.LimitReader(f, 4096))
-}
+func readSmall(p string) ([]byte, error) { return safefile.ReadRegular(nil, p, 4096) }
 
 // mountSteps returns the bind mounts that protect paths (absolute, clean,
 // resolved, each inside a workspace of ws): each path read-only, and each

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/sbx-dev/sbx/internal/safefile"
 	"io"
 	"io/fs"
 	"os"
@@ -591,24 +592,12 @@ func readTreeFile(root *os.Root, name string, max int64) ([]byte, error) {
 		}
 		name = strings.TrimPrefix(path.Clean("/"+target), "/")
 	}
-	f, err := root.OpenFile(name, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("/%s is not a regular file (%s)", name, fi.Mode().Type())
-	}
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > max {
+	b, err := safefile.ReadRegular(root, name, max)
+	if errors.Is(err, safefile.ErrTooLarge) {
 		return nil, fmt.Errorf("/%s is larger than %d KiB", name, max>>10)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("/%w", err)
 	}
 	return b, nil
 }

@@ -10,7 +10,6 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	git "github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
@@ -19,6 +18,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/storage/filesystem"
 	"github.com/pmezard/go-difflib/difflib"
+
+	"github.com/sbx-dev/sbx/internal/safefile"
 )
 
 // MaxPatchBytes caps the size of a file Patch diffs.
@@ -138,34 +139,18 @@ func isBinary(b []byte) bool {
 // errTooLarge says a file is larger than MaxPatchBytes: it is not read.
 var errTooLarge = errors.New("too large to show")
 
-// readRooted reads the regular file rel below the workspace root r: the
-// open does not follow a symlink at rel and does not block on a FIFO, the
-// opened fd is checked to be a regular file, and at most MaxPatchBytes+1
+// readRooted reads the regular file rel below the workspace root r: no
+// symlink at rel is followed, no FIFO blocks, and at most MaxPatchBytes+1
 // bytes are read (never a buffer sized by what the guest says).
 func readRooted(r *os.Root, rel string) ([]byte, error) {
 	if r == nil {
 		return nil, errors.New("workspace not readable")
 	}
-	f, err := r.OpenFile(filepath.FromSlash(rel), os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, errors.New("not a regular file")
-	}
-	data, err := io.ReadAll(io.LimitReader(f, MaxPatchBytes+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > MaxPatchBytes {
+	data, err := safefile.ReadRegular(r, filepath.FromSlash(rel), MaxPatchBytes)
+	if errors.Is(err, safefile.ErrTooLarge) {
 		return nil, errTooLarge
 	}
-	return data, nil
+	return data, err
 }
 
 // openStorage opens the object and reference storage of root/.git for
