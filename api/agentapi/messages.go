@@ -161,6 +161,25 @@ type SetupRequest struct {
 	// Docker, if set, starts Docker Engine in a guest that has it, with its
 	// data on a disk of its own. The setup does not wait for dockerd.
 	Docker *DockerSetup `json:"docker,omitempty"`
+	// Identity renews what must differ between sandboxes and be current
+	// even when the guest resumed from a saved state shared with others:
+	// applied first.
+	Identity *Identity `json:"identity,omitempty"`
+}
+
+// Identity is the per-sandbox, per-start identity of a guest. A guest
+// restored from a snapshot resumes with the snapshot's clock, random pool,
+// machine id and network card address; the setup replaces all four before
+// the sandbox is used.
+type Identity struct {
+	// MachineID (32 lowercase hex digits) is written to /etc/machine-id.
+	MachineID string `json:"machine_id,omitempty"`
+	// TimeUnixNano is the host's clock when the request was made; the
+	// guest sets its wall clock from it.
+	TimeUnixNano int64 `json:"time_unix_nano,omitempty"`
+	// Seed is random bytes from the host, mixed into the guest kernel's
+	// random pool, which is then reseeded (RNDADDENTROPY, RNDRESEEDCRNG).
+	Seed []byte `json:"seed,omitempty"`
 }
 
 // GitIdentity is a git user.name and user.email. Empty fields are left
@@ -185,8 +204,10 @@ type DockerSetup struct {
 // on the user-mode network, its resolver, the proxy environment and the
 // proxy's CA. Applying it again replaces the previous values.
 type NetworkSetup struct {
-	// MAC selects the interface to configure; empty means the first
-	// non-loopback interface.
+	// MAC is the address of the interface to configure; empty means the
+	// first non-loopback interface. When no interface has it and the guest
+	// has one network card (a guest restored from a snapshot has the
+	// snapshot's address), that card is given this address.
 	MAC string `json:"mac,omitempty"`
 	// Address is the guest's address with its prefix ("192.168.127.2/24").
 	Address string `json:"address"`

@@ -55,18 +55,21 @@ type Phase struct {
 
 // Status is the supervisor's view of its sandbox.
 type Status struct {
-	ID            string  `json:"id"`
-	Name          string  `json:"name"`
-	State         string  `json:"state"` // starting, running, stopping, failed
-	Error         string  `json:"error,omitempty"`
-	Phase         string  `json:"phase,omitempty"`
-	Phases        []Phase `json:"phases,omitempty"`
-	Detached      bool    `json:"detached"`
-	Sessions      int     `json:"sessions"`
-	Accel         string  `json:"accel,omitempty"`
-	KernelRelease string  `json:"kernelRelease,omitempty"`
-	BootID        string  `json:"bootId,omitempty"`
-	VMMPID        int     `json:"vmmPid,omitempty"`
+	ID     string  `json:"id"`
+	Name   string  `json:"name"`
+	State  string  `json:"state"` // starting, running, stopping, failed
+	Error  string  `json:"error,omitempty"`
+	Phase  string  `json:"phase,omitempty"`
+	Phases []Phase `json:"phases,omitempty"`
+	// Notes are warnings about this start for the command that started
+	// it (a snapshot start that fell back to a cold boot).
+	Notes         []string `json:"notes,omitempty"`
+	Detached      bool     `json:"detached"`
+	Sessions      int      `json:"sessions"`
+	Accel         string   `json:"accel,omitempty"`
+	KernelRelease string   `json:"kernelRelease,omitempty"`
+	BootID        string   `json:"bootId,omitempty"`
+	VMMPID        int      `json:"vmmPid,omitempty"`
 }
 
 // Port is a published port.

@@ -183,6 +183,12 @@ func (g *Guest) prepareDocker(serial string) error {
 		if src, _, ok := mountedAt(dockerRoot); ok && src == dev {
 			return nil
 		}
+		// A guest restored from a snapshot read this disk's first blocks
+		// (the partition scan) when it was the snapshot VM's blank
+		// stand-in: drop them, or ext4 would see stale zeros.
+		if err := flushBlockCache(dev); err != nil {
+			return err
+		}
 		if err := mkdirMount(dev, dockerRoot, "ext4", unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
 			return err
 		}
@@ -472,4 +478,30 @@ func (g *Guest) stopDocker() {
 	if dk != nil {
 		dk.stop(dockerStopTimeout)
 	}
+}
+
+// flushBlockCache drops the kernel's cached blocks of device dev
+// (BLKFLSBUF).
+func flushBlockCache(dev string) error {
+	f, err := os.Open(dev)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, fd, unix.BLKFLSBUF, 0); e != 0 {
+			ierr = e
+		}
+	}); err != nil {
+		return err
+	}
+	if ierr != nil {
+		return fmt.Errorf("flush the cached blocks of %s: %w", dev, ierr)
+	}
+	return nil
 }

@@ -60,47 +60,45 @@ func NewGuest(log *slog.Logger, etcDir string) *Guest {
 // steps are attempted; their errors are joined.
 func (g *Guest) Setup(ctx context.Context, req *agentapi.SetupRequest) error {
 	var errs []error
-	if req.Hostname != "" {
-		if err := g.setHostname(req.Hostname); err != nil {
+	var times []any
+	step := func(name string, f func() error) {
+		start := time.Now()
+		if err := f(); err != nil {
 			errs = append(errs, err)
 		}
+		times = append(times, name, time.Since(start).Round(time.Microsecond).String())
+	}
+	if req.Identity != nil {
+		step("identity", func() error { return g.setIdentity(req.Identity) })
+	}
+	if req.Hostname != "" {
+		step("hostname", func() error { return g.setHostname(req.Hostname) })
 	}
 	if req.User != "" {
-		if err := g.setUser(req.User, req.UID, req.GID); err != nil {
-			errs = append(errs, err)
-		}
+		step("user", func() error { return g.setUser(req.User, req.UID, req.GID) })
 	}
 	for _, ws := range req.Workspaces {
 		if err := ctx.Err(); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
-		if err := g.mountWorkspace(ws); err != nil {
-			errs = append(errs, err)
-		}
+		step("workspace "+ws.Tag, func() error { return g.mountWorkspace(ws) })
 	}
 	if req.Network != nil {
-		if err := g.setupNetwork(req.Network); err != nil {
-			errs = append(errs, err)
-		}
+		step("network", func() error { return g.setupNetwork(req.Network) })
 	}
 	if req.Git != nil {
-		if err := writeGitConfig(filepath.Join(g.etc, "gitconfig"), *req.Git); err != nil {
-			errs = append(errs, err)
-		}
+		step("git", func() error { return writeGitConfig(filepath.Join(g.etc, "gitconfig"), *req.Git) })
 	}
 	if req.User != "" {
-		if err := g.ownPersistentScript(req.User); err != nil {
-			errs = append(errs, err)
-		}
+		step("persistent", func() error { return g.ownPersistentScript(req.User) })
 	}
 	if req.Docker != nil && g.reaper != nil {
-		if err := g.setupDocker(ctx, req.User, req.Docker); err != nil {
-			errs = append(errs, err)
-		}
+		step("docker", func() error { return g.setupDocker(ctx, req.User, req.Docker) })
 	} else {
 		// Shell sandboxes free the memory the modules hold.
 		g.dockerMods.release()
 	}
+	g.log.Info("setup done", times...)
 	return errors.Join(errs...)
 }
 

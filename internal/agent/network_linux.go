@@ -116,11 +116,16 @@ func configureLink(n *agentapi.NetworkSetup) error {
 	return nil
 }
 
+// findLink returns the network card with address mac (any card when mac
+// is empty). When no card has it and there is exactly one, that card gets
+// mac: a guest restored from a snapshot resumes with the snapshot VM's
+// address, and two sandboxes must not share one.
 func findLink(mac string) (netlink.Link, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("list network interfaces: %w", err)
 	}
+	var cards []netlink.Link
 	for _, l := range links {
 		a := l.Attrs()
 		if a.Name == "lo" || l.Type() != "device" {
@@ -129,8 +134,19 @@ func findLink(mac string) (netlink.Link, error) {
 		if mac == "" || strings.EqualFold(a.HardwareAddr.String(), mac) {
 			return l, nil
 		}
+		cards = append(cards, l)
 	}
-	return nil, fmt.Errorf("no network interface with MAC %q", mac)
+	if len(cards) != 1 {
+		return nil, fmt.Errorf("no network interface with MAC %q (%d others)", mac, len(cards))
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return nil, fmt.Errorf("network setup: MAC %q: %w", mac, err)
+	}
+	if err := netlink.LinkSetHardwareAddr(cards[0], hw); err != nil {
+		return nil, fmt.Errorf("set the MAC address of %s to %s: %w", cards[0].Attrs().Name, mac, err)
+	}
+	return netlink.LinkByIndex(cards[0].Attrs().Index)
 }
 
 // trustCA installs pem as a trusted CA: as a file for tools that read the

@@ -61,35 +61,48 @@ func (e *env) qemuImg(ctx context.Context) (string, error) {
 	return p, nil
 }
 
-// bootSpec resolves what a start of sb needs: QEMU, kernel, initramfs and
-// the accelerator.
+// bootSpec resolves what a start of sb needs: QEMU, kernel, initramfs,
+// the accelerator, and whether it resumes sb's snapshot.
 func (e *env) bootSpec(ctx context.Context, sb *sandbox.Sandbox) (supervisor.Boot, error) {
-	var b supervisor.Boot
-	q, _, err := e.qemu(ctx)
+	if _, err := os.Stat(sb.Config.Template.Image); err != nil {
+		return supervisor.Boot{}, userErr(err, "remove the sandbox with `sbx rm "+sb.Config.Name+"` and create it again", "the template image of sandbox %s is missing", sb.Config.Name)
+	}
+	b, qemuVersion, err := e.bootAssets(ctx, sb.Config.Accel, sb.Config.CPUs)
 	if err != nil {
 		return b, err
 	}
-	if _, err := os.Stat(sb.Config.Template.Image); err != nil {
-		return b, userErr(err, "remove the sandbox with `sbx rm "+sb.Config.Name+"` and create it again", "the template image of sandbox %s is missing", sb.Config.Name)
+	b.MAC = sb.Config.MAC
+	b.Restore = e.restoreFor(sb, b, qemuVersion)
+	return b, nil
+}
+
+// bootAssets resolves the sandbox-independent part of a start: QEMU (and
+// its version), kernel, initramfs, accelerator (want: auto, kvm, tcg), the
+// CPU count (0: the accelerator's default), TSC frequency, folders.
+func (e *env) bootAssets(ctx context.Context, want string, cpus int) (supervisor.Boot, string, error) {
+	var b supervisor.Boot
+	q, qemuVersion, err := e.qemu(ctx)
+	if err != nil {
+		return b, "", err
 	}
 	k, err := kernelOptions(e).EnsureKernel(ctx, e.dirs.Cache, e.stderr)
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
-			return b, err
+			return b, "", err
 		}
-		return b, userErr(err, "see the message above; `sbx diagnose` checks the host", "cannot prepare the guest kernel")
+		return b, "", userErr(err, "see the message above; `sbx diagnose` checks the host", "cannot prepare the guest kernel")
 	}
 	agent, err := agentBinary()
 	if err != nil {
-		return b, err
+		return b, "", err
 	}
 	initrd, err := bootassets.EnsureInitramfs(ctx, e.dirs.Cache, k, agent)
 	if err != nil {
-		return b, userErr(err, "", "cannot build the initramfs")
+		return b, "", userErr(err, "", "cannot build the initramfs")
 	}
-	accel, err := e.chooseAccel(ctx, sb.Config.Accel, q, k, initrd)
+	accel, err := e.chooseAccel(ctx, want, q, k, initrd)
 	if err != nil {
-		return b, err
+		return b, "", err
 	}
 	tsc, err := hostcheck.TSCkHz()
 	if err != nil && accel == vm.AccelTCG {
@@ -99,14 +112,13 @@ func (e *env) bootSpec(ctx context.Context, sb *sandbox.Sandbox) (supervisor.Boo
 	if hostsFile != "" {
 		abs, err := filepath.Abs(hostsFile)
 		if err != nil {
-			return b, userErr(err, "", "bad SBX_HOSTS_FILE %q", hostsFile)
+			return b, "", userErr(err, "", "bad SBX_HOSTS_FILE %q", hostsFile)
 		}
 		if _, err := os.Stat(abs); err != nil {
-			return b, userErr(err, "point SBX_HOSTS_FILE at a hosts-format file, or unset it", "SBX_HOSTS_FILE %s cannot be read", abs)
+			return b, "", userErr(err, "point SBX_HOSTS_FILE at a hosts-format file, or unset it", "SBX_HOSTS_FILE %s cannot be read", abs)
 		}
 		hostsFile = abs
 	}
-	cpus := sb.Config.CPUs
 	if cpus == 0 {
 		// The default follows the accelerator of this start: 1 under TCG,
 		// where a second emulated CPU slows boot down, 2 with KVM.
@@ -118,8 +130,8 @@ func (e *env) bootSpec(ctx context.Context, sb *sandbox.Sandbox) (supervisor.Boo
 	return supervisor.Boot{
 		QEMU: q, Kernel: k.Path, KernelRelease: k.Release, Initrd: initrd,
 		Accel: string(accel), TSCkHz: tsc, CPUs: cpus,
-		MAC: sb.Config.MAC, ConfigDir: e.dirs.Config, HostsFile: hostsFile,
-	}, nil
+		ConfigDir: e.dirs.Config, HostsFile: hostsFile,
+	}, qemuVersion, nil
 }
 
 // chooseAccel resolves auto/kvm/tcg with the cached KVM probe.

@@ -18,6 +18,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/disk"
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/snapshot"
 	"github.com/sbx-dev/sbx/internal/supervisor"
 	"github.com/sbx-dev/sbx/internal/template"
 )
@@ -47,6 +48,7 @@ type createFlags struct {
 	noGitIdentity     bool
 	protect           []string
 	protectDefaults   bool
+	cold              bool
 }
 
 func (f *createFlags) register(cmd *cobra.Command) {
@@ -65,6 +67,7 @@ func (f *createFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.noGitIdentity, "no-git-identity", false, "do not set the host's git user.name and user.email in the sandbox")
 	fl.StringArrayVar(&f.protect, "protect", nil, "keep this path of the workspace read-only for the agent, enforced on the host (repeatable)")
 	fl.BoolVar(&f.protectDefaults, "protect-defaults", false, "keep .git/hooks and .git/config read-only for the agent")
+	fl.BoolVar(&f.cold, "cold", false, "boot the kernel instead of resuming the template's pre-booted snapshot (a new sandbox's first start)")
 }
 
 // target is what the positional arguments of run/create resolve to.
@@ -152,7 +155,8 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 		return sb, false, e.checkSameFlags(cmd, f, t, sb)
 	}
 	// Validate every flag before any slow work.
-	if _, err := e.newConfig(cmd, f, t, "x"); err != nil {
+	probe, err := e.newConfig(cmd, f, t, "x")
+	if err != nil {
 		return nil, false, err
 	}
 	// The template may take minutes on first use; it has its own lock, so
@@ -165,6 +169,17 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 	qemuImg, err := e.qemuImg(cmd.Context())
 	if err != nil {
 		return nil, false, err
+	}
+	// The pre-booted snapshot of this template and VM shape: saved once
+	// (a boot, seconds), outside the store lock like the template.
+	var snap *snapshot.Snapshot
+	if !f.cold {
+		if !tmpl.Docker {
+			probe.DockerDiskBytes = 0
+		}
+		if snap, err = e.prepareSnapshot(cmd.Context(), probe, tmpl); err != nil {
+			return nil, false, err
+		}
 	}
 
 	unlock, err := e.store.LockStore()
@@ -188,6 +203,9 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 		return nil, false, err
 	}
 	cfg.Template = sandbox.TemplateRef{Name: tmpl.Name, ID: tmpl.ID, Image: tmpl.Image}
+	if snap != nil {
+		cfg.Snapshot = snap.Key
+	}
 	if !tmpl.Docker {
 		cfg.DockerDiskBytes = 0
 	}
@@ -207,11 +225,21 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 		e.store.Discard(sb)
 		return nil, false, err
 	}
-	err = disk.CreateOverlay(cmd.Context(), qemuImg, tmpl.Image, "raw", sb.Path(sandbox.DiskFile), cfg.DiskBytes)
+	diskPath := filepath.Join(e.store.DirOf(cfg.ID), sandbox.DiskFile)
+	if snap != nil {
+		// Backed by the snapshot's disk, itself an overlay of the template
+		// image: the disk as it was when the snapshot was saved.
+		err = disk.CreateOverlay(cmd.Context(), qemuImg, snap.Disk, "qcow2", sb.Path(sandbox.DiskFile), cfg.DiskBytes)
+		if err == nil {
+			err = snapshot.Lease(e.dirs.Cache, snap.Key, diskPath)
+		}
+	} else {
+		err = disk.CreateOverlay(cmd.Context(), qemuImg, tmpl.Image, "raw", sb.Path(sandbox.DiskFile), cfg.DiskBytes)
+	}
 	if err == nil {
 		// The lease names the disk's final path: it holds the image once
 		// the sandbox is published, in whichever SBX_HOME.
-		err = template.Lease(e.dirs.Cache, tmpl.ID, filepath.Join(e.store.DirOf(cfg.ID), sandbox.DiskFile))
+		err = template.Lease(e.dirs.Cache, tmpl.ID, diskPath)
 	}
 	if err == nil {
 		err = e.store.Commit(sb)
@@ -507,6 +535,7 @@ its VM in the background and print its name. Attach with ` + "`sbx run NAME`" + 
 			if err != nil {
 				return err
 			}
+			e.cold = f.cold
 			sb, created, err := e.findOrCreate(cmd, &f, t)
 			if err != nil {
 				return err

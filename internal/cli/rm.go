@@ -9,6 +9,7 @@ import (
 
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/snapshot"
 	"github.com/sbx-dev/sbx/internal/template"
 )
 
@@ -93,6 +94,9 @@ func (e *env) removeSandbox(ctx context.Context, sb *sandbox.Sandbox, force bool
 	}
 	// A template image that only this sandbox still held (its template
 	// was rebuilt or replaced since) goes now.
+	if _, err := snapshot.Collect(e.dirs.Cache); err != nil {
+		e.log.Debug("collect snapshots", "err", err)
+	}
 	if _, err := template.Collect(ctx, e.dirs.Cache); err != nil {
 		e.log.Debug("collect template images", "err", err)
 	}

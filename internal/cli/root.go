@@ -27,6 +27,8 @@ type env struct {
 	stderr io.Writer
 	debug  bool
 	log    *slog.Logger
+	// cold is run's and create's --cold: no snapshot start.
+	cold bool
 }
 
 // Streams are the process's standard streams, passed in so tests can

@@ -61,6 +61,7 @@ the workspace since the sandbox started goes to stderr, risky changes first
 			if err != nil {
 				return err
 			}
+			e.cold = f.cold
 			sb, created, err := e.findOrCreate(cmd, &f, t)
 			if err != nil {
 				return err

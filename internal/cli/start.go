@@ -83,13 +83,28 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, mode start
 		return err
 	}
 	boot.Detached = detached
+	shownPhases, shownNotes := 0, 0
 	progress := func(s controlapi.Status) {
-		if e.debug && len(s.Phases) > 0 {
-			p := s.Phases[len(s.Phases)-1]
+		for ; e.debug && shownPhases < len(s.Phases); shownPhases++ {
+			p := s.Phases[shownPhases]
 			fmt.Fprintf(e.stderr, "boot: %-8s %6d ms\n", p.Name, p.DurationMS)
+		}
+		for ; shownNotes < len(s.Notes); shownNotes++ {
+			fmt.Fprintf(e.stderr, "sbx: warning: %s\n", s.Notes[shownNotes])
 		}
 	}
 	waitSnapshot()
+	if e.debug {
+		if boot.Restore != nil {
+			fmt.Fprintf(e.stderr, "boot: resuming snapshot %s\n", boot.Restore.Key)
+		} else {
+			fmt.Fprintln(e.stderr, "boot: cold")
+		}
+	}
+	// From now on the disk moves on from the snapshot it was made from.
+	if err := markBooted(sb); err != nil {
+		return userErr(err, "check that the state folder is writable", "cannot record the start of sandbox %s", sb.Config.Name)
+	}
 	if err := supervisor.Launch(ctx, e.store, sb, boot, progress); err != nil {
 		if errors.Is(err, context.Canceled) {
 			return err

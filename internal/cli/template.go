@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/snapshot"
 	"github.com/sbx-dev/sbx/internal/template"
 )
 
@@ -211,6 +212,11 @@ func (e *env) removeTemplate(name string) error {
 	})
 	switch {
 	case err == nil:
+		// The snapshots of a removed image go with it (those a sandbox
+		// disk still uses stay until it is removed).
+		if _, err := snapshot.Collect(e.dirs.Cache); err != nil {
+			e.log.Debug("collect snapshots", "err", err)
+		}
 		return nil
 	case errors.Is(err, template.ErrNotFound):
 		return userErr(nil, "list templates with `sbx template ls`", "no template called %q", name)

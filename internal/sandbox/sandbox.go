@@ -54,6 +54,9 @@ const (
 	ControlSocket  = "control.sock"
 	AgentSocket    = "agent.sock"
 	QMPSocket      = "qmp.sock"
+	// BootedFile exists once the sandbox's disk has been booted: its first
+	// start may resume a snapshot, later ones boot cold.
+	BootedFile     = "booted"
 	storeLockFile  = ".lock"
 	sandboxesDir   = "sandboxes"
 	idBytes        = 6
@@ -108,9 +111,13 @@ type Config struct {
 	// may not change (read-only for the guest, enforced on the host). The
 	// defaults (.git/hooks, .git/config) are resolved at each start when
 	// ProtectDefaults is set, so a repository made later is covered.
-	Protect         []string  `json:"protect,omitempty"`
-	ProtectDefaults bool      `json:"protectDefaults,omitempty"`
-	Created         time.Time `json:"created"`
+	Protect         []string `json:"protect,omitempty"`
+	ProtectDefaults bool     `json:"protectDefaults,omitempty"`
+	// Snapshot is the key of the snapshot whose disk backs the sandbox's
+	// disk (see package snapshot); its first start resumes that snapshot.
+	// Empty for sandboxes created with --cold.
+	Snapshot string    `json:"snapshot,omitempty"`
+	Created  time.Time `json:"created"`
 }
 
 // GitIdentity is a git user.name and user.email.

@@ -11,11 +11,12 @@ import (
 
 	"github.com/sbx-dev/sbx/api/agentapi"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/snapshot"
 )
 
 // DockerDiskSerial is the virtio-blk serial of the disk that holds the
 // guest's /var/lib/docker; the guest agent finds the disk by it.
-const DockerDiskSerial = "sbx-docker"
+const DockerDiskSerial = snapshot.DockerSerial
 
 // dockerDiskLabel is the ext4 label of the docker disk.
 const dockerDiskLabel = "sbx-docker"

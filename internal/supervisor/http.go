@@ -32,6 +32,7 @@ func (s *Supervisor) status() controlapi.Status {
 		Error:         s.errText,
 		Phase:         s.phase,
 		Phases:        append([]controlapi.Phase(nil), s.phases...),
+		Notes:         append([]string(nil), s.notes...),
 		Detached:      s.detached,
 		Sessions:      s.sessions,
 		Accel:         s.boot.Accel,

@@ -14,6 +14,9 @@ package supervisor
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,6 +36,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/agentclient"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/secrets"
+	"github.com/sbx-dev/sbx/internal/snapshot"
 	"github.com/sbx-dev/sbx/internal/vm"
 	"github.com/sbx-dev/sbx/internal/vm/qemu"
 )
@@ -60,12 +64,31 @@ type Boot struct {
 	// upstream name resolution (tests map their domains to loopback).
 	HostsFile string `json:"hostsFile,omitempty"`
 	Detached  bool   `json:"detached"`
+	// Restore, when set, resumes the VM from a snapshot instead of
+	// booting it (the sandbox's first start; its disk is an overlay of
+	// the snapshot's). On failure the supervisor boots cold and says so.
+	Restore *Restore `json:"restore,omitempty"`
 }
+
+// Restore is a snapshot start: the snapshot's spec (the VM shape it was
+// saved with), its state file and the empty folder unused share slots
+// export.
+type Restore struct {
+	Key   string        `json:"key"`
+	State string        `json:"state"`
+	Empty string        `json:"empty"`
+	Spec  snapshot.Spec `json:"spec"`
+}
+
+// Cmdline is the guest kernel command line (the agent reads sbx.root and
+// sbx.rootfstype); snapshots are keyed by it.
+const Cmdline = "console=ttyS0 panic=-1 quiet loglevel=4 sbx.root=/dev/vda sbx.rootfstype=ext4"
 
 // Timeouts.
 const (
 	agentTimeoutTCG = 3 * time.Minute
 	agentTimeoutKVM = time.Minute
+	restoreTimeout  = 30 * time.Second
 	shutdownTimeout = 30 * time.Second
 )
 
@@ -92,6 +115,7 @@ type Supervisor struct {
 	phase    string                 // guarded by mu
 	phases   []controlapi.Phase     // guarded by mu
 	errText  string                 // guarded by mu
+	notes    []string               // guarded by mu; warnings for the starting command
 	detached bool                   // guarded by mu
 	sessions int                    // guarded by mu
 	client   *agentclient.Client    // guarded by mu
@@ -424,36 +448,104 @@ func (s *Supervisor) phaseFunc(name string, f func() error) error {
 	return nil
 }
 
+// startVM boots the VM, or resumes it from its snapshot when boot.json
+// says so; a failed restore falls back to a cold boot, with a note for the
+// starting command.
 func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error) {
-	cfg := s.sb.Config
-	accel := vm.Accel(s.boot.Accel)
-	vc := vm.Config{
-		Name:        cfg.Name,
-		Kernel:      s.boot.Kernel,
-		Initrd:      s.boot.Initrd,
-		Cmdline:     "console=ttyS0 panic=-1 quiet loglevel=4 sbx.root=/dev/vda sbx.rootfstype=ext4",
-		CPUs:        s.boot.CPUs,
-		MemoryMiB:   cfg.MemoryMiB,
-		Accel:       accel,
-		TSCkHz:      s.boot.TSCkHz,
-		Disks:       []vm.Disk{{Path: s.sb.Path(sandbox.DiskFile), Format: "qcow2"}},
-		AgentSocket: filepath.Join(rt, sandbox.AgentSocket),
-		ConsoleLog:  s.sb.Path(sandbox.ConsoleLog),
-		Net:         &vm.Net{Socket: filepath.Join(rt, NetSocket), MAC: s.boot.MAC},
-	}
 	docker, dockerDisk, err := s.dockerSetup(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if docker != nil {
-		vc.Disks = append(vc.Disks, vm.Disk{Path: dockerDisk, Format: "raw", Serial: DockerDiskSerial})
+	if r := s.boot.Restore; r != nil {
+		inst, err := s.bootVM(ctx, rt, r, docker, dockerDisk)
+		if err == nil {
+			return inst, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		if lost := s.protectionLostOr(nil); lost != nil {
+			return nil, lost
+		}
+		s.log.Warn("snapshot start failed; booting cold", "component", "supervisor", "err", err)
+		s.addNote("the snapshot start failed (" + err.Error() + "); booted cold instead")
+		s.mu.Lock()
+		s.inst = nil
+		s.client = nil
+		s.mu.Unlock()
 	}
+	return s.bootVM(ctx, rt, nil, docker, dockerDisk)
+}
+
+// addNote records a warning the starting command shows.
+func (s *Supervisor) addNote(n string) {
+	s.mu.Lock()
+	s.notes = append(s.notes, n)
+	s.mu.Unlock()
+}
+
+// vmConfig is the VM of this start: the snapshot layout when restoring,
+// else exactly the sandbox's devices.
+func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (vm.Config, []agentapi.Workspace, error) {
+	cfg := s.sb.Config
 	var ws []agentapi.Workspace
+	var shares []vm.Share
 	for i, w := range cfg.Workspaces {
-		tag := "ws" + strconv.Itoa(i)
-		vc.Shares = append(vc.Shares, vm.Share{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly})
+		tag := snapshot.ShareTag(i)
+		shares = append(shares, vm.Share{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly})
 		ws = append(ws, agentapi.Workspace{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly})
 	}
+	dev := snapshot.Devices{
+		Name:        cfg.Name,
+		RootDisk:    s.sb.Path(sandbox.DiskFile),
+		DockerDisk:  dockerDisk,
+		Workspaces:  shares,
+		NetSocket:   filepath.Join(rt, NetSocket),
+		MAC:         s.boot.MAC,
+		AgentSocket: filepath.Join(rt, sandbox.AgentSocket),
+		Monitor:     filepath.Join(rt, sandbox.QMPSocket),
+		ConsoleLog:  s.sb.Path(sandbox.ConsoleLog),
+	}
+	if restore != nil {
+		if (restore.Spec.DockerDiskBytes > 0) != (dockerDisk != "") {
+			return vm.Config{}, nil, fmt.Errorf("%w: the snapshot and the sandbox differ in having a docker disk", snapshot.ErrNotEligible)
+		}
+		dev.Empty = restore.Empty
+		vc, err := snapshot.VMConfig(restore.Spec, dev)
+		vc.RestoreFrom = restore.State
+		return vc, ws, err
+	}
+	vc := vm.Config{
+		Name:        dev.Name,
+		Kernel:      s.boot.Kernel,
+		Initrd:      s.boot.Initrd,
+		Cmdline:     Cmdline,
+		CPUs:        s.boot.CPUs,
+		MemoryMiB:   cfg.MemoryMiB,
+		Accel:       vm.Accel(s.boot.Accel),
+		TSCkHz:      s.boot.TSCkHz,
+		Disks:       []vm.Disk{{Path: dev.RootDisk, Format: "qcow2"}},
+		Shares:      shares,
+		AgentSocket: dev.AgentSocket,
+		Monitor:     dev.Monitor,
+		ConsoleLog:  dev.ConsoleLog,
+		Net:         &vm.Net{Socket: dev.NetSocket, MAC: dev.MAC},
+	}
+	if dockerDisk != "" {
+		vc.Disks = append(vc.Disks, vm.Disk{Path: dockerDisk, Format: "raw", Serial: DockerDiskSerial})
+	}
+	return vc, ws, nil
+}
+
+// bootVM starts the VM (cold, or from restore), waits for its agent and
+// sends the setup.
+func (s *Supervisor) bootVM(ctx context.Context, rt string, restore *Restore, docker *agentapi.DockerSetup, dockerDisk string) (vm.Instance, error) {
+	cfg := s.sb.Config
+	vc, ws, err := s.vmConfig(rt, restore, dockerDisk)
+	if err != nil {
+		return nil, err
+	}
+	accel := vc.Accel
 	// A fresh console log per boot keeps `sbx logs` about this boot.
 	os.Remove(vc.ConsoleLog)
 
@@ -472,11 +564,22 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 	if accel == vm.AccelKVM {
 		timeout = agentTimeoutKVM
 	}
+	if restore != nil {
+		// A restored agent is already up; waiting long means it is not
+		// coming, and a cold boot should start soon.
+		timeout = restoreTimeout
+	}
 	bootCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	err = s.phaseFunc("vmm", func() error { return inst.Start(bootCtx, vmmLog{s.log}) })
+	vmmPhase := "vmm"
+	if restore != nil {
+		vmmPhase = "restore"
+	}
+	err = s.phaseFunc(vmmPhase, func() error { return inst.Start(bootCtx, vmmLog{s.log}) })
 	if err != nil {
+		inst.Kill()
+		<-inst.Wait()
 		return nil, err
 	}
 	// Protection lost while QEMU started: the watcher's kill may have come
@@ -510,6 +613,7 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 	})
 	if err != nil {
 		inst.Kill()
+		<-inst.Wait()
 		return nil, err
 	}
 	s.mu.Lock()
@@ -523,6 +627,7 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 		}
 		defer stream.Close()
 		resp, err := agentclient.Call(bootCtx, stream, agentapi.Request{Op: agentapi.OpSetup, Setup: &agentapi.SetupRequest{
+			Identity:   s.identity(),
 			Hostname:   cfg.Name,
 			User:       "agent",
 			UID:        cfg.UID,
@@ -541,10 +646,25 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 		return nil
 	})
 	if err != nil {
+		client.Close()
 		inst.Kill()
+		<-inst.Wait()
 		return nil, err
 	}
 	return inst, nil
+}
+
+// identity is the guest's identity for this start: its machine id (stable
+// for the sandbox), the host's clock and fresh random bytes.
+func (s *Supervisor) identity() *agentapi.Identity {
+	seed := make([]byte, 64)
+	_, _ = rand.Read(seed)
+	sum := sha256.Sum256([]byte("sbx machine-id\x00" + s.sb.Config.ID))
+	return &agentapi.Identity{
+		MachineID:    hex.EncodeToString(sum[:16]),
+		TimeUnixNano: time.Now().UnixNano(),
+		Seed:         seed,
+	}
 }
 
 // shutdown asks the guest to power off and waits for QEMU to exit, killing

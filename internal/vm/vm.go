@@ -24,6 +24,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"time"
 )
 
@@ -34,6 +35,9 @@ var (
 	ErrVMMNotFound   = errors.New("virtual machine monitor not found")
 	ErrKVMUnusable   = errors.New("kvm cannot run a guest on this host")
 	ErrVMExitedEarly = errors.New("vm exited during start")
+	// ErrRestore says a saved state could not be loaded (another QEMU,
+	// another device set, a damaged file); a cold boot still works.
+	ErrRestore = errors.New("cannot restore the saved vm state")
 )
 
 // Accel is the CPU accelerator.
@@ -98,6 +102,17 @@ type Config struct {
 	ConsoleLog string
 	// PIDFile, when set, receives the VMM's pid.
 	PIDFile string
+	// Monitor, when set, is the unix socket of the VMM's control channel
+	// (QMP for QEMU). A VM with a monitor starts with its CPUs stopped and
+	// Start resumes them once the monitor is connected, so no event of the
+	// guest is missed; Save needs it.
+	Monitor string
+	// RestoreFrom, when set, is a file written by Snapshotter.Save: the VM
+	// resumes from it instead of booting its kernel. The devices (their
+	// kinds, order, sizes, the memory size, the CPUs) must be those of the
+	// saved VM; host paths (disk files, share folders, sockets) may differ.
+	// Needs Monitor.
+	RestoreFrom string
 }
 
 // Exit is how a VMM process ended.
@@ -129,4 +144,17 @@ type Instance interface {
 	Wait() <-chan Exit
 	// Kill ends the VMM at once. Idempotent.
 	Kill() error
+}
+
+// Snapshotter is an Instance that can save its whole state (memory, CPU
+// and device state; not disk contents) for a later Config.RestoreFrom.
+// Instances made with a Monitor implement it.
+type Snapshotter interface {
+	// WaitAgentOpen returns once the guest has opened its end of the
+	// agent channel (the guest agent is up and about to serve).
+	WaitAgentOpen(ctx context.Context) error
+	// Save stops the guest's CPUs and writes the VM's state to f; the VM
+	// stays stopped (Kill it after). Disks must be kept as they are at
+	// this moment by the caller: their contents are not in the state.
+	Save(ctx context.Context, f *os.File) error
 }

@@ -24,6 +24,10 @@ import (
 	"github.com/sbx-dev/sbx/internal/vm"
 )
 
+// agentPortID is the QEMU device id of the agent port: QMP's
+// VSERPORT_CHANGE events name it when the guest opens or closes its end.
+const agentPortID = "agentport"
+
 // AgentPortName is the name of the virtio-serial port the guest agent
 // listens on; the guest finds it under /sys/class/virtio-ports.
 const AgentPortName = "sbx.agent"
@@ -67,6 +71,24 @@ func Args(cfg vm.Config) []string {
 	a = append(a, "-device", "virtio-rng-device")
 	if cfg.PIDFile != "" {
 		a = append(a, "-pidfile", cfg.PIDFile)
+	}
+	a = append(a, monitorArgs(cfg)...)
+	return a
+}
+
+// restoreFD is the descriptor number the saved state is passed on: the
+// first of exec.Cmd.ExtraFiles.
+const restoreFD = 3
+
+func monitorArgs(cfg vm.Config) []string {
+	if cfg.Monitor == "" {
+		return nil
+	}
+	// -S: the CPUs start stopped; Start resumes them once the monitor is
+	// connected (and the saved state loaded).
+	a := []string{"-qmp", "unix:" + escape(cfg.Monitor) + ",server=on,wait=off", "-S"}
+	if cfg.RestoreFrom != "" {
+		a = append(a, "-incoming", "fd:"+strconv.Itoa(restoreFD))
 	}
 	return a
 }
@@ -152,7 +174,7 @@ func agentArgs(cfg vm.Config) []string {
 	return []string{
 		"-chardev", "socket,id=agent,path=" + escape(cfg.AgentSocket) + ",server=on,wait=off",
 		"-device", "virtio-serial-device,max_ports=2",
-		"-device", "virtserialport,chardev=agent,name=" + AgentPortName,
+		"-device", "virtserialport,chardev=agent,id=" + agentPortID + ",name=" + AgentPortName,
 	}
 }
 
@@ -167,17 +189,27 @@ type instance struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd // guarded by mu
 	conn   net.Conn  // guarded by mu
+	mon    *monitor  // guarded by mu; nil without cfg.Monitor
 	killed bool      // guarded by mu
 
 	waitc chan vm.Exit
 }
 
-var _ vm.Instance = (*instance)(nil)
+var (
+	_ vm.Instance    = (*instance)(nil)
+	_ vm.Snapshotter = (*instance)(nil)
+)
 
 func (i *instance) Start(ctx context.Context, stderr io.Writer) error {
 	args := Args(i.cfg)
 	i.log.Debug("starting qemu", "component", "vm", "argv", strings.Join(args, " "))
+	if i.cfg.RestoreFrom != "" && i.cfg.Monitor == "" {
+		return fmt.Errorf("restore %s: %w", i.cfg.RestoreFrom, errNoMonitor)
+	}
 	os.Remove(i.cfg.AgentSocket)
+	if i.cfg.Monitor != "" {
+		os.Remove(i.cfg.Monitor)
+	}
 	cmd := exec.Command(i.binary, args...)
 	cmd.Stdin = nil
 	cmd.Stdout = stderr
@@ -185,6 +217,14 @@ func (i *instance) Start(ctx context.Context, stderr io.Writer) error {
 	// QEMU dies with its supervisor, so a killed supervisor never leaves an
 	// orphan VM holding the disk.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if i.cfg.RestoreFrom != "" {
+		f, err := os.Open(i.cfg.RestoreFrom)
+		if err != nil {
+			return fmt.Errorf("%w: %w", vm.ErrRestore, err)
+		}
+		defer f.Close()
+		cmd.ExtraFiles = []*os.File{f} // fd 3: restoreFD
+	}
 	if err := cmd.Start(); err != nil {
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("start %s: %w", i.binary, vm.ErrVMMNotFound)
@@ -210,15 +250,77 @@ func (i *instance) Start(ctx context.Context, stderr io.Writer) error {
 		close(i.waitc)
 	}()
 
+	if err := i.connect(ctx, exited); err != nil {
+		i.Kill()
+		return err
+	}
+	return nil
+}
+
+// connect connects the monitor (when there is one) and the agent channel,
+// waits for a saved state to load, and resumes the CPUs: the guest runs
+// only once the host end of its agent channel is there.
+func (i *instance) connect(ctx context.Context, exited <-chan struct{}) error {
+	var mon *monitor
+	if i.cfg.Monitor != "" {
+		var err error
+		if mon, err = connectMonitor(ctx, i.cfg.Monitor, exited); err != nil {
+			return err
+		}
+		i.mu.Lock()
+		i.mon = mon
+		i.mu.Unlock()
+	}
 	conn, err := i.dialAgent(ctx, exited)
 	if err != nil {
-		i.Kill()
 		return err
 	}
 	i.mu.Lock()
 	i.conn = conn
 	i.mu.Unlock()
+	if mon == nil {
+		return nil
+	}
+	if i.cfg.RestoreFrom != "" {
+		start := time.Now()
+		if err := mon.waitLoaded(ctx, exited); err != nil {
+			return err
+		}
+		i.log.Debug("vm state loaded", "component", "vm", "duration", time.Since(start).String())
+	}
+	if err := mon.run("cont", nil, nil, nil); err != nil {
+		return err
+	}
 	return nil
+}
+
+// WaitAgentOpen implements vm.Snapshotter.
+func (i *instance) WaitAgentOpen(ctx context.Context) error {
+	i.mu.Lock()
+	mon := i.mon
+	i.mu.Unlock()
+	if mon == nil {
+		return errNoMonitor
+	}
+	select {
+	case <-mon.openc:
+		return nil
+	case <-mon.done:
+		return fmt.Errorf("qemu: %w", vm.ErrVMExitedEarly)
+	case <-ctx.Done():
+		return fmt.Errorf("wait for the guest agent to open its port: %w", ctx.Err())
+	}
+}
+
+// Save implements vm.Snapshotter.
+func (i *instance) Save(ctx context.Context, f *os.File) error {
+	i.mu.Lock()
+	mon := i.mon
+	i.mu.Unlock()
+	if mon == nil {
+		return errNoMonitor
+	}
+	return mon.save(ctx, f)
 }
 
 // dialAgent connects to the agent socket QEMU creates shortly after start.
@@ -261,6 +363,10 @@ func (i *instance) Kill() error {
 	defer i.mu.Unlock()
 	if i.conn != nil {
 		i.conn.Close()
+	}
+	if i.mon != nil {
+		i.mon.close()
+		i.mon = nil
 	}
 	if i.cmd == nil || i.cmd.Process == nil || i.killed {
 		return nil

@@ -1,7 +1,10 @@
 package qemu
 
 import (
+	"errors"
 	"flag"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,13 +33,16 @@ func TestArgsGolden(t *testing.T) {
 		ConsoleLog:  "/state/ab12/console.log",
 		Net:         &vm.Net{Socket: "/run/user/1000/sbx/ab12/net.sock", MAC: "5a:94:ef:e4:0c:ee"},
 	}
+	restore := base
+	restore.Monitor = "/run/user/1000/sbx/ab12/qmp.sock"
+	restore.RestoreFrom = "/cache/snapshots/k1/state"
 	kvm := base
 	kvm.Accel = vm.AccelKVM
 	kvm.CPUs = 2
 	kvm.Shares = nil
 	kvm.Net = nil
 	kvm.Disks = kvm.Disks[:1]
-	for name, cfg := range map[string]vm.Config{"tcg": base, "kvm": kvm} {
+	for name, cfg := range map[string]vm.Config{"tcg": base, "kvm": kvm, "restore": restore} {
 		t.Run(name, func(t *testing.T) {
 			got := strings.Join(Args(cfg), "\n") + "\n"
 			path := filepath.Join("testdata", name+".argv")
@@ -60,5 +66,15 @@ func TestNewRejectsUnknownAccel(t *testing.T) {
 	_, err := New("qemu").New(t.Context(), vm.Config{Accel: "hvf", AgentSocket: "/x"}, nil)
 	if err == nil {
 		t.Fatal("want error for unknown accelerator")
+	}
+}
+
+func TestRestoreNeedsMonitor(t *testing.T) {
+	inst, err := New("qemu-system-x86_64").New(t.Context(), vm.Config{Accel: vm.AccelTCG, AgentSocket: "/x", RestoreFrom: "/state"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Start(t.Context(), io.Discard); !errors.Is(err, errNoMonitor) {
+		t.Fatalf("Start = %v, want errNoMonitor", err)
 	}
 }

@@ -1,0 +1,134 @@
+package snapshot
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/sbx-dev/sbx/internal/safefile"
+)
+
+func leasesDir(dir, key string) string { return filepath.Join(dir, ".leases", key) }
+
+// Lease records that the sandbox disk at diskPath is backed by snapshot
+// key, so no collection removes the snapshot while the disk exists.
+func Lease(cacheDir, key, diskPath string) error {
+	abs, err := filepath.Abs(diskPath)
+	if err != nil {
+		return err
+	}
+	d := leasesDir(Dir(cacheDir), key)
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return fmt.Errorf("lease snapshot: %w", err)
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return safefile.Write(filepath.Join(d, hex.EncodeToString(sum[:8])), []byte(abs+"\n"), 0o600)
+}
+
+// leased reports whether a live lease (one whose disk file exists) holds
+// snapshot key. Dead leases are removed on the way.
+func leased(dir, key string) bool {
+	d := leasesDir(dir, key)
+	ents, err := os.ReadDir(d)
+	if err != nil {
+		return false
+	}
+	live := false
+	for _, e := range ents {
+		p := filepath.Join(d, e.Name())
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if _, err := os.Stat(strings.TrimSpace(string(b))); err == nil {
+			live = true
+			continue
+		}
+		os.Remove(p)
+	}
+	return live
+}
+
+// collect removes snapshots no sandbox disk uses that are stale: their
+// template image is gone, or a newer snapshot of the same family exists,
+// or keep (when not nil) says no. It also drops failure records of keys
+// with no snapshot after a success, and leases of removed snapshots. The
+// caller holds the lock.
+func collect(dir string, keep func(Meta) bool) int64 {
+	all := metas(dir)
+	newest := map[string]Meta{}
+	for _, m := range all {
+		if n, ok := newest[m.Family]; !ok || m.Created.After(n.Created) {
+			newest[m.Family] = m
+		}
+	}
+	var freed int64
+	for _, m := range all {
+		stale := newest[m.Family].Key != m.Key
+		if _, err := os.Stat(m.Spec.TemplateImage); errors.Is(err, fs.ErrNotExist) {
+			stale = true
+		}
+		if keep != nil && !keep(m) {
+			stale = true
+		}
+		if !stale || leased(dir, m.Key) {
+			continue
+		}
+		freed += du(filepath.Join(dir, m.Key))
+		os.RemoveAll(filepath.Join(dir, m.Key))
+		os.RemoveAll(leasesDir(dir, m.Key))
+	}
+	if lds, err := os.ReadDir(filepath.Join(dir, ".leases")); err == nil {
+		for _, l := range lds {
+			if _, err := os.Stat(filepath.Join(dir, l.Name())); errors.Is(err, fs.ErrNotExist) {
+				os.RemoveAll(leasesDir(dir, l.Name()))
+			}
+		}
+	}
+	return freed
+}
+
+// Collect removes snapshots nothing uses any more (see collect), taking
+// the snapshots lock. It returns the bytes freed.
+func Collect(cacheDir string) (int64, error) {
+	dir := Dir(cacheDir)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	unlock, err := safefile.Lock(context.Background(), filepath.Join(dir, ".lock"))
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	return collect(dir, nil), nil
+}
+
+func du(root string) int64 {
+	var n int64
+	filepath.WalkDir(root, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			if st, ok := info.Sys().(*syscall.Stat_t); ok {
+				n += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+func inode(fi fs.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
+}

@@ -1,0 +1,518 @@
+package snapshot
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sbx-dev/sbx/internal/disk"
+	"github.com/sbx-dev/sbx/internal/safefile"
+	"github.com/sbx-dev/sbx/internal/vm"
+)
+
+// Shares is the number of workspace share slots of a snapshot VM. A
+// sandbox with more workspaces cold-boots.
+const Shares = 4
+
+// layoutVersion changes whenever VMConfig's device set does.
+const layoutVersion = 1
+
+// DockerSerial is the serial of the Docker disk slot.
+const DockerSerial = "sbx-docker"
+
+// Files of a snapshot folder.
+const (
+	metaFile  = "meta.json"
+	diskFile  = "disk.qcow2"
+	stateFile = "state"
+	emptyDir  = "empty"
+)
+
+// ErrNotEligible says a sandbox cannot start from a snapshot; the message
+// says why.
+var ErrNotEligible = errors.New("not eligible for a snapshot start")
+
+// Spec is everything a saved VM depends on.
+type Spec struct {
+	QEMU        string   `json:"qemu"`
+	QEMUVersion string   `json:"qemuVersion"`
+	Kernel      string   `json:"kernel"`
+	Initrd      string   `json:"initrd"`
+	Cmdline     string   `json:"cmdline"`
+	Accel       vm.Accel `json:"accel"`
+	TSCkHz      int      `json:"tscKHz"`
+	CPUs        int      `json:"cpus"`
+	MemoryMiB   int      `json:"memoryMiB"`
+	// DiskBytes is the root disk's virtual size (the guest grew its file
+	// system to it before the save).
+	DiskBytes int64 `json:"diskBytes"`
+	// DockerDiskBytes is the Docker disk's size; 0 means no Docker disk.
+	DockerDiskBytes int64  `json:"dockerDiskBytes"`
+	TemplateName    string `json:"templateName"`
+	TemplateID      string `json:"templateID"`
+	TemplateImage   string `json:"templateImage"`
+}
+
+// parts lists the key's inputs by what a person calls them, for the
+// reason a snapshot was rebuilt.
+func (s Spec) parts() map[string]string {
+	return map[string]string{
+		"qemu":          s.QEMU + " " + s.QEMUVersion + " " + fileStamp(s.QEMU),
+		"kernel":        s.Kernel + " " + fileStamp(s.Kernel),
+		"initramfs":     s.Initrd + " " + fileStamp(s.Initrd),
+		"command line":  s.Cmdline,
+		"accelerator":   string(s.Accel),
+		"TSC frequency": strconv.Itoa(s.TSCkHz),
+		"vm size":       fmt.Sprintf("%d cpus %d MiB disk %d docker %d", s.CPUs, s.MemoryMiB, s.DiskBytes, s.DockerDiskBytes),
+		"template":      s.TemplateID,
+		"layout":        strconv.Itoa(layoutVersion) + " " + strconv.Itoa(Shares),
+	}
+}
+
+// family identifies the snapshots one sandbox shape of one template has
+// had over time: a newer one supersedes the older.
+func (s Spec) family() string {
+	return hashOf(s.TemplateName, string(s.Accel), strconv.Itoa(s.CPUs), strconv.Itoa(s.MemoryMiB),
+		strconv.FormatInt(s.DiskBytes, 10), strconv.FormatInt(s.DockerDiskBytes, 10))
+}
+
+// Key is the snapshot's name: a hash of every input.
+func (s Spec) Key() string {
+	p := s.parts()
+	names := make([]string, 0, len(p))
+	for k := range p {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	vals := make([]string, 0, 2*len(names))
+	for _, n := range names {
+		vals = append(vals, n, p[n])
+	}
+	return hashOf(vals...)[:32]
+}
+
+func hashOf(vals ...string) string {
+	h := sha256.New()
+	for _, v := range vals {
+		fmt.Fprintf(h, "%d:%s\n", len(v), v)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// fileStamp identifies a file's version without reading it: size, mtime,
+// inode.
+func fileStamp(path string) string {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "missing"
+	}
+	return fmt.Sprintf("%d@%d#%d", st.Size(), st.ModTime().UnixNano(), inode(st))
+}
+
+// Devices are the host ends of one VM's devices.
+type Devices struct {
+	Name       string
+	RootDisk   string // qcow2
+	DockerDisk string // raw; needed when the spec has a Docker disk
+	// Workspaces are shared in order, as tags ws0, ws1, ...; at most
+	// Shares. Their Tag fields are ignored.
+	Workspaces  []vm.Share
+	Empty       string // an empty folder the unused slots export
+	NetSocket   string
+	MAC         string
+	AgentSocket string
+	Monitor     string
+	ConsoleLog  string
+}
+
+// ShareTag is the 9p tag of share slot i.
+func ShareTag(i int) string { return "ws" + strconv.Itoa(i) }
+
+// VMConfig is the configuration of a VM in the snapshot layout: the one
+// the snapshot VM boots with and each restored sandbox resumes with.
+func VMConfig(s Spec, d Devices) (vm.Config, error) {
+	if len(d.Workspaces) > Shares {
+		return vm.Config{}, fmt.Errorf("%w: %d workspaces, and a snapshot has %d share slots", ErrNotEligible, len(d.Workspaces), Shares)
+	}
+	if s.DockerDiskBytes > 0 && d.DockerDisk == "" {
+		return vm.Config{}, errors.New("snapshot layout: the spec has a docker disk and the devices none")
+	}
+	c := vm.Config{
+		Name:        d.Name,
+		Kernel:      s.Kernel,
+		Initrd:      s.Initrd,
+		Cmdline:     s.Cmdline,
+		CPUs:        s.CPUs,
+		MemoryMiB:   s.MemoryMiB,
+		Accel:       s.Accel,
+		TSCkHz:      s.TSCkHz,
+		Disks:       []vm.Disk{{Path: d.RootDisk, Format: "qcow2"}},
+		Net:         &vm.Net{Socket: d.NetSocket, MAC: d.MAC},
+		AgentSocket: d.AgentSocket,
+		Monitor:     d.Monitor,
+		ConsoleLog:  d.ConsoleLog,
+	}
+	if s.DockerDiskBytes > 0 {
+		c.Disks = append(c.Disks, vm.Disk{Path: d.DockerDisk, Format: "raw", Serial: DockerSerial})
+	}
+	for i := range Shares {
+		if i < len(d.Workspaces) {
+			w := d.Workspaces[i]
+			c.Shares = append(c.Shares, vm.Share{Tag: ShareTag(i), Path: w.Path, ReadOnly: w.ReadOnly})
+			continue
+		}
+		c.Shares = append(c.Shares, vm.Share{Tag: ShareTag(i), Path: d.Empty, ReadOnly: true})
+	}
+	return c, nil
+}
+
+// Snapshot is a saved VM in the cache.
+type Snapshot struct {
+	Key string
+	Dir string
+	// Disk is the root disk at save time: the backing file of each new
+	// sandbox's disk.
+	Disk string
+	// State is the saved VM state, for vm.Config.RestoreFrom.
+	State string
+	// Empty is the folder unused share slots export.
+	Empty string
+	Meta  Meta
+}
+
+// Meta is meta.json.
+type Meta struct {
+	Key     string            `json:"key"`
+	Family  string            `json:"family"`
+	Spec    Spec              `json:"spec"`
+	Parts   map[string]string `json:"parts"`
+	Created time.Time         `json:"created"`
+	// BootMS and SaveMS are how long the snapshot VM took to boot and to
+	// be saved; StateBytes is the size of the state file.
+	BootMS     int64 `json:"bootMS"`
+	SaveMS     int64 `json:"saveMS"`
+	StateBytes int64 `json:"stateBytes"`
+}
+
+// Dir is the snapshots folder of a cache.
+func Dir(cacheDir string) string { return filepath.Join(cacheDir, "snapshots") }
+
+func open(dir, key string) (*Snapshot, error) {
+	d := filepath.Join(dir, key)
+	b, err := os.ReadFile(filepath.Join(d, metaFile))
+	if err != nil {
+		return nil, err
+	}
+	var m Meta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", key, err)
+	}
+	if m.Key != key {
+		return nil, fmt.Errorf("snapshot %s: meta.json names %s", key, m.Key)
+	}
+	s := &Snapshot{Key: key, Dir: d, Disk: filepath.Join(d, diskFile), State: filepath.Join(d, stateFile), Empty: filepath.Join(d, emptyDir), Meta: m}
+	for _, p := range []string{s.Disk, s.State, s.Empty} {
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("snapshot %s is incomplete: %w", key, err)
+		}
+	}
+	return s, nil
+}
+
+// Lookup returns the snapshot with key, if it is complete.
+func Lookup(cacheDir, key string) (*Snapshot, error) { return open(Dir(cacheDir), key) }
+
+// Options of Ensure.
+type Options struct {
+	// QEMUImg is the qemu-img binary.
+	QEMUImg string
+	// Backend boots the snapshot VM.
+	Backend vm.Backend
+	// Progress receives one line per step for people (may be nil).
+	Progress io.Writer
+	Log      *slog.Logger
+}
+
+// Ensure returns the snapshot for spec, building it first when there is
+// none (which boots a VM: seconds under TCG). A failed build is recorded
+// and not tried again for the same key; the error says so.
+func Ensure(ctx context.Context, cacheDir string, spec Spec, o Options) (*Snapshot, error) {
+	dir := Dir(cacheDir)
+	key := spec.Key()
+	if s, err := open(dir, key); err == nil {
+		return s, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create snapshot cache: %w", err)
+	}
+	unlock, err := safefile.Lock(ctx, filepath.Join(dir, ".lock"))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	safefile.RemoveTemps(dir, ".tmp-")
+	if s, err := open(dir, key); err == nil {
+		return s, nil
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, key+".failed")); err == nil {
+		return nil, fmt.Errorf("an earlier attempt failed: %s (remove %s to try again)", strings.TrimSpace(string(b)), filepath.Join(dir, key+".failed"))
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if why := supersedes(dir, spec); why != "" {
+		o.Log.Info("rebuilding the template's snapshot", "component", "snapshot", "template", spec.TemplateName, "reason", why)
+		if o.Progress != nil {
+			fmt.Fprintf(o.Progress, "Snapshot of template %s is out of date (%s); saving a new one\n", spec.TemplateName, why)
+		}
+	} else if o.Progress != nil {
+		fmt.Fprintf(o.Progress, "Saving a booted snapshot of template %s for fast starts (once for this template and size)\n", spec.TemplateName)
+	}
+	s, err := build(ctx, dir, key, spec, o)
+	if err != nil {
+		if ctx.Err() == nil {
+			_ = safefile.Write(filepath.Join(dir, key+".failed"), []byte(err.Error()+"\n"), 0o600)
+		}
+		return nil, err
+	}
+	collect(dir, nil)
+	return s, nil
+}
+
+// supersedes says what changed since the newest snapshot of spec's
+// family, or "" when there is none.
+func supersedes(dir string, spec Spec) string {
+	var newest *Meta
+	for _, m := range metas(dir) {
+		if m.Family == spec.family() && (newest == nil || m.Created.After(newest.Created)) {
+			newest = &m
+		}
+	}
+	if newest == nil {
+		return ""
+	}
+	return Changed(spec, *newest)
+}
+
+// Changed says which inputs of spec differ from those snapshot m was
+// saved with ("kernel, initramfs changed").
+func Changed(spec Spec, m Meta) string {
+	var changed []string
+	for k, v := range spec.parts() {
+		if m.Parts[k] != v {
+			changed = append(changed, k)
+		}
+	}
+	sort.Strings(changed)
+	if len(changed) == 0 {
+		return "nothing changed"
+	}
+	return strings.Join(changed, ", ") + " changed"
+}
+
+func metas(dir string) []Meta {
+	ents, _ := os.ReadDir(dir)
+	var out []Meta
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if s, err := open(dir, e.Name()); err == nil {
+			out = append(out, s.Meta)
+		}
+	}
+	return out
+}
+
+// build boots a VM in the snapshot layout, waits for its agent to open
+// its port, saves it, and publishes the folder.
+func build(ctx context.Context, dir, key string, spec Spec, o Options) (*Snapshot, error) {
+	tmp, err := os.MkdirTemp(dir, ".tmp-"+key+"-")
+	if err != nil {
+		return nil, err
+	}
+	published := false
+	defer func() {
+		if !published {
+			os.RemoveAll(tmp)
+		}
+	}()
+	final := filepath.Join(dir, key)
+	// The disk is made at its final path's sibling and renamed with the
+	// folder: its backing file (the template image) is an absolute path.
+	if err := disk.CreateOverlay(ctx, o.QEMUImg, spec.TemplateImage, "raw", filepath.Join(tmp, diskFile), spec.DiskBytes); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(filepath.Join(tmp, emptyDir), 0o555); err != nil {
+		return nil, err
+	}
+	var dockerDisk string
+	if spec.DockerDiskBytes > 0 {
+		// A blank stand-in of the right size: the guest only reads its
+		// first blocks (partition scan) before the save, and drops them
+		// before mounting the sandbox's real one.
+		dockerDisk = filepath.Join(tmp, "docker.img")
+		f, err := os.OpenFile(dockerDisk, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		err = f.Truncate(spec.DockerDiskBytes)
+		f.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	// Sockets live in a short folder of their own (unix socket paths are
+	// limited to 108 bytes).
+	rt, err := os.MkdirTemp("", "sbx-snap-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(rt)
+	netSock := filepath.Join(rt, "net.sock")
+	ln, err := net.Listen("unix", netSock)
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	// The snapshot VM's network card is wired to nothing that answers:
+	// frames are read and dropped. The guest configures no network before
+	// the save, so none should come.
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(io.Discard, c)
+	}()
+	cfg, err := VMConfig(spec, Devices{
+		Name:        "snapshot-" + key[:12],
+		RootDisk:    filepath.Join(tmp, diskFile),
+		DockerDisk:  dockerDisk,
+		Empty:       filepath.Join(tmp, emptyDir),
+		NetSocket:   netSock,
+		MAC:         "02:00:00:00:00:01",
+		AgentSocket: filepath.Join(rt, "agent.sock"),
+		Monitor:     filepath.Join(rt, "qmp.sock"),
+		ConsoleLog:  filepath.Join(tmp, "console.log"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	inst, err := o.Backend.New(ctx, cfg, o.Log)
+	if err != nil {
+		return nil, err
+	}
+	snap, ok := inst.(vm.Snapshotter)
+	if !ok {
+		return nil, fmt.Errorf("the %s backend cannot save a vm", o.Backend.Name())
+	}
+	defer func() {
+		inst.Kill()
+		<-inst.Wait()
+	}()
+	bootCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	var vmmOut vmmOutput
+	start := time.Now()
+	if err := inst.Start(bootCtx, &vmmOut); err != nil {
+		return nil, fmt.Errorf("boot the snapshot vm: %w%s", err, vmmDetail(vmmOut.String()))
+	}
+	if err := snap.WaitAgentOpen(bootCtx); err != nil {
+		return nil, fmt.Errorf("boot the snapshot vm: %w%s (console: %s)", err, vmmDetail(vmmOut.String()), lastLine(filepath.Join(tmp, "console.log")))
+	}
+	booted := time.Since(start)
+	f, err := os.OpenFile(filepath.Join(tmp, stateFile), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	saveStart := time.Now()
+	err = snap.Save(bootCtx, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("save the snapshot vm: %w%s", err, vmmDetail(vmmOut.String()))
+	}
+	saved := time.Since(saveStart)
+	inst.Kill()
+	<-inst.Wait()
+	// The stand-in Docker disk is not needed by restored sandboxes (each
+	// has its own); the console log stays for diagnosis.
+	if dockerDisk != "" {
+		os.Remove(dockerDisk)
+	}
+	st, err := os.Stat(filepath.Join(tmp, stateFile))
+	if err != nil {
+		return nil, err
+	}
+	m := Meta{Key: key, Family: spec.family(), Spec: spec, Parts: spec.parts(), Created: time.Now().UTC(),
+		BootMS: booted.Milliseconds(), SaveMS: saved.Milliseconds(), StateBytes: st.Size()}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := safefile.Write(filepath.Join(tmp, metaFile), append(b, '\n'), 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return nil, fmt.Errorf("publish snapshot: %w", err)
+	}
+	published = true
+	o.Log.Info("snapshot saved", "component", "snapshot", "key", key, "template", spec.TemplateName,
+		"boot", booted.String(), "save", saved.String(), "bytes", st.Size())
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, "Snapshot saved (boot %.1f s, save %.1f s, %d MiB)\n", booted.Seconds(), saved.Seconds(), st.Size()>>20)
+	}
+	return open(dir, key)
+}
+
+func vmmDetail(s string) string {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return ""
+	}
+	return " (qemu: " + s + ")"
+}
+
+func lastLine(path string) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
+}
+
+// vmmOutput keeps the first bytes QEMU prints, for error messages. QEMU's
+// output is copied in by another goroutine.
+type vmmOutput struct {
+	mu  sync.Mutex
+	buf []byte // guarded by mu
+}
+
+func (v *vmmOutput) Write(p []byte) (int, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if room := 4096 - len(v.buf); room > 0 {
+		v.buf = append(v.buf, p[:min(len(p), room)]...)
+	}
+	return len(p), nil
+}
+
+func (v *vmmOutput) String() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return string(v.buf)
+}

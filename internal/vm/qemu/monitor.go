@@ -1,0 +1,186 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+
+	"github.com/sbx-dev/sbx/internal/vm"
+)
+
+// monitor is the QMP connection of one QEMU: commands, and the events the
+// instance waits on (the guest opening the agent port).
+type monitor struct {
+	mon *qmp.SocketMonitor
+
+	mu        sync.Mutex
+	agentOpen bool          // guarded by mu
+	openc     chan struct{} // closed when agentOpen becomes true
+	done      chan struct{} // closed when the event stream ends
+}
+
+// connectMonitor connects to QEMU's QMP socket, which QEMU creates shortly
+// after it starts, and starts reading its events.
+func connectMonitor(ctx context.Context, path string, exited <-chan struct{}) (*monitor, error) {
+	for {
+		mon, err := qmp.NewSocketMonitor("unix", path, 5*time.Second)
+		if err == nil {
+			if err := mon.Connect(); err != nil {
+				mon.Disconnect()
+				return nil, fmt.Errorf("qmp handshake: %w", err)
+			}
+			m := &monitor{mon: mon, openc: make(chan struct{}), done: make(chan struct{})}
+			events, err := mon.Events(context.Background())
+			if err != nil {
+				mon.Disconnect()
+				return nil, fmt.Errorf("qmp events: %w", err)
+			}
+			go m.readEvents(events)
+			return m, nil
+		}
+		select {
+		case <-exited:
+			return nil, fmt.Errorf("qemu: %w", vm.ErrVMExitedEarly)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to qmp socket: %w", ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// readEvents drains the event stream (the library blocks command replies
+// while an event waits to be read).
+func (m *monitor) readEvents(events <-chan qmp.Event) {
+	defer close(m.done)
+	for ev := range events {
+		if ev.Event != "VSERPORT_CHANGE" {
+			continue
+		}
+		if id, _ := ev.Data["id"].(string); id != agentPortID {
+			continue
+		}
+		open, _ := ev.Data["open"].(bool)
+		m.mu.Lock()
+		if open && !m.agentOpen {
+			m.agentOpen = true
+			close(m.openc)
+		}
+		m.mu.Unlock()
+	}
+}
+
+// run executes one QMP command and decodes its "return" into out (may be
+// nil).
+func (m *monitor) run(cmd string, args any, out any, file *os.File) error {
+	c := map[string]any{"execute": cmd}
+	if args != nil {
+		c["arguments"] = args
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	raw, err := m.mon.RunWithFile(b, file)
+	if err != nil {
+		return fmt.Errorf("qmp %s: %w", cmd, err)
+	}
+	if out == nil {
+		return nil
+	}
+	var r struct {
+		Return json.RawMessage `json:"return"`
+	}
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return fmt.Errorf("qmp %s: %w", cmd, err)
+	}
+	if err := json.Unmarshal(r.Return, out); err != nil {
+		return fmt.Errorf("qmp %s: %w", cmd, err)
+	}
+	return nil
+}
+
+func (m *monitor) status() (string, error) {
+	var st struct {
+		Status string `json:"status"`
+	}
+	err := m.run("query-status", nil, &st, nil)
+	return st.Status, err
+}
+
+// waitLoaded waits until an incoming migration has ended and says whether
+// the state loaded. QEMU exits when a load fails; exited reports that.
+func (m *monitor) waitLoaded(ctx context.Context, exited <-chan struct{}) error {
+	for {
+		st, err := m.status()
+		if err != nil {
+			select {
+			case <-exited:
+				return fmt.Errorf("%w: qemu exited while loading it", vm.ErrRestore)
+			default:
+			}
+			return fmt.Errorf("%w: %w", vm.ErrRestore, err)
+		}
+		switch st {
+		case "inmigrate":
+		case "paused", "prelaunch", "running":
+			return nil
+		default:
+			return fmt.Errorf("%w: the vm is %s after loading it", vm.ErrRestore, st)
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("%w: qemu exited while loading it", vm.ErrRestore)
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", vm.ErrRestore, ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// save stops the CPUs and migrates the VM's state into f.
+func (m *monitor) save(ctx context.Context, f *os.File) error {
+	if err := m.run("stop", nil, nil, nil); err != nil {
+		return err
+	}
+	if err := m.run("getfd", map[string]any{"fdname": "snapshot"}, nil, f); err != nil {
+		return err
+	}
+	if err := m.run("migrate", map[string]any{"uri": "fd:snapshot"}, nil, nil); err != nil {
+		return err
+	}
+	for {
+		var mi struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+		}
+		if err := m.run("query-migrate", nil, &mi, nil); err != nil {
+			return err
+		}
+		switch mi.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			if mi.ErrorDesc == "" {
+				mi.ErrorDesc = mi.Status
+			}
+			return fmt.Errorf("save vm state: %s", mi.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (m *monitor) close() {
+	m.mon.Disconnect()
+}
+
+var errNoMonitor = errors.New("qemu: the vm has no monitor (vm.Config.Monitor)")
