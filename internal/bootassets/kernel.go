@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -526,11 +527,33 @@ func fileSHA256(path string) (string, error) {
 		return "", fmt.Errorf("hash %s: %w", path, err)
 	}
 	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("hash %s: %w", path, err)
+	}
+	// One command hashes the same inputs more than once (the initramfs is
+	// resolved for a new sandbox's snapshot and again for its start).
+	stamp := fileHashKey{path, st.Size(), st.ModTime().UnixNano()}
+	if v, ok := fileHashes.Load(stamp); ok {
+		return v.(string), nil
+	}
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
 		return "", fmt.Errorf("hash %s: %w", path, err)
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	sum := hex.EncodeToString(h.Sum(nil))
+	fileHashes.Store(stamp, sum)
+	return sum, nil
+}
+
+// fileHashes memoises fileSHA256 for the life of the process, by path,
+// size and modification time.
+var fileHashes sync.Map // fileHashKey -> string
+
+type fileHashKey struct {
+	path  string
+	size  int64
+	mtime int64
 }
 
 // ErrKernelNotCached is returned by CachedKernel when no kernel has been

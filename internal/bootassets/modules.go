@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 )
 
 // BootModules are the modules every sandbox guest loads: the virtio-mmio
@@ -120,23 +121,9 @@ func ModuleGraph(modulesDir string, names []string) ([]Module, error) {
 	if err != nil {
 		return nil, err
 	}
-	index := map[string]string{}
-	err = filepath.WalkDir(filepath.Join(modulesDir, "kernel"), func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			return nil
-		}
-		if n := moduleName(d.Name()); n != "" {
-			if _, dup := index[n]; !dup {
-				index[n] = p
-			}
-		}
-		return nil
-	})
+	index, err := moduleIndex(modulesDir)
 	if err != nil {
-		return nil, fmt.Errorf("index modules in %s: %w", modulesDir, err)
+		return nil, err
 	}
 
 	var order []Module
@@ -246,4 +233,37 @@ func moduleDepends(path string) ([]string, error) {
 		}
 	}
 	return deps, nil
+}
+
+// moduleIndexes memoises moduleIndex per folder for the life of the
+// process: one command resolves the modules more than once, and a walk of
+// a kernel's module tree (thousands of files) costs tens of milliseconds.
+var moduleIndexes sync.Map // modulesDir -> map[string]string
+
+// moduleIndex maps each module name under modulesDir/kernel to its path
+// (the first found).
+func moduleIndex(modulesDir string) (map[string]string, error) {
+	if v, ok := moduleIndexes.Load(modulesDir); ok {
+		return v.(map[string]string), nil
+	}
+	index := map[string]string{}
+	err := filepath.WalkDir(filepath.Join(modulesDir, "kernel"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		if n := moduleName(d.Name()); n != "" {
+			if _, dup := index[n]; !dup {
+				index[n] = p
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("index modules in %s: %w", modulesDir, err)
+	}
+	moduleIndexes.Store(modulesDir, index)
+	return index, nil
 }

@@ -155,5 +155,11 @@ func (e *env) chooseAccel(ctx context.Context, want, qemu string, k bootassets.K
 
 func (e *env) warnTCG(reason string) {
 	e.log.Debug("kvm unusable", "reason", reason)
+	// Once per command: a new sandbox resolves its boot assets twice (for
+	// its snapshot, then for its start).
+	if e.warnedTCG {
+		return
+	}
+	e.warnedTCG = true
 	e.printf(e.stderr, "sbx: KVM cannot run guests here; using TCG emulation, which is slow (see `sbx diagnose`)\n")
 }

@@ -29,6 +29,8 @@ type env struct {
 	log    *slog.Logger
 	// cold is run's and create's --cold: no snapshot start.
 	cold bool
+	// warnedTCG is set once the TCG warning was printed.
+	warnedTCG bool
 }
 
 // Streams are the process's standard streams, passed in so tests can

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -27,6 +28,18 @@ var tscLineRE = regexp.MustCompile(`tsc: (?:Refined TSC clocksource calibration:
 // Detected"), which may be unreadable without privileges, and falls back
 // to the first "cpu MHz" of /proc/cpuinfo.
 func TSCkHz() (int, error) {
+	tscOnce.Do(func() { tscKHz, tscErr = readTSCkHz() })
+	return tscKHz, tscErr
+}
+
+// The TSC frequency is read once per process.
+var (
+	tscOnce sync.Once
+	tscKHz  int
+	tscErr  error
+)
+
+func readTSCkHz() (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, "dmesg").Output(); err == nil {
@@ -99,8 +112,26 @@ func QEMUImg(ctx context.Context) (path string, err error) {
 	return p, err
 }
 
-// QEMUVersion returns the version of the QEMU binary at path.
+// QEMUVersion returns the version of the QEMU binary at path. The answer
+// is remembered for the life of the process, by path, size and mtime.
 func QEMUVersion(ctx context.Context, path string) (string, error) {
+	var key string
+	if st, err := os.Stat(path); err == nil {
+		key = fmt.Sprintf("%s\x00%d\x00%d", path, st.Size(), st.ModTime().UnixNano())
+		if v, ok := qemuVersions.Load(key); ok {
+			return v.(string), nil
+		}
+	}
+	v, err := runQEMUVersion(ctx, path)
+	if err == nil && key != "" {
+		qemuVersions.Store(key, v)
+	}
+	return v, err
+}
+
+var qemuVersions sync.Map // path, size, mtime -> version
+
+func runQEMUVersion(ctx context.Context, path string) (string, error) {
 	out, err := exec.CommandContext(ctx, path, "--version").Output()
 	if err != nil {
 		return "", fmt.Errorf("run %s --version: %w", path, err)

@@ -41,6 +41,11 @@ const (
 	emptyDir  = "empty"
 )
 
+// retryAfter is how long a failed save is not tried again: a start that
+// cannot use a snapshot boots cold rather than pay for a failing save
+// each time.
+const retryAfter = time.Hour
+
 // ErrNotEligible says a sandbox cannot start from a snapshot; the message
 // says why.
 var ErrNotEligible = errors.New("not eligible for a snapshot start")
@@ -70,12 +75,14 @@ type Spec struct {
 // reason a snapshot was rebuilt.
 func (s Spec) parts() map[string]string {
 	return map[string]string{
-		"qemu":          s.QEMU + " " + s.QEMUVersion + " " + fileStamp(s.QEMU),
-		"kernel":        s.Kernel + " " + fileStamp(s.Kernel),
-		"initramfs":     s.Initrd + " " + fileStamp(s.Initrd),
-		"command line":  s.Cmdline,
-		"accelerator":   string(s.Accel),
-		"TSC frequency": strconv.Itoa(s.TSCkHz),
+		"qemu":         s.QEMU + " " + s.QEMUVersion + " " + fileStamp(s.QEMU),
+		"kernel":       s.Kernel + " " + fileStamp(s.Kernel),
+		"initramfs":    s.Initrd + " " + fileStamp(s.Initrd),
+		"command line": s.Cmdline,
+		"accelerator":  string(s.Accel),
+		// Rounded: read from /proc/cpuinfo (without the kernel log) it
+		// wavers, and the guest's clock rate was fixed at the save.
+		"TSC frequency": strconv.Itoa((s.TSCkHz+5000)/10000) + "0 MHz",
 		"vm size":       fmt.Sprintf("%d cpus %d MiB disk %d docker %d", s.CPUs, s.MemoryMiB, s.DiskBytes, s.DockerDiskBytes),
 		"template":      s.TemplateID,
 		"layout":        strconv.Itoa(layoutVersion) + " " + strconv.Itoa(Shares),
@@ -267,8 +274,11 @@ func Ensure(ctx context.Context, cacheDir string, spec Spec, o Options) (*Snapsh
 	if s, err := open(dir, key); err == nil {
 		return s, nil
 	}
-	if b, err := os.ReadFile(filepath.Join(dir, key+".failed")); err == nil {
-		return nil, fmt.Errorf("an earlier attempt failed: %s (remove %s to try again)", strings.TrimSpace(string(b)), filepath.Join(dir, key+".failed"))
+	failed := filepath.Join(dir, key+".failed")
+	if st, err := os.Stat(failed); err == nil && time.Since(st.ModTime()) < retryAfter {
+		b, _ := os.ReadFile(failed)
+		return nil, fmt.Errorf("saving it failed at %s: %s (tried again after %s, or now if you remove %s)",
+			st.ModTime().Format(time.TimeOnly), strings.TrimSpace(string(b)), st.ModTime().Add(retryAfter).Format(time.TimeOnly), failed)
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -284,10 +294,11 @@ func Ensure(ctx context.Context, cacheDir string, spec Spec, o Options) (*Snapsh
 	s, err := build(ctx, dir, key, spec, o)
 	if err != nil {
 		if ctx.Err() == nil {
-			_ = safefile.Write(filepath.Join(dir, key+".failed"), []byte(err.Error()+"\n"), 0o600)
+			_ = safefile.Write(failed, []byte(err.Error()+"\n"), 0o600)
 		}
 		return nil, err
 	}
+	os.Remove(failed)
 	collect(dir, nil)
 	return s, nil
 }

@@ -38,7 +38,7 @@ func TestKeyCoversEveryInput(t *testing.T) {
 		"initramfs":    func(s *Spec) { s.Initrd += "2" },
 		"cmdline":      func(s *Spec) { s.Cmdline += " quiet" },
 		"accel":        func(s *Spec) { s.Accel = vm.AccelKVM },
-		"tsc":          func(s *Spec) { s.TSCkHz++ },
+		"tsc":          func(s *Spec) { s.TSCkHz += 20000 },
 		"cpus":         func(s *Spec) { s.CPUs = 2 },
 		"memory":       func(s *Spec) { s.MemoryMiB = 4096 },
 		"disk":         func(s *Spec) { s.DiskBytes++ },
@@ -51,6 +51,12 @@ func TestKeyCoversEveryInput(t *testing.T) {
 		if s.Key() == k {
 			t.Errorf("changing the %s keeps the key", name)
 		}
+	}
+	// A TSC reading that wavers by a few kHz is the same host.
+	s := base
+	s.TSCkHz += 3
+	if s.Key() != k {
+		t.Error("a TSC reading 3 kHz off changes the key")
 	}
 	// A kernel rewritten in place (same path) is another kernel.
 	time.Sleep(10 * time.Millisecond)
