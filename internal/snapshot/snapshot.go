@@ -28,7 +28,7 @@ import (
 const Shares = 4
 
 // layoutVersion changes whenever VMConfig's device set does.
-const layoutVersion = 1
+const layoutVersion = 2
 
 // DockerSerial is the serial of the Docker disk slot.
 const DockerSerial = "sbx-docker"
@@ -38,6 +38,7 @@ const (
 	metaFile  = "meta.json"
 	diskFile  = "disk.qcow2"
 	stateFile = "state"
+	ramFile   = "ram"
 	emptyDir  = "empty"
 )
 
@@ -143,6 +144,10 @@ type Devices struct {
 	AgentSocket string
 	Monitor     string
 	ConsoleLog  string
+	// MemoryFile backs guest RAM: the snapshot VM writes its RAM there
+	// (MemoryShared), a resumed VM maps it copy-on-write.
+	MemoryFile   string
+	MemoryShared bool
 }
 
 // ShareTag is the 9p tag of share slot i.
@@ -171,6 +176,9 @@ func VMConfig(s Spec, d Devices) (vm.Config, error) {
 		AgentSocket: d.AgentSocket,
 		Monitor:     d.Monitor,
 		ConsoleLog:  d.ConsoleLog,
+		MemoryFile:  d.MemoryFile,
+		// Written only by the snapshot VM.
+		MemoryShared: d.MemoryShared,
 	}
 	if s.DockerDiskBytes > 0 {
 		c.Disks = append(c.Disks, vm.Disk{Path: d.DockerDisk, Format: "raw", Serial: DockerSerial})
@@ -193,8 +201,11 @@ type Snapshot struct {
 	// Disk is the root disk at save time: the backing file of each new
 	// sandbox's disk.
 	Disk string
-	// State is the saved VM state, for vm.Config.RestoreFrom.
+	// State is the saved VM state, for vm.Config.RestoreFrom, without
+	// RAM.
 	State string
+	// RAM is the guest's memory at save time (vm.Config.MemoryFile).
+	RAM string
 	// Empty is the folder unused share slots export.
 	Empty string
 	Meta  Meta
@@ -212,6 +223,8 @@ type Meta struct {
 	BootMS     int64 `json:"bootMS"`
 	SaveMS     int64 `json:"saveMS"`
 	StateBytes int64 `json:"stateBytes"`
+	// RAMBytes is the space the RAM file takes (it is sparse).
+	RAMBytes int64 `json:"ramBytes"`
 }
 
 // Dir is the snapshots folder of a cache.
@@ -230,8 +243,9 @@ func open(dir, key string) (*Snapshot, error) {
 	if m.Key != key {
 		return nil, fmt.Errorf("snapshot %s: meta.json names %s", key, m.Key)
 	}
-	s := &Snapshot{Key: key, Dir: d, Disk: filepath.Join(d, diskFile), State: filepath.Join(d, stateFile), Empty: filepath.Join(d, emptyDir), Meta: m}
-	for _, p := range []string{s.Disk, s.State, s.Empty} {
+	s := &Snapshot{Key: key, Dir: d, Disk: filepath.Join(d, diskFile), State: filepath.Join(d, stateFile),
+		RAM: filepath.Join(d, ramFile), Empty: filepath.Join(d, emptyDir), Meta: m}
+	for _, p := range []string{s.Disk, s.State, s.RAM, s.Empty} {
 		if _, err := os.Stat(p); err != nil {
 			return nil, fmt.Errorf("snapshot %s is incomplete: %w", key, err)
 		}
@@ -411,15 +425,17 @@ func build(ctx context.Context, dir, key string, spec Spec, o Options) (*Snapsho
 		_, _ = io.Copy(io.Discard, c)
 	}()
 	cfg, err := VMConfig(spec, Devices{
-		Name:        "snapshot-" + key[:12],
-		RootDisk:    filepath.Join(tmp, diskFile),
-		DockerDisk:  dockerDisk,
-		Empty:       filepath.Join(tmp, emptyDir),
-		NetSocket:   netSock,
-		MAC:         "02:00:00:00:00:01",
-		AgentSocket: filepath.Join(rt, "agent.sock"),
-		Monitor:     filepath.Join(rt, "qmp.sock"),
-		ConsoleLog:  filepath.Join(tmp, "console.log"),
+		Name:         "snapshot-" + key[:12],
+		RootDisk:     filepath.Join(tmp, diskFile),
+		DockerDisk:   dockerDisk,
+		Empty:        filepath.Join(tmp, emptyDir),
+		NetSocket:    netSock,
+		MAC:          "02:00:00:00:00:01",
+		AgentSocket:  filepath.Join(rt, "agent.sock"),
+		Monitor:      filepath.Join(rt, "qmp.sock"),
+		ConsoleLog:   filepath.Join(tmp, "console.log"),
+		MemoryFile:   filepath.Join(tmp, ramFile),
+		MemoryShared: true,
 	})
 	if err != nil {
 		return nil, err
@@ -471,8 +487,13 @@ func build(ctx context.Context, dir, key string, spec Spec, o Options) (*Snapsho
 	if err != nil {
 		return nil, err
 	}
+	// Resumed VMs map the RAM file copy-on-write: it must never change.
+	if err := os.Chmod(filepath.Join(tmp, ramFile), 0o400); err != nil {
+		return nil, err
+	}
+	ramBytes := du(filepath.Join(tmp, ramFile))
 	m := Meta{Key: key, Family: spec.family(), Spec: spec, Parts: spec.parts(), Created: time.Now().UTC(),
-		BootMS: booted.Milliseconds(), SaveMS: saved.Milliseconds(), StateBytes: st.Size()}
+		BootMS: booted.Milliseconds(), SaveMS: saved.Milliseconds(), StateBytes: st.Size(), RAMBytes: ramBytes}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return nil, err
@@ -487,7 +508,7 @@ func build(ctx context.Context, dir, key string, spec Spec, o Options) (*Snapsho
 	o.Log.Info("snapshot saved", "component", "snapshot", "key", key, "template", spec.TemplateName,
 		"boot", booted.String(), "save", saved.String(), "bytes", st.Size())
 	if o.Progress != nil {
-		fmt.Fprintf(o.Progress, "Snapshot saved (boot %.1f s, save %.1f s, %d MiB)\n", booted.Seconds(), saved.Seconds(), st.Size()>>20)
+		fmt.Fprintf(o.Progress, "Snapshot saved (boot %.1f s, save %.1f s, %d MiB of memory)\n", booted.Seconds(), saved.Seconds(), ramBytes>>20)
 	}
 	return open(dir, key)
 }

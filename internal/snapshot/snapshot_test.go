@@ -118,6 +118,7 @@ func fakeSnapshot(t *testing.T, dir string, spec Spec, t0 time.Time) string {
 	os.MkdirAll(filepath.Join(d, emptyDir), 0o755)
 	os.WriteFile(filepath.Join(d, diskFile), nil, 0o600)
 	os.WriteFile(filepath.Join(d, stateFile), nil, 0o600)
+	os.WriteFile(filepath.Join(d, ramFile), nil, 0o400)
 	b, _ := json.Marshal(Meta{Key: key, Family: spec.family(), Spec: spec, Parts: spec.parts(), Created: t0})
 	os.WriteFile(filepath.Join(d, metaFile), b, 0o600)
 	return key

@@ -76,6 +76,7 @@ type Boot struct {
 type Restore struct {
 	Key   string        `json:"key"`
 	State string        `json:"state"`
+	RAM   string        `json:"ram"`
 	Empty string        `json:"empty"`
 	Spec  snapshot.Spec `json:"spec"`
 }
@@ -511,6 +512,7 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 			return vm.Config{}, nil, fmt.Errorf("%w: the snapshot and the sandbox differ in having a docker disk", snapshot.ErrNotEligible)
 		}
 		dev.Empty = restore.Empty
+		dev.MemoryFile = restore.RAM
 		vc, err := snapshot.VMConfig(restore.Spec, dev)
 		vc.RestoreFrom = restore.State
 		return vc, ws, err

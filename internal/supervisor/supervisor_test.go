@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/agentclient"
 	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/snapshot"
 	"github.com/sbx-dev/sbx/internal/vm/vmtest"
 )
 
@@ -40,6 +42,19 @@ func start(t *testing.T, detached bool) *fixture {
 // startWith is start with a sandbox config changed by edit.
 func startWith(t *testing.T, detached bool, edit func(*sandbox.Config)) *fixture {
 	t.Helper()
+	return startOpts(t, fixtureOpts{detached: detached, edit: edit})
+}
+
+type fixtureOpts struct {
+	detached bool
+	edit     func(*sandbox.Config)
+	boot     func(*Boot)
+	backend  *vmtest.Backend
+}
+
+func startOpts(t *testing.T, o fixtureOpts) *fixture {
+	t.Helper()
+	detached, edit := o.detached, o.edit
 	base, err := os.MkdirTemp("", "sbx-sup")
 	if err != nil {
 		t.Fatal(err)
@@ -59,12 +74,21 @@ func startWith(t *testing.T, detached bool, edit func(*sandbox.Config)) *fixture
 	if err != nil {
 		t.Fatal(err)
 	}
-	boot, _ := json.Marshal(Boot{Version: BootVersion, Accel: "tcg", Detached: detached, CPUs: 1, MAC: sandbox.NewMAC(), ConfigDir: filepath.Join(base, "config")})
+	b := Boot{Version: BootVersion, Accel: "tcg", Detached: detached, CPUs: 1, MAC: sandbox.NewMAC(), ConfigDir: filepath.Join(base, "config")}
+	if o.boot != nil {
+		o.boot(&b)
+	}
+	boot, _ := json.Marshal(b)
 	if err := os.WriteFile(sb.Path(sandbox.BootFile), boot, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	u, _ := user.Current()
-	f := &fixture{store: store, sb: sb, backend: &vmtest.Backend{User: u.Username}, done: make(chan error, 1)}
+	backend := o.backend
+	if backend == nil {
+		backend = &vmtest.Backend{}
+	}
+	backend.User = u.Username
+	f := &fixture{store: store, sb: sb, backend: backend, done: make(chan error, 1)}
 	var logs bytes.Buffer
 	f.sup, err = New(store, sb, slog.New(slog.NewTextHandler(&logs, nil)), Options{Backend: f.backend})
 	if err != nil {
@@ -178,5 +202,39 @@ func TestCrashIsRecorded(t *testing.T) {
 	st, _ := f.store.ReadState(f.sb)
 	if st.Status != sandbox.StatusCrashed || st.Reason == "" {
 		t.Errorf("state %+v, want crashed with a reason", st)
+	}
+}
+
+// TestRestoreFallsBackToColdBoot: a snapshot start that fails boots the
+// VM cold, in the plain device layout, and the status carries a note the
+// starting command prints; the guest got its identity either way.
+func TestRestoreFallsBackToColdBoot(t *testing.T) {
+	f := startOpts(t, fixtureOpts{
+		backend: &vmtest.Backend{FailRestore: true},
+		boot: func(b *Boot) {
+			b.Restore = &Restore{Key: "k1", State: "/nonexistent/state", RAM: "/nonexistent/ram", Empty: t.TempDir(),
+				Spec: snapshot.Spec{CPUs: 1, MemoryMiB: 2048, Accel: "tcg"}}
+		},
+	})
+	insts := f.backend.Instances()
+	if len(insts) != 2 {
+		t.Fatalf("%d instances, want a failed restore and a cold boot", len(insts))
+	}
+	if c := insts[0].Config(); c.RestoreFrom != "/nonexistent/state" || c.MemoryFile != "/nonexistent/ram" || len(c.Shares) != snapshot.Shares {
+		t.Errorf("restore config: %+v", c)
+	}
+	if c := insts[1].Config(); c.RestoreFrom != "" || c.MemoryFile != "" || len(c.Shares) != 1 || c.Monitor == "" {
+		t.Errorf("cold config: %+v", c)
+	}
+	st, err := f.client.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Notes) != 1 || !strings.Contains(st.Notes[0], "booted cold instead") {
+		t.Errorf("notes %q", st.Notes)
+	}
+	setups := insts[1].Setups()
+	if len(setups) != 1 || setups[0].Identity == nil || len(setups[0].Identity.MachineID) != 32 || len(setups[0].Identity.Seed) != 64 || setups[0].Identity.TimeUnixNano == 0 {
+		t.Errorf("setup identity: %+v", setups)
 	}
 }

@@ -113,6 +113,14 @@ type Config struct {
 	// saved VM; host paths (disk files, share folders, sockets) may differ.
 	// Needs Monitor.
 	RestoreFrom string
+	// MemoryFile, when set, backs guest RAM with this file instead of
+	// anonymous memory. With MemoryShared the guest writes into the file
+	// (a VM to be saved: Save then leaves RAM out of the state, the file
+	// holds it); without, the file is mapped copy-on-write (a VM resumed
+	// from such a save: pages are read from the file on first touch, and
+	// VMs resumed from one file share the pages none of them wrote).
+	MemoryFile   string
+	MemoryShared bool
 }
 
 // Exit is how a VMM process ended.

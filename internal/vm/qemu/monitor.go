@@ -179,6 +179,14 @@ func (m *monitor) save(ctx context.Context, f *os.File) error {
 	}
 }
 
+// setIgnoreShared leaves RAM backed by a shared memory file out of the
+// migration stream, on the saving and on the loading side.
+func (m *monitor) setIgnoreShared() error {
+	return m.run("migrate-set-capabilities", map[string]any{
+		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}},
+	}, nil, nil)
+}
+
 func (m *monitor) close() {
 	m.mon.Disconnect()
 }

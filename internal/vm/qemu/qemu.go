@@ -76,6 +76,10 @@ func Args(cfg vm.Config) []string {
 	return a
 }
 
+// memoryBackendID names the RAM backend of a VM with a memory file; the
+// name is part of the saved state, so it never changes.
+const memoryBackendID = "ram0"
+
 // restoreFD is the descriptor number the saved state is passed on: the
 // first of exec.Cmd.ExtraFiles.
 const restoreFD = 3
@@ -87,7 +91,12 @@ func monitorArgs(cfg vm.Config) []string {
 	// -S: the CPUs start stopped; Start resumes them once the monitor is
 	// connected (and the saved state loaded).
 	a := []string{"-qmp", "unix:" + escape(cfg.Monitor) + ",server=on,wait=off", "-S"}
-	if cfg.RestoreFrom != "" {
+	switch {
+	case cfg.RestoreFrom != "" && cfg.MemoryFile != "":
+		// The state leaves RAM out (x-ignore-shared), a capability that
+		// must be set before the load starts: Start sets it, then loads.
+		a = append(a, "-incoming", "defer")
+	case cfg.RestoreFrom != "":
 		a = append(a, "-incoming", "fd:"+strconv.Itoa(restoreFD))
 	}
 	return a
@@ -113,6 +122,14 @@ func machineArgs(cfg vm.Config) []string {
 		a = append(a, "-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg,tb-size="+strconv.Itoa(tb), "-cpu", "max")
 	}
 	a = append(a, "-smp", strconv.Itoa(max(cfg.CPUs, 1)), "-m", strconv.Itoa(cfg.MemoryMiB)+"M")
+	if cfg.MemoryFile != "" {
+		share := "off"
+		if cfg.MemoryShared {
+			share = "on"
+		}
+		a = append(a, "-object", "memory-backend-file,id="+memoryBackendID+",size="+strconv.Itoa(cfg.MemoryMiB)+"M,mem-path="+escape(cfg.MemoryFile)+",share="+share,
+			"-machine", "memory-backend="+memoryBackendID)
+	}
 	return a
 }
 
@@ -283,6 +300,14 @@ func (i *instance) connect(ctx context.Context, exited <-chan struct{}) error {
 	}
 	if i.cfg.RestoreFrom != "" {
 		start := time.Now()
+		if i.cfg.MemoryFile != "" {
+			if err := mon.setIgnoreShared(); err != nil {
+				return fmt.Errorf("%w: %w", vm.ErrRestore, err)
+			}
+			if err := mon.run("migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(restoreFD)}, nil, nil); err != nil {
+				return fmt.Errorf("%w: %w", vm.ErrRestore, err)
+			}
+		}
 		if err := mon.waitLoaded(ctx, exited); err != nil {
 			return err
 		}
@@ -319,6 +344,12 @@ func (i *instance) Save(ctx context.Context, f *os.File) error {
 	i.mu.Unlock()
 	if mon == nil {
 		return errNoMonitor
+	}
+	if i.cfg.MemoryFile != "" && i.cfg.MemoryShared {
+		// RAM is in the memory file already: keep it out of the state.
+		if err := mon.setIgnoreShared(); err != nil {
+			return err
+		}
 	}
 	return mon.save(ctx, f)
 }

@@ -7,6 +7,7 @@ package vmtest
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -24,6 +25,9 @@ type Backend struct {
 	// User is the user exec requests run as when they name none or name
 	// "agent" (normally the current user's name).
 	User string
+	// FailRestore makes every Start of a VM with a RestoreFrom fail with
+	// vm.ErrRestore, as a damaged or foreign snapshot would.
+	FailRestore bool
 
 	mu        sync.Mutex
 	instances []*Instance // guarded by mu
@@ -39,7 +43,7 @@ func (b *Backend) New(_ context.Context, cfg vm.Config, log *slog.Logger) (vm.In
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	i := &Instance{cfg: cfg, log: log, user: b.User, waitc: make(chan vm.Exit, 1), done: make(chan struct{})}
+	i := &Instance{cfg: cfg, log: log, user: b.User, failRestore: b.FailRestore, waitc: make(chan vm.Exit, 1), done: make(chan struct{})}
 	b.mu.Lock()
 	b.instances = append(b.instances, i)
 	b.mu.Unlock()
@@ -55,9 +59,10 @@ func (b *Backend) Instances() []*Instance {
 
 // Instance is one fake VM.
 type Instance struct {
-	cfg  vm.Config
-	log  *slog.Logger
-	user string
+	cfg         vm.Config
+	log         *slog.Logger
+	user        string
+	failRestore bool
 
 	mu     sync.Mutex
 	host   net.Conn                // guarded by mu
@@ -85,6 +90,9 @@ func (i *Instance) Setups() []agentapi.SetupRequest {
 // Start implements vm.Instance: it starts the agent server on one end of a
 // pipe and returns with the other end as the agent channel.
 func (i *Instance) Start(ctx context.Context, _ io.Writer) error {
+	if i.failRestore && i.cfg.RestoreFrom != "" {
+		return fmt.Errorf("%w: fake backend told to fail", vm.ErrRestore)
+	}
 	host, guest := net.Pipe()
 	sctx, cancel := context.WithCancel(context.Background())
 	reaper := agent.NewReaper(i.log, agent.ReapRegistered)
