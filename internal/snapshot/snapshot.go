@@ -487,8 +487,10 @@ func build(ctx context.Context, dir, key string, spec Spec, o Options) (*Snapsho
 	if err != nil {
 		return nil, err
 	}
-	// Resumed VMs map the RAM file copy-on-write: it must never change.
-	if err := os.Chmod(filepath.Join(tmp, ramFile), 0o400); err != nil {
+	// Resumed VMs map the RAM file copy-on-write (MAP_PRIVATE), so they
+	// never change it; QEMU 7.2 still opens it read-write, so it stays
+	// writable by its owner (0600, in the 0700 cache).
+	if err := os.Chmod(filepath.Join(tmp, ramFile), 0o600); err != nil {
 		return nil, err
 	}
 	ramBytes := du(filepath.Join(tmp, ramFile))
