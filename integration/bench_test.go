@@ -205,18 +205,23 @@ func readBoot(b *testing.B, h *harness) bootSpec {
 const defaultTBSize = 256
 
 // bareBoot boots the kernel and initramfs alone under QEMU (same machine
-// flags as sbx, TCG with a translation cache of tbMiB) and returns the time
+// flags as sbx: TCG with a translation cache of tbMiB, or KVM when the
+// sandboxes used it) and returns the time
 // from QEMU start to the first line /init (the agent) prints, and QEMU's
 // RSS in KiB at that point.
 func bareBoot(b *testing.B, s bootSpec, tbMiB int) (time.Duration, int64) {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	args := []string{"-nodefaults", "-no-user-config", "-display", "none",
-		"-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg,tb-size=" + strconv.Itoa(tbMiB), "-cpu", "max", "-smp", "1", "-m", "2048M",
-		"-kernel", s.Kernel, "-initrd", s.Initrd,
-		"-append", "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable tsc_early_khz=" + strconv.Itoa(s.TSCkHz) + " lpj=4000000 no_timer_check",
-		"-serial", "stdio", "-device", "virtio-rng-device"}
+	machine := []string{"-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg,tb-size=" + strconv.Itoa(tbMiB), "-cpu", "max", "-smp", "1"}
+	cmdline := "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable tsc_early_khz=" + strconv.Itoa(s.TSCkHz) + " lpj=4000000 no_timer_check"
+	if s.Accel == "kvm" { // the sandboxes use KVM: so does the baseline
+		machine = []string{"-M", "microvm,rtc=on", "-accel", "kvm", "-cpu", "host", "-smp", "2"}
+		cmdline = "console=ttyS0 panic=-1 quiet loglevel=4"
+	}
+	args := append([]string{"-nodefaults", "-no-user-config", "-display", "none"}, machine...)
+	args = append(args, "-m", "2048M", "-kernel", s.Kernel, "-initrd", s.Initrd, "-append", cmdline,
+		"-serial", "stdio", "-device", "virtio-rng-device")
 	cmd := exec.CommandContext(ctx, s.QEMU, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
