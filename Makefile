@@ -63,8 +63,11 @@ fuzz:
 	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	  done; done
 
-# bench measures boot, exec round trip and memory, each against a baseline
-# measured in the same run; results also go to bin/bench.json.
+# bench measures cold and snapshot starts, the exec round trip, proxied
+# HTTPS, workspace I/O and memory, each against a baseline measured in the
+# same run (docs/benchmarks.md); the integration run ends with a table, and
+# the figures go to bin/bench.json. SBX_BENCH_TB_SIZES=32,64,128,256 adds
+# the TCG translation cache study.
 bench: build
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 2s ./internal/proxy/
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x ./internal/wsdiff/

@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 	sbxBin = filepath.Join(dir, "sbx")
 	buildErr = build(dir)
 	code := m.Run()
+	printBenchTable(os.Stdout) // only when benchmarks reported figures
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
