@@ -67,7 +67,7 @@ exec %[2]q "$@"
 		h := newHarness(b)
 		h.env = append(h.env, "SBX_QEMU="+wrapper)
 		ws := workspace(b)
-		cold := coldFlag(b, h)
+		cold := []string{"--cold"}
 		h.mustSbx(runArgs(append([]string{"--rm"}, cold...), "warm", ws, "true")...)
 		var f figures
 		var colds, bares []time.Duration
