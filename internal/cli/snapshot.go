@@ -78,7 +78,7 @@ func (e *env) restoreFor(sb *sandbox.Sandbox, boot supervisor.Boot, qemuVersion 
 		fmt.Fprintf(e.stderr, "sbx: note: the snapshot sandbox %s was made from no longer matches (%s); booting cold\n", sb.Config.Name, snapshot.Changed(spec, snap.Meta))
 		return nil
 	}
-	return &supervisor.Restore{Key: key, State: snap.State, RAM: snap.RAM, Empty: snap.Empty, Spec: snap.Meta.Spec}
+	return &supervisor.Restore{Key: key, State: snap.State, RAM: snap.RAM, Empty: snap.Empty, Console: snap.Console, Spec: snap.Meta.Spec}
 }
 
 // markBooted records that sb's disk has been booted once, before the VM

@@ -35,11 +35,12 @@ const DockerSerial = "sbx-docker"
 
 // Files of a snapshot folder.
 const (
-	metaFile  = "meta.json"
-	diskFile  = "disk.qcow2"
-	stateFile = "state"
-	ramFile   = "ram"
-	emptyDir  = "empty"
+	metaFile    = "meta.json"
+	diskFile    = "disk.qcow2"
+	stateFile   = "state"
+	ramFile     = "ram"
+	consoleFile = "console.log"
+	emptyDir    = "empty"
 )
 
 // retryAfter is how long a failed save is not tried again: a start that
@@ -208,7 +209,9 @@ type Snapshot struct {
 	RAM string
 	// Empty is the folder unused share slots export.
 	Empty string
-	Meta  Meta
+	// Console is the snapshot VM's console log (its boot).
+	Console string
+	Meta    Meta
 }
 
 // Meta is meta.json.
@@ -244,7 +247,7 @@ func open(dir, key string) (*Snapshot, error) {
 		return nil, fmt.Errorf("snapshot %s: meta.json names %s", key, m.Key)
 	}
 	s := &Snapshot{Key: key, Dir: d, Disk: filepath.Join(d, diskFile), State: filepath.Join(d, stateFile),
-		RAM: filepath.Join(d, ramFile), Empty: filepath.Join(d, emptyDir), Meta: m}
+		RAM: filepath.Join(d, ramFile), Empty: filepath.Join(d, emptyDir), Console: filepath.Join(d, consoleFile), Meta: m}
 	for _, p := range []string{s.Disk, s.State, s.RAM, s.Empty} {
 		if _, err := os.Stat(p); err != nil {
 			return nil, fmt.Errorf("snapshot %s is incomplete: %w", key, err)
@@ -460,7 +463,7 @@ func build(ctx context.Context, dir, key string, spec Spec, o Options) (*Snapsho
 		return nil, fmt.Errorf("boot the snapshot vm: %w%s", err, vmmDetail(vmmOut.String()))
 	}
 	if err := snap.WaitAgentOpen(bootCtx); err != nil {
-		return nil, fmt.Errorf("boot the snapshot vm: %w%s (console: %s)", err, vmmDetail(vmmOut.String()), lastLine(filepath.Join(tmp, "console.log")))
+		return nil, fmt.Errorf("boot the snapshot vm: %w%s (console: %s)", err, vmmDetail(vmmOut.String()), lastLine(filepath.Join(tmp, consoleFile)))
 	}
 	booted := time.Since(start)
 	f, err := os.OpenFile(filepath.Join(tmp, stateFile), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)

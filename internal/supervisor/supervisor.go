@@ -74,11 +74,14 @@ type Boot struct {
 // saved with), its state file and the empty folder unused share slots
 // export.
 type Restore struct {
-	Key   string        `json:"key"`
-	State string        `json:"state"`
-	RAM   string        `json:"ram"`
-	Empty string        `json:"empty"`
-	Spec  snapshot.Spec `json:"spec"`
+	Key   string `json:"key"`
+	State string `json:"state"`
+	RAM   string `json:"ram"`
+	// Console is the snapshot VM's console log: the boot this guest's
+	// memory went through, the start of the sandbox's console log.
+	Console string        `json:"console,omitempty"`
+	Empty   string        `json:"empty"`
+	Spec    snapshot.Spec `json:"spec"`
 }
 
 // Cmdline is the guest kernel command line (the agent reads sbx.root and
@@ -548,8 +551,16 @@ func (s *Supervisor) bootVM(ctx context.Context, rt string, restore *Restore, do
 		return nil, err
 	}
 	accel := vc.Accel
-	// A fresh console log per boot keeps `sbx logs` about this boot.
+	// A fresh console log per boot keeps `sbx logs` about this boot; a
+	// resumed guest's boot is the snapshot VM's, so its log starts with
+	// that one.
 	os.Remove(vc.ConsoleLog)
+	if restore != nil && restore.Console != "" {
+		if err := startConsoleFrom(vc.ConsoleLog, restore.Console, restore.Key); err != nil {
+			s.log.Warn("console log of the snapshot not copied", "component", "supervisor", "err", err)
+		}
+		vc.ConsoleAppend = true
+	}
 
 	inst, err := s.backend.New(ctx, vc, s.log)
 	if err != nil {
@@ -654,6 +665,20 @@ func (s *Supervisor) bootVM(ctx context.Context, rt string, restore *Restore, do
 		return nil, err
 	}
 	return inst, nil
+}
+
+// startConsoleFrom begins the console log at path with the snapshot VM's
+// console log and a line saying where the resumed guest takes over.
+func startConsoleFrom(path, snapshotConsole, key string) error {
+	data, err := os.ReadFile(snapshotConsole)
+	if err != nil {
+		return err
+	}
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		data = append(data, '\n')
+	}
+	data = append(data, fmt.Sprintf("[sbx] %s: resumed from snapshot %s (the boot above is the snapshot VM's)\n", time.Now().UTC().Format(time.RFC3339), key)...)
+	return os.WriteFile(path, data, 0o600)
 }
 
 // identity is the guest's identity for this start: its machine id (stable

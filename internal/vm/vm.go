@@ -98,8 +98,10 @@ type Config struct {
 	Net *Net
 	// AgentSocket is the unix socket the VMM serves the agent channel on.
 	AgentSocket string
-	// ConsoleLog receives the guest's serial console.
-	ConsoleLog string
+	// ConsoleLog receives the guest's serial console; it is truncated at
+	// start unless ConsoleAppend.
+	ConsoleLog    string
+	ConsoleAppend bool
 	// PIDFile, when set, receives the VMM's pid.
 	PIDFile string
 	// Monitor, when set, is the unix socket of the VMM's control channel

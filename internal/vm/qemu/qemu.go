@@ -145,7 +145,11 @@ func consoleArgs(cfg vm.Config) []string {
 	if cfg.ConsoleLog == "" {
 		return []string{"-serial", "null"}
 	}
-	return []string{"-chardev", "file,id=console,path=" + escape(cfg.ConsoleLog), "-serial", "chardev:console"}
+	opts := "file,id=console,path=" + escape(cfg.ConsoleLog)
+	if cfg.ConsoleAppend {
+		opts += ",append=on"
+	}
+	return []string{"-chardev", opts, "-serial", "chardev:console"}
 }
 
 func diskArgs(cfg vm.Config) []string {

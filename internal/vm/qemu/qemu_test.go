@@ -36,6 +36,8 @@ func TestArgsGolden(t *testing.T) {
 	restore := base
 	restore.Monitor = "/run/user/1000/sbx/ab12/qmp.sock"
 	restore.RestoreFrom = "/cache/snapshots/k1/state"
+	restore.MemoryFile = "/cache/snapshots/k1/ram"
+	restore.ConsoleAppend = true
 	kvm := base
 	kvm.Accel = vm.AccelKVM
 	kvm.CPUs = 2
