@@ -83,11 +83,15 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, mode start
 		return err
 	}
 	boot.Detached = detached
+	printed := 0 // phases can arrive several at once (the guest's with hello)
 	progress := func(s controlapi.Status) {
-		if e.debug && len(s.Phases) > 0 {
-			p := s.Phases[len(s.Phases)-1]
-			fmt.Fprintf(e.stderr, "boot: %-8s %6d ms\n", p.Name, p.DurationMS)
+		if !e.debug {
+			return
 		}
+		for _, p := range s.Phases[min(printed, len(s.Phases)):] {
+			fmt.Fprintf(e.stderr, "boot: %-18s %6d ms\n", p.Name, p.DurationMS)
+		}
+		printed = max(printed, len(s.Phases))
 	}
 	waitSnapshot()
 	if err := supervisor.Launch(ctx, e.store, sb, boot, progress); err != nil {

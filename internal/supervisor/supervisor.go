@@ -424,6 +424,16 @@ func (s *Supervisor) phaseFunc(name string, f func() error) error {
 	return nil
 }
 
+// guestPhases names the guest's own boot phases (from hello) "guest:NAME"
+// for the supervisor's list; they break the "agent" phase down.
+func guestPhases(ps []agentapi.BootPhase) []controlapi.Phase {
+	var out []controlapi.Phase
+	for _, p := range ps {
+		out = append(out, controlapi.Phase{Name: "guest:" + p.Name, DurationMS: (p.DurationUS + 500) / 1000})
+	}
+	return out
+}
+
 func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error) {
 	cfg := s.sb.Config
 	accel := vm.Accel(s.boot.Accel)
@@ -515,6 +525,7 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 	s.mu.Lock()
 	s.client = client
 	s.hello = client.Info()
+	s.phases = append(s.phases, guestPhases(s.hello.BootPhases)...)
 	s.mu.Unlock()
 	err = s.phaseFunc("setup", func() error {
 		stream, err := client.OpenStream(bootCtx)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -178,5 +179,18 @@ func TestCrashIsRecorded(t *testing.T) {
 	st, _ := f.store.ReadState(f.sb)
 	if st.Status != sandbox.StatusCrashed || st.Reason == "" {
 		t.Errorf("state %+v, want crashed with a reason", st)
+	}
+}
+
+// TestGuestPhases: the guest's boot phases from hello join the
+// supervisor's list as guest:NAME, rounded to milliseconds.
+func TestGuestPhases(t *testing.T) {
+	got := guestPhases([]agentapi.BootPhase{{Name: "kernel", DurationUS: 3_400_499}, {Name: "modules", DurationUS: 1500}})
+	want := []controlapi.Phase{{Name: "guest:kernel", DurationMS: 3400}, {Name: "guest:modules", DurationMS: 2}}
+	if !slices.Equal(got, want) {
+		t.Errorf("guestPhases = %+v, want %+v", got, want)
+	}
+	if got := guestPhases(nil); len(got) != 0 {
+		t.Errorf("no phases from an older agent: got %+v", got)
 	}
 }
