@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sbx-dev/sbx/internal/supervisor"
 )
 
 // A benchResult is one figure with the baseline measured in the same run.
@@ -83,15 +85,16 @@ func readBoot(b *testing.B, h *harness) bootSpec {
 }
 
 // bareBoot boots the kernel and initramfs alone under QEMU (same machine
-// flags as sbx, TCG) and returns the time from QEMU start to the first line
-// /init (the agent) prints, and QEMU's RSS at that point.
+// flags and kernel command line as sbx, TCG) and returns the time from
+// QEMU start to the first line /init (the agent) prints, and QEMU's RSS at
+// that point.
 func bareBoot(b *testing.B, s bootSpec) (time.Duration, int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	args := []string{"-nodefaults", "-no-user-config", "-display", "none",
 		"-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg,tb-size=256", "-cpu", "max", "-smp", "1", "-m", "2048M",
 		"-kernel", s.Kernel, "-initrd", s.Initrd,
-		"-append", "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable tsc_early_khz=" + strconv.Itoa(s.TSCkHz) + " lpj=4000000 no_timer_check",
+		"-append", supervisor.GuestCmdline + " tsc=reliable tsc_early_khz=" + strconv.Itoa(s.TSCkHz) + " lpj=4000000 no_timer_check",
 		"-serial", "stdio", "-device", "virtio-rng-device"}
 	cmd := exec.CommandContext(ctx, s.QEMU, args...)
 	out, err := cmd.StdoutPipe()
