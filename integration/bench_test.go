@@ -22,6 +22,7 @@ import (
 	"github.com/sbx-dev/sbx/api/controlapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
 	"github.com/sbx-dev/sbx/internal/paths"
+	"github.com/sbx-dev/sbx/internal/supervisor"
 )
 
 // A benchResult is one figure with the baseline measured in the same run.
@@ -205,7 +206,7 @@ func readBoot(b *testing.B, h *harness) bootSpec {
 const defaultTBSize = 256
 
 // bareBoot boots the kernel and initramfs alone under QEMU (same machine
-// flags as sbx: TCG with a translation cache of tbMiB, or KVM when the
+// flags and kernel command line as sbx: TCG with a translation cache of tbMiB, or KVM when the
 // sandboxes used it) and returns the time
 // from QEMU start to the first line /init (the agent) prints, and QEMU's
 // RSS in KiB at that point.
@@ -214,10 +215,10 @@ func bareBoot(b *testing.B, s bootSpec, tbMiB int) (time.Duration, int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	machine := []string{"-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg,tb-size=" + strconv.Itoa(tbMiB), "-cpu", "max", "-smp", "1"}
-	cmdline := "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable tsc_early_khz=" + strconv.Itoa(s.TSCkHz) + " lpj=4000000 no_timer_check"
+	cmdline := supervisor.GuestCmdline + " tsc=reliable tsc_early_khz=" + strconv.Itoa(s.TSCkHz) + " lpj=4000000 no_timer_check"
 	if s.Accel == "kvm" { // the sandboxes use KVM: so does the baseline
 		machine = []string{"-M", "microvm,rtc=on", "-accel", "kvm", "-cpu", "host", "-smp", "2"}
-		cmdline = "console=ttyS0 panic=-1 quiet loglevel=4"
+		cmdline = supervisor.GuestCmdline
 	}
 	args := append([]string{"-nodefaults", "-no-user-config", "-display", "none"}, machine...)
 	args = append(args, "-m", "2048M", "-kernel", s.Kernel, "-initrd", s.Initrd, "-append", cmdline,

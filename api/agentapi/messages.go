@@ -136,6 +136,17 @@ type HelloResponse struct {
 	ProtocolVersion int    `json:"protocol_version"`
 	KernelRelease   string `json:"kernel_release"`
 	BootID          string `json:"boot_id"`
+	// BootPhases are the guest's boot steps of this boot, in order: first
+	// "kernel" (the kernel's own boot until the agent ran as /init, read
+	// from CLOCK_BOOTTIME), then the agent's phases ("early-mounts",
+	// "modules", "root-disk", ...). Empty from older agents.
+	BootPhases []BootPhase `json:"boot_phases,omitempty"`
+}
+
+// BootPhase is one named guest boot step and how long it took.
+type BootPhase struct {
+	Name       string `json:"name"`
+	DurationUS int64  `json:"duration_us"`
 }
 
 // SetupRequest prepares the guest for a sandbox. Sequence: Request ->

@@ -61,8 +61,13 @@ func (c *console) set(w io.Writer) {
 // It never returns: a fatal error is logged and the machine powered off,
 // because PID 1 exiting (or panicking) is a kernel panic.
 func Init() {
+	kernel, kernelOK := sinceBoot()
 	con := &console{w: os.Stderr}
 	log := slog.New(slog.NewJSONHandler(con, &slog.HandlerOptions{Level: slog.LevelInfo})).With("component", "agent")
+	if kernelOK {
+		bootPhases.add("kernel", kernel)
+		log.Info("boot phase done", "phase", "kernel", "duration", kernel)
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			log.Error("panic in init", "panic", fmt.Sprint(r))
@@ -84,7 +89,9 @@ func phase(log *slog.Logger, name string, fn func() error) error {
 		log.Error("boot phase failed", "phase", name, "duration", time.Since(start), "err", err)
 		return fmt.Errorf("boot phase %s: %w", name, err)
 	}
-	log.Info("boot phase done", "phase", name, "duration", time.Since(start))
+	d := time.Since(start)
+	bootPhases.add(name, d)
+	log.Info("boot phase done", "phase", name, "duration", d)
 	return nil
 }
 

@@ -197,7 +197,7 @@ func codeOf(err error) agentapi.ErrorCode {
 }
 
 func (s *Server) hello(w io.Writer, req *agentapi.HelloRequest) {
-	info := agentapi.HelloResponse{ProtocolVersion: agentapi.ProtocolVersion}
+	info := agentapi.HelloResponse{ProtocolVersion: agentapi.ProtocolVersion, BootPhases: bootPhases.list()}
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err == nil {
 		info.KernelRelease = unix.ByteSliceToString(uts.Release[:])

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -345,9 +346,16 @@ func TestExecStreamBreakKills(t *testing.T) {
 }
 
 func TestHealthAndHello(t *testing.T) {
+	bootPhases.add("kernel", 3*time.Second)
+	bootPhases.add("modules", 1500*time.Microsecond)
+	t.Cleanup(bootPhases.reset)
 	c := startAgent(t)
 	if c.Info().ProtocolVersion != agentapi.ProtocolVersion || c.Info().KernelRelease == "" {
 		t.Errorf("hello info = %+v", c.Info())
+	}
+	want := []agentapi.BootPhase{{Name: "kernel", DurationUS: 3_000_000}, {Name: "modules", DurationUS: 1500}}
+	if got := c.Info().BootPhases; !slices.Equal(got, want) {
+		t.Errorf("hello boot phases = %+v, want %+v", got, want)
 	}
 	s, err := c.OpenStream(t.Context())
 	if err != nil {

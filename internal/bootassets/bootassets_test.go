@@ -521,3 +521,89 @@ func TestCachedKernel(t *testing.T) {
 		t.Errorf("CachedKernel (-want +got):\n%s", diff)
 	}
 }
+
+// signed appends a module signature of n bytes to mod, as sign-file does.
+func signed(mod []byte, n int) []byte {
+	out := append([]byte(nil), mod...)
+	out = append(out, bytes.Repeat([]byte{0xAB}, n)...)
+	info := make([]byte, 12)
+	info[2] = 2 // PKEY_ID_PKCS7
+	binary.BigEndian.PutUint32(info[8:], uint32(n))
+	out = append(out, info...)
+	return append(out, moduleSigMagic...)
+}
+
+func TestStripModuleSignature(t *testing.T) {
+	mod := []byte("\x7fELF module body")
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		want []byte
+	}{
+		{"signed", signed(mod, 40), mod},
+		{"unsigned", mod, mod},
+		{"signature longer than the file", append(append(append([]byte("x"), make([]byte, 8)...), 0, 0, 1, 0), moduleSigMagic...), nil},
+		{"only the magic", []byte(moduleSigMagic), []byte(moduleSigMagic)},
+	} {
+		want := tc.want
+		if want == nil {
+			want = tc.in
+		}
+		if got := stripModuleSignature(tc.in); !bytes.Equal(got, want) {
+			t.Errorf("%s: got %q, want %q", tc.name, got, want)
+		}
+	}
+}
+
+// TestInitramfsStripsSignatures: Debian's kernel gets its modules packed
+// unsigned; another kernel's are packed as they are.
+func TestInitramfsStripsSignatures(t *testing.T) {
+	modDir := fakeModules(t, map[string]string{"drivers/char/virtio-rng.ko": "", "net/llc/llc.ko": ""})
+	saved, savedDocker := BootModules, DockerModules
+	BootModules, DockerModules = []string{"virtio_rng"}, []string{"llc"}
+	t.Cleanup(func() { BootModules, DockerModules = saved, savedDocker })
+	files := map[string][]byte{}
+	for _, rel := range []string{"drivers/char/virtio-rng.ko", "net/llc/llc.ko"} {
+		p := filepath.Join(modDir, "kernel", rel)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files["lib/modules/"+filepath.Base(rel)] = b
+		if err := os.WriteFile(p, signed(b, 512), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	agent := filepath.Join(t.TempDir(), "agent")
+	if err := os.WriteFile(agent, []byte("#!agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cache := t.TempDir()
+	for _, tc := range []struct {
+		source string
+		strip  bool
+	}{{"debian-package:linux-image-6.1.0-test=1", true}, {"user", false}, {"host", false}} {
+		p, err := EnsureInitramfs(t.Context(), cache, Kernel{Release: "6.1.0-test", ModulesDir: modDir, Source: tc.source}, agent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range readNewc(t, b) {
+			unsigned, ok := files[e.Name]
+			if !ok {
+				continue
+			}
+			n++
+			if stripped := e.Data == string(unsigned); stripped != tc.strip {
+				t.Errorf("%s: %s stripped = %t, want %t", tc.source, e.Name, stripped, tc.strip)
+			}
+		}
+		if n != 2 {
+			t.Errorf("%s: %d modules in the initramfs, want 2", tc.source, n)
+		}
+	}
+}

@@ -2,8 +2,10 @@ package bootassets
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"github.com/sbx-dev/sbx/internal/safefile"
@@ -42,6 +44,8 @@ var initramfsDirs = []string{"/dev", "/proc", "/sys", "/run", "/tmp", "/sysroot"
 // the rest of ModuleGraph(k.ModulesDir, DockerModules) in
 // InitramfsDockerModules. When k.ModulesDir is empty no modules are packed
 // (the kernel must have the drivers built in) and both lists are empty.
+// The modules of Debian's kernel are packed without their signatures (see
+// stripSignatures).
 //
 // The file is <cacheDir>/initramfs/<sha256 of the inputs>.cpio, built
 // under a lock into a temp file and renamed, so it is safe to call
@@ -61,8 +65,10 @@ func EnsureInitramfs(ctx context.Context, cacheDir string, k Kernel, agentBinary
 			return "", fmt.Errorf("collect docker modules for kernel %s: %w", k.Release, err)
 		}
 	}
+	strip := stripSignatures(k)
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n", initramfsFormat)
+	fmt.Fprintf(h, "strip-signatures %t\n", strip)
 	inputs := append([]string{agentBinary}, mods...)
 	fmt.Fprintf(h, "boot %d\n", len(mods))
 	for _, m := range docker {
@@ -100,7 +106,7 @@ func EnsureInitramfs(ctx context.Context, cacheDir string, k Kernel, agentBinary
 	defer os.Remove(f.Name())
 	defer f.Close()
 	bw := bufio.NewWriterSize(f, 1<<20)
-	if err := writeInitramfs(ctx, bw, agentBinary, mods, docker); err != nil {
+	if err := writeInitramfs(ctx, bw, agentBinary, mods, docker, strip); err != nil {
 		return "", fmt.Errorf("write initramfs: %w", err)
 	}
 	if err := bw.Flush(); err != nil {
@@ -156,7 +162,38 @@ func baseNames(paths []string) []string {
 	return out
 }
 
-func writeInitramfs(ctx context.Context, w io.Writer, agentBinary string, mods []string, docker []Module) error {
+// stripSignatures says whether k's modules are packed without their
+// signatures. Checking a module's signature is the largest part of loading
+// it under TCG (the boot modules load in 0.6 s instead of 0.9 s without),
+// and it guards nothing here: the host picked the files, and a guest root
+// may load unsigned modules anyway (the kernel only taints itself). Only
+// Debian's kernel, known not to enforce signatures, gets them stripped; a
+// user's or the host's kernel might (CONFIG_MODULE_SIG_FORCE).
+func stripSignatures(k Kernel) bool {
+	return strings.HasPrefix(k.Source, SourceDebianPackage+":")
+}
+
+// moduleSigMagic ends a signed module file: the module, the signature,
+// a 12-byte struct module_signature (sig_len, big-endian, in its last 4
+// bytes), then this magic.
+const moduleSigMagic = "~Module signature appended~\n"
+
+// stripModuleSignature returns the module in b without its appended
+// signature; b unchanged when it has none.
+func stripModuleSignature(b []byte) []byte {
+	const info = 12
+	n := len(b) - len(moduleSigMagic)
+	if n < info || string(b[n:]) != moduleSigMagic {
+		return b
+	}
+	sigLen := int(binary.BigEndian.Uint32(b[n-4 : n]))
+	if sigLen > n-info {
+		return b
+	}
+	return b[:n-info-sigLen]
+}
+
+func writeInitramfs(ctx context.Context, w io.Writer, agentBinary string, mods []string, docker []Module, strip bool) error {
 	c := &newcWriter{w: w}
 	for _, d := range initramfsDirs {
 		if err := c.entry(d, cpioDir|0o755, 0, 0, 0); err != nil {
@@ -178,6 +215,17 @@ func writeInitramfs(ctx context.Context, w io.Writer, agentBinary string, mods [
 		}
 		return c.file(name, perm, st.Size(), f)
 	}
+	addModule := func(name, src string) error {
+		if !strip {
+			return addFile(name, src, 0o644)
+		}
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		b = stripModuleSignature(b)
+		return c.file(name, 0o644, int64(len(b)), bytes.NewReader(b))
+	}
 	if err := addFile("/init", agentBinary, 0o755); err != nil {
 		return fmt.Errorf("add agent as /init: %w", err)
 	}
@@ -187,7 +235,7 @@ func writeInitramfs(ctx context.Context, w io.Writer, agentBinary string, mods [
 			return err
 		}
 		name := InitramfsModulesDir + "/" + filepath.Base(m)
-		if err := addFile(name, m, 0o644); err != nil {
+		if err := addModule(name, m); err != nil {
 			return fmt.Errorf("add module: %w", err)
 		}
 		order.WriteString(name + "\n")
@@ -202,7 +250,7 @@ func writeInitramfs(ctx context.Context, w io.Writer, agentBinary string, mods [
 			return err
 		}
 		name := InitramfsModulesDir + "/" + filepath.Base(m.Path)
-		if err := addFile(name, m.Path, 0o644); err != nil {
+		if err := addModule(name, m.Path); err != nil {
 			return fmt.Errorf("add module: %w", err)
 		}
 		dorder.WriteString(name)

@@ -14,8 +14,11 @@ import (
 )
 
 // BootModules are the modules every sandbox guest loads: the virtio-mmio
-// transport and devices of the microvm machine, 9p for shared folders,
-// ext4 for the root disk and overlay. ModuleClosure adds their dependencies.
+// transport and devices of the microvm machine, 9p for shared folders and
+// ext4 for the root disk. Nothing else is loaded at boot: the guest's
+// network setup needs no netfilter (the policy is enforced on the host),
+// and overlay is only Docker's (DockerModules). ModuleClosure adds their
+// dependencies.
 var BootModules = []string{
 	"virtio_mmio",
 	"virtio_console",
@@ -26,16 +29,15 @@ var BootModules = []string{
 	"9p",
 	"crc32c_generic",
 	"ext4",
-	"overlay",
 }
 
 // DockerModules are the modules Docker Engine needs in the guest: bridge
 // networking (bridge, br_netfilter, veth), NAT and filtering through
 // iptables' nf_tables backend (nft_compat carries the xt_ matches and
 // targets dockerd's rules use) and the legacy iptables tables for images
-// that switch to them, plus overlay for its storage driver (already in
-// BootModules). They are packed apart from the boot set and loaded only in
-// sandboxes that run Docker; ModuleClosure adds their dependencies.
+// that switch to them, plus overlay for its storage driver. They are packed
+// apart from the boot set and loaded only in sandboxes that run Docker;
+// ModuleClosure adds their dependencies.
 var DockerModules = []string{
 	"overlay",
 	"bridge",

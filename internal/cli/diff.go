@@ -292,7 +292,7 @@ func (e *env) startSnapshot(sb *sandbox.Sandbox) func() {
 		}
 		e.warnUnreviewed(sb, unreviewed)
 		if e.debug {
-			fmt.Fprintf(e.stderr, "boot: %-8s %6d ms (start waited %d ms)\n", "snapshot", took.Milliseconds(), time.Since(waitFrom).Milliseconds())
+			fmt.Fprintf(e.stderr, "boot: %-18s %6d ms (start waited %d ms)\n", "snapshot", took.Milliseconds(), time.Since(waitFrom).Milliseconds())
 		}
 	})
 }

@@ -19,7 +19,7 @@ import (
 func snapshotSpec(boot supervisor.Boot, qemuVersion string, cfg sandbox.Config, tmpl sandbox.TemplateRef) snapshot.Spec {
 	return snapshot.Spec{
 		QEMU: boot.QEMU, QEMUVersion: qemuVersion,
-		Kernel: boot.Kernel, Initrd: boot.Initrd, Cmdline: supervisor.Cmdline,
+		Kernel: boot.Kernel, Initrd: boot.Initrd, Cmdline: supervisor.GuestCmdline,
 		Accel: vm.Accel(boot.Accel), TSCkHz: boot.TSCkHz, CPUs: boot.CPUs, MemoryMiB: cfg.MemoryMiB,
 		DiskBytes: cfg.DiskBytes, DockerDiskBytes: cfg.DockerDiskBytes,
 		TemplateName: tmpl.Name, TemplateID: tmpl.ID, TemplateImage: tmpl.Image,

@@ -87,7 +87,7 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, mode start
 	progress := func(s controlapi.Status) {
 		for ; e.debug && shownPhases < len(s.Phases); shownPhases++ {
 			p := s.Phases[shownPhases]
-			fmt.Fprintf(e.stderr, "boot: %-8s %6d ms\n", p.Name, p.DurationMS)
+			fmt.Fprintf(e.stderr, "boot: %-18s %6d ms\n", p.Name, p.DurationMS)
 		}
 		for ; shownNotes < len(s.Notes); shownNotes++ {
 			fmt.Fprintf(e.stderr, "sbx: warning: %s\n", s.Notes[shownNotes])

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -236,5 +237,18 @@ func TestRestoreFallsBackToColdBoot(t *testing.T) {
 	setups := insts[1].Setups()
 	if len(setups) != 1 || setups[0].Identity == nil || len(setups[0].Identity.MachineID) != 32 || len(setups[0].Identity.Seed) != 64 || setups[0].Identity.TimeUnixNano == 0 {
 		t.Errorf("setup identity: %+v", setups)
+	}
+}
+
+// TestGuestPhases: the guest's boot phases from hello join the
+// supervisor's list as guest:NAME, rounded to milliseconds.
+func TestGuestPhases(t *testing.T) {
+	got := guestPhases([]agentapi.BootPhase{{Name: "kernel", DurationUS: 3_400_499}, {Name: "modules", DurationUS: 1500}})
+	want := []controlapi.Phase{{Name: "guest:kernel", DurationMS: 3400}, {Name: "guest:modules", DurationMS: 2}}
+	if !slices.Equal(got, want) {
+		t.Errorf("guestPhases = %+v, want %+v", got, want)
+	}
+	if got := guestPhases(nil); len(got) != 0 {
+		t.Errorf("no phases from an older agent: got %+v", got)
 	}
 }
