@@ -69,7 +69,13 @@ func (g *Guest) Setup(ctx context.Context, req *agentapi.SetupRequest) error {
 		times = append(times, name, time.Since(start).Round(time.Microsecond).String())
 	}
 	if req.Identity != nil {
+		// Fail closed: a guest resumed from a snapshot whose random pool
+		// was not reseeded shares it with every other sandbox made from
+		// that snapshot; nothing else is set up then.
 		step("identity", func() error { return g.setIdentity(req.Identity) })
+		if len(errs) > 0 {
+			return fmt.Errorf("identity: %w", errors.Join(errs...))
+		}
 	}
 	if req.Hostname != "" {
 		step("hostname", func() error { return g.setHostname(req.Hostname) })

@@ -72,7 +72,9 @@ func (e *env) bootSpec(ctx context.Context, sb *sandbox.Sandbox) (supervisor.Boo
 		return b, err
 	}
 	b.MAC = sb.Config.MAC
-	b.Restore = e.restoreFor(sb, b, qemuVersion)
+	if b.Restore, err = e.restoreFor(sb, b, qemuVersion); err != nil {
+		return b, err
+	}
 	return b, nil
 }
 

@@ -318,6 +318,7 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target, name strin
 	uid, gid := guestIDs()
 	cfg := sandbox.Config{
 		ID:         sandbox.NewID(),
+		MachineID:  sandbox.NewMachineID(),
 		Name:       name,
 		Agent:      t.agent.Name,
 		Workspaces: t.workspaces,

@@ -94,11 +94,12 @@ func (e *env) removeSandbox(ctx context.Context, sb *sandbox.Sandbox, force bool
 	}
 	// A template image that only this sandbox still held (its template
 	// was rebuilt or replaced since) goes now.
-	if _, err := snapshot.Collect(e.dirs.Cache); err != nil {
-		e.log.Debug("collect snapshots", "err", err)
-	}
 	if _, err := template.Collect(ctx, e.dirs.Cache); err != nil {
 		e.log.Debug("collect template images", "err", err)
+	}
+	// After the images: a snapshot whose image just went goes too.
+	if _, err := snapshot.Collect(e.dirs.Cache); err != nil {
+		e.log.Debug("collect snapshots", "err", err)
 	}
 	return nil
 }

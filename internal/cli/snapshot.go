@@ -60,25 +60,34 @@ func (e *env) prepareSnapshot(ctx context.Context, cfg sandbox.Config, tmpl temp
 // restoreFor says whether this start of sb resumes its snapshot: only its
 // first start (afterwards its disk has moved on), unless --cold, and only
 // while the snapshot still matches what this start would boot.
-func (e *env) restoreFor(sb *sandbox.Sandbox, boot supervisor.Boot, qemuVersion string) *supervisor.Restore {
+func (e *env) restoreFor(sb *sandbox.Sandbox, boot supervisor.Boot, qemuVersion string) (*supervisor.Restore, error) {
 	key := sb.Config.Snapshot
-	if key == "" || e.cold {
-		return nil
+	if key == "" {
+		return nil, nil
+	}
+	// The sandbox's disk is an overlay of the snapshot's: without it the
+	// sandbox cannot boot at all, cold or not.
+	if _, err := os.Stat(snapshot.DiskOf(e.dirs.Cache, key)); err != nil {
+		return nil, userErr(err, "remove it with `sbx rm "+sb.Config.Name+"` and create it again",
+			"sandbox %s cannot start: its disk is based on snapshot %s, which is gone from the cache", sb.Config.Name, key)
+	}
+	if e.cold {
+		return nil, nil
 	}
 	if _, err := os.Stat(sb.Path(sandbox.BootedFile)); err == nil {
-		return nil
+		return nil, nil
 	}
 	spec := snapshotSpec(boot, qemuVersion, sb.Config, sb.Config.Template)
 	snap, err := snapshot.Lookup(e.dirs.Cache, key)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "sbx: note: the snapshot sandbox %s was made from is gone (%v); booting cold\n", sb.Config.Name, err)
-		return nil
+		fmt.Fprintf(e.stderr, "sbx: note: the snapshot sandbox %s was made from is incomplete (%v); booting cold\n", sb.Config.Name, err)
+		return nil, nil
 	}
 	if spec.Key() != key {
 		fmt.Fprintf(e.stderr, "sbx: note: the snapshot sandbox %s was made from no longer matches (%s); booting cold\n", sb.Config.Name, snapshot.Changed(spec, snap.Meta))
-		return nil
+		return nil, nil
 	}
-	return &supervisor.Restore{Key: key, State: snap.State, RAM: snap.RAM, Empty: snap.Empty, Console: snap.Console, Spec: snap.Meta.Spec}
+	return &supervisor.Restore{Key: key, State: snap.State, RAM: snap.RAM, Empty: snap.Empty, Console: snap.Console, Spec: snap.Meta.Spec}, nil
 }
 
 // markBooted records that sb's disk has been booted once, before the VM

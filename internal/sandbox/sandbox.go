@@ -116,8 +116,10 @@ type Config struct {
 	// Snapshot is the key of the snapshot whose disk backs the sandbox's
 	// disk (see package snapshot); its first start resumes that snapshot.
 	// Empty for sandboxes created with --cold.
-	Snapshot string    `json:"snapshot,omitempty"`
-	Created  time.Time `json:"created"`
+	Snapshot string `json:"snapshot,omitempty"`
+	// MachineID is the guest's /etc/machine-id (32 random hex digits).
+	MachineID string    `json:"machineID,omitempty"`
+	Created   time.Time `json:"created"`
 }
 
 // GitIdentity is a git user.name and user.email.
@@ -255,6 +257,13 @@ func NewMAC() string {
 	_, _ = rand.Read(b)
 	b[0] = b[0]&0xfe | 0x02
 	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5])
+}
+
+// NewMachineID returns a fresh random machine id (32 hex digits).
+func NewMachineID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // NewID returns a fresh random sandbox id (12 hex digits).

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/sbx-dev/sbx/internal/safefile"
 )
@@ -32,8 +33,30 @@ func Lease(cacheDir, key, diskPath string) error {
 	return safefile.Write(filepath.Join(d, hex.EncodeToString(sum[:8])), []byte(abs+"\n"), 0o600)
 }
 
-// leased reports whether a live lease (one whose disk file exists) holds
-// snapshot key. Dead leases are removed on the way.
+// leaseGrace is how long a lease counts as live without its disk: a
+// sandbox being created writes its lease before its disk reaches the
+// path the lease names (it is made in a .new- folder and renamed), and
+// Ensure leaves a pending lease for the create it answers.
+const leaseGrace = 10 * time.Minute
+
+// pendingLease marks key as about to be used by a create: it holds the
+// snapshot for leaseGrace, until the create's own lease exists. The
+// caller holds the lock.
+func pendingLease(dir, key string) error {
+	d := leasesDir(dir, key)
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return fmt.Errorf("lease snapshot: %w", err)
+	}
+	f, err := os.CreateTemp(d, "pending-")
+	if err != nil {
+		return fmt.Errorf("lease snapshot: %w", err)
+	}
+	return f.Close()
+}
+
+// leased reports whether a live lease holds snapshot key: one whose disk
+// file exists, or that is younger than leaseGrace. Dead leases are
+// removed on the way.
 func leased(dir, key string) bool {
 	d := leasesDir(dir, key)
 	ents, err := os.ReadDir(d)
@@ -43,12 +66,21 @@ func leased(dir, key string) bool {
 	live := false
 	for _, e := range ents {
 		p := filepath.Join(d, e.Name())
-		b, err := os.ReadFile(p)
-		if err != nil {
+		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) < leaseGrace {
+			live = true
 			continue
 		}
-		if _, err := os.Stat(strings.TrimSpace(string(b))); err == nil {
-			live = true
+		b, err := os.ReadFile(p)
+		if err != nil {
+			live = true // unreadable: keep the snapshot
+			continue
+		}
+		if strings.HasPrefix(e.Name(), "pending-") {
+			os.Remove(p)
+			continue
+		}
+		if _, err := os.Stat(strings.TrimSpace(string(b))); !errors.Is(err, fs.ErrNotExist) {
+			live = true // there, or cannot tell: keep the snapshot
 			continue
 		}
 		os.Remove(p)
@@ -56,22 +88,28 @@ func leased(dir, key string) bool {
 	return live
 }
 
+// keepPerFamily is how many of the newest snapshots of a family are kept
+// unleased: two sbx builds (or settings) sharing a cache would otherwise
+// delete each other's, and each create would save one again.
+const keepPerFamily = 2
+
 // collect removes snapshots no sandbox disk uses that are stale: their
-// template image is gone, or a newer snapshot of the same family exists,
-// or keep (when not nil) says no. It also drops failure records of keys
-// with no snapshot after a success, and leases of removed snapshots. The
-// caller holds the lock.
+// template image is gone, or keepPerFamily newer snapshots of the same
+// family exist, or keep (when not nil) says no. It also removes leases of
+// removed snapshots. The caller holds the lock.
 func collect(dir string, keep func(Meta) bool) int64 {
 	all := metas(dir)
-	newest := map[string]Meta{}
+	newer := map[string]int{} // key -> snapshots of its family made after it
 	for _, m := range all {
-		if n, ok := newest[m.Family]; !ok || m.Created.After(n.Created) {
-			newest[m.Family] = m
+		for _, o := range all {
+			if o.Family == m.Family && o.Created.After(m.Created) {
+				newer[m.Key]++
+			}
 		}
 	}
 	var freed int64
 	for _, m := range all {
-		stale := newest[m.Family].Key != m.Key
+		stale := newer[m.Key] >= keepPerFamily
 		if _, err := os.Stat(m.Spec.TemplateImage); errors.Is(err, fs.ErrNotExist) {
 			stale = true
 		}

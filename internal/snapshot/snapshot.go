@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sbx-dev/sbx/internal/disk"
 	"github.com/sbx-dev/sbx/internal/safefile"
@@ -88,7 +91,39 @@ func (s Spec) parts() map[string]string {
 		"vm size":       fmt.Sprintf("%d cpus %d MiB disk %d docker %d", s.CPUs, s.MemoryMiB, s.DiskBytes, s.DockerDiskBytes),
 		"template":      s.TemplateID,
 		"layout":        strconv.Itoa(layoutVersion) + " " + strconv.Itoa(Shares),
+		"host cpu":      hostCPU(s.Accel),
 	}
+}
+
+// hostCPU identifies the host CPU and kernel under KVM, where the guest
+// runs with -cpu host and has set itself up for the host's CPU features:
+// a saved guest must not resume on another CPU (a shared cache, a
+// microcode or kernel update). TCG emulates -cpu max, which the QEMU
+// version already pins.
+func hostCPU(accel vm.Accel) string {
+	if accel != vm.AccelKVM {
+		return "emulated"
+	}
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	var model, flags, microcode string
+	for l := range strings.Lines(string(b)) {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		switch strings.TrimSpace(k) {
+		case "model name":
+			model = cmp.Or(model, v)
+		case "flags":
+			flags = cmp.Or(flags, v)
+		case "microcode":
+			microcode = cmp.Or(microcode, v)
+		}
+	}
+	return hashOf(model, flags, microcode, unix.ByteSliceToString(uts.Release[:]))[:16]
 }
 
 // family identifies the snapshots one sandbox shape of one template has
@@ -256,6 +291,10 @@ func open(dir, key string) (*Snapshot, error) {
 	return s, nil
 }
 
+// DiskOf is the path of snapshot key's disk, which backs the disks of the
+// sandboxes made from it.
+func DiskOf(cacheDir, key string) string { return filepath.Join(Dir(cacheDir), key, diskFile) }
+
 // Lookup returns the snapshot with key, if it is complete.
 func Lookup(cacheDir, key string) (*Snapshot, error) { return open(Dir(cacheDir), key) }
 
@@ -276,9 +315,6 @@ type Options struct {
 func Ensure(ctx context.Context, cacheDir string, spec Spec, o Options) (*Snapshot, error) {
 	dir := Dir(cacheDir)
 	key := spec.Key()
-	if s, err := open(dir, key); err == nil {
-		return s, nil
-	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create snapshot cache: %w", err)
 	}
@@ -288,8 +324,10 @@ func Ensure(ctx context.Context, cacheDir string, spec Spec, o Options) (*Snapsh
 	}
 	defer unlock()
 	safefile.RemoveTemps(dir, ".tmp-")
+	// Whatever is returned is held by a pending lease until the caller's
+	// own (Lease) exists, so no collection removes it in between.
 	if s, err := open(dir, key); err == nil {
-		return s, nil
+		return s, pendingLease(dir, key)
 	}
 	failed := filepath.Join(dir, key+".failed")
 	if st, err := os.Stat(failed); err == nil && time.Since(st.ModTime()) < retryAfter {
@@ -316,6 +354,9 @@ func Ensure(ctx context.Context, cacheDir string, spec Spec, o Options) (*Snapsh
 		return nil, err
 	}
 	os.Remove(failed)
+	if err := pendingLease(dir, key); err != nil {
+		return nil, err
+	}
 	collect(dir, nil)
 	return s, nil
 }
@@ -497,6 +538,20 @@ func build(ctx context.Context, dir, key string, spec Spec, o Options) (*Snapsho
 		return nil, err
 	}
 	ramBytes := du(filepath.Join(tmp, ramFile))
+	// Published files never change: each new sandbox's disk is an overlay
+	// of disk.qcow2 and its VM resumes state; nothing opens them for
+	// writing again. They reach the disk before the folder is published.
+	for _, f := range []string{diskFile, stateFile, ramFile} {
+		p := filepath.Join(tmp, f)
+		if f != ramFile {
+			if err := os.Chmod(p, 0o400); err != nil {
+				return nil, err
+			}
+		}
+		if err := syncFile(p); err != nil {
+			return nil, err
+		}
+	}
 	m := Meta{Key: key, Family: spec.family(), Spec: spec, Parts: spec.parts(), Created: time.Now().UTC(),
 		BootMS: booted.Milliseconds(), SaveMS: saved.Milliseconds(), StateBytes: st.Size(), RAMBytes: ramBytes}
 	b, err := json.MarshalIndent(m, "", "  ")
@@ -506,16 +561,32 @@ func build(ctx context.Context, dir, key string, spec Spec, o Options) (*Snapsho
 	if err := safefile.Write(filepath.Join(tmp, metaFile), append(b, '\n'), 0o600); err != nil {
 		return nil, err
 	}
+	if err := syncFile(tmp); err != nil {
+		return nil, err
+	}
 	if err := os.Rename(tmp, final); err != nil {
 		return nil, fmt.Errorf("publish snapshot: %w", err)
 	}
 	published = true
+	_ = syncFile(dir)
 	o.Log.Info("snapshot saved", "component", "snapshot", "key", key, "template", spec.TemplateName,
 		"boot", booted.String(), "save", saved.String(), "bytes", st.Size())
 	if o.Progress != nil {
 		fmt.Fprintf(o.Progress, "Snapshot saved (boot %.1f s, save %.1f s, %d MiB of memory)\n", booted.Seconds(), saved.Seconds(), ramBytes>>20)
 	}
 	return open(dir, key)
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	return nil
 }
 
 func vmmDetail(s string) string {

@@ -128,8 +128,9 @@ func TestCollect(t *testing.T) {
 	cache := t.TempDir()
 	dir := Dir(cache)
 	old := testSpec(t)
-	newer := old
+	newer, newest := old, old
 	newer.QEMUVersion = "8.0"
+	newest.QEMUVersion = "9.0"
 	other := testSpec(t) // another family: other template name
 	other.TemplateName = "shell"
 	gone := testSpec(t)
@@ -138,19 +139,28 @@ func TestCollect(t *testing.T) {
 
 	t0 := time.Now()
 	kOld := fakeSnapshot(t, dir, old, t0)
-	kNew := fakeSnapshot(t, dir, newer, t0.Add(time.Minute))
+	kNewer := fakeSnapshot(t, dir, newer, t0.Add(time.Minute))
+	kNewest := fakeSnapshot(t, dir, newest, t0.Add(2*time.Minute))
 	kOther := fakeSnapshot(t, dir, other, t0)
 	kGone := fakeSnapshot(t, dir, gone, t0)
-	oldLeased := old
-	oldLeased.MemoryMiB = 1024 // its own family
-	oldLeased2 := oldLeased
-	oldLeased2.CPUs = 1
-	oldLeased2.QEMUVersion = "6.0"
-	kLeasedOld := fakeSnapshot(t, dir, oldLeased2, t0)
-	fakeSnapshot(t, dir, oldLeased, t0.Add(time.Minute))
+	// A family with a leased old one and a pending one.
+	leasedSpec := old
+	leasedSpec.MemoryMiB = 1024
+	kLeased := fakeSnapshot(t, dir, leasedSpec, t0)
+	pendingSpec := leasedSpec
+	pendingSpec.QEMUVersion = "6.0"
+	kPending := fakeSnapshot(t, dir, pendingSpec, t0.Add(time.Second))
+	for i := range 2 {
+		s := leasedSpec
+		s.QEMUVersion = "x" + string(rune('0'+i))
+		fakeSnapshot(t, dir, s, t0.Add(time.Duration(i+1)*time.Minute))
+	}
 	disk := filepath.Join(t.TempDir(), "disk.qcow2")
 	os.WriteFile(disk, nil, 0o600)
-	if err := Lease(cache, kLeasedOld, disk); err != nil {
+	if err := Lease(cache, kLeased, disk); err != nil {
+		t.Fatal(err)
+	}
+	if err := pendingLease(dir, kPending); err != nil {
 		t.Fatal(err)
 	}
 
@@ -158,18 +168,30 @@ func TestCollect(t *testing.T) {
 		t.Fatal(err)
 	}
 	exists := func(k string) bool { _, err := os.Stat(filepath.Join(dir, k)); return err == nil }
-	for k, want := range map[string]bool{kOld: false, kNew: true, kOther: true, kGone: false, kLeasedOld: true} {
+	for k, want := range map[string]bool{kOld: false, kNewer: true, kNewest: true, kOther: true, kGone: false, kLeased: true, kPending: true} {
 		if exists(k) != want {
 			t.Errorf("snapshot %s exists=%v, want %v", k, !want, want)
 		}
 	}
-	// Once its disk is gone, the superseded leased one goes too.
+	// A lease whose disk is not there yet (a create in progress) holds for
+	// leaseGrace; after that, and once the disk is gone, it is dead.
 	os.Remove(disk)
 	Collect(cache)
-	if exists(kLeasedOld) {
-		t.Error("a superseded snapshot whose lease is dead was kept")
+	if !exists(kLeased) {
+		t.Error("a fresh lease without its disk did not hold its snapshot")
 	}
-	if _, err := Lookup(cache, kNew); err != nil {
+	past := time.Now().Add(-2 * leaseGrace)
+	for _, k := range []string{kLeased, kPending} {
+		ents, _ := os.ReadDir(leasesDir(dir, k))
+		for _, e := range ents {
+			os.Chtimes(filepath.Join(leasesDir(dir, k), e.Name()), past, past)
+		}
+	}
+	Collect(cache)
+	if exists(kLeased) || exists(kPending) {
+		t.Error("superseded snapshots whose leases are dead were kept")
+	}
+	if _, err := Lookup(cache, kNewest); err != nil {
 		t.Errorf("Lookup: %v", err)
 	}
 }

@@ -487,10 +487,14 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 			return nil, lost
 		}
 		s.log.Warn("snapshot start failed; booting cold", "component", "supervisor", "err", err)
-		s.addNote("the snapshot start failed (" + err.Error() + "); booted cold instead")
+		// Its console log stays for diagnosis; the cold boot starts a new one.
+		failedLog := s.sb.Path(sandbox.ConsoleLog) + ".restore-failed"
+		_ = os.Rename(s.sb.Path(sandbox.ConsoleLog), failedLog)
+		s.addNote("the snapshot start failed (" + err.Error() + "; its console log is " + failedLog + "); booted cold instead")
 		s.mu.Lock()
 		s.inst = nil
 		s.client = nil
+		s.hello = agentapi.HelloResponse{}
 		s.mu.Unlock()
 	}
 	return s.bootVM(ctx, rt, nil, docker, dockerDisk)
@@ -629,13 +633,23 @@ func (s *Supervisor) bootVM(ctx context.Context, rt string, restore *Restore, do
 			c, err := agentclient.Dial(bootCtx, inst.AgentConn(), s.log)
 			done <- result{c, err}
 		}()
+		// A client that arrives after this phase gave up is closed.
+		closeLate := func() {
+			go func() {
+				if r := <-done; r.c != nil {
+					r.c.Close()
+				}
+			}()
+		}
 		select {
 		case r := <-done:
 			client = r.c
 			return r.err
 		case ex := <-inst.Wait():
+			closeLate()
 			return fmt.Errorf("%w: %s; see %s", vm.ErrVMExitedEarly, describeExit(ex), vc.ConsoleLog)
 		case <-bootCtx.Done():
+			closeLate()
 			return fmt.Errorf("%w within %s (%s); see %s", vm.ErrAgentTimeout, timeout, accel, vc.ConsoleLog)
 		}
 	})
@@ -700,14 +714,20 @@ func startConsoleFrom(path, snapshotConsole, key string) error {
 	return os.WriteFile(path, data, 0o600)
 }
 
-// identity is the guest's identity for this start: its machine id (stable
-// for the sandbox), the host's clock and fresh random bytes.
+// identity is the guest's identity for this start: its machine id (random,
+// made at creation, stable for the sandbox), the host's clock and fresh
+// random bytes.
 func (s *Supervisor) identity() *agentapi.Identity {
 	seed := make([]byte, 64)
 	_, _ = rand.Read(seed)
-	sum := sha256.Sum256([]byte("sbx machine-id\x00" + s.sb.Config.ID))
+	id := s.sb.Config.MachineID
+	if id == "" {
+		// Sandboxes made before machine ids were recorded.
+		sum := sha256.Sum256([]byte("sbx machine-id\x00" + s.sb.Config.ID))
+		id = hex.EncodeToString(sum[:16])
+	}
 	return &agentapi.Identity{
-		MachineID:    hex.EncodeToString(sum[:16]),
+		MachineID:    id,
 		TimeUnixNano: time.Now().UnixNano(),
 		Seed:         seed,
 	}

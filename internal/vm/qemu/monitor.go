@@ -31,7 +31,7 @@ func connectMonitor(ctx context.Context, path string, exited <-chan struct{}) (*
 	for {
 		mon, err := qmp.NewSocketMonitor("unix", path, 5*time.Second)
 		if err == nil {
-			if err := mon.Connect(); err != nil {
+			if err := withContext(ctx, mon.Connect); err != nil {
 				mon.Disconnect()
 				return nil, fmt.Errorf("qmp handshake: %w", err)
 			}
@@ -75,9 +75,23 @@ func (m *monitor) readEvents(events <-chan qmp.Event) {
 	}
 }
 
+// withContext runs f, returning early with ctx's error when ctx ends
+// first (go-qemu's calls have no deadline; the caller then kills QEMU,
+// which ends f).
+func withContext(ctx context.Context, f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // run executes one QMP command and decodes its "return" into out (may be
-// nil).
-func (m *monitor) run(cmd string, args any, out any, file *os.File) error {
+// nil). It gives up when ctx ends.
+func (m *monitor) run(ctx context.Context, cmd string, args any, out any, file *os.File) error {
 	c := map[string]any{"execute": cmd}
 	if args != nil {
 		c["arguments"] = args
@@ -86,8 +100,19 @@ func (m *monitor) run(cmd string, args any, out any, file *os.File) error {
 	if err != nil {
 		return err
 	}
-	raw, err := m.mon.RunWithFile(b, file)
+	var raw []byte
+	err = withContext(ctx, func() error {
+		var err error
+		raw, err = m.mon.RunWithFile(b, file)
+		return err
+	})
 	if err != nil {
+		select {
+		case <-m.done:
+			// The event stream ended with the connection: QEMU is gone.
+			return fmt.Errorf("qmp %s: %w", cmd, vm.ErrVMExitedEarly)
+		default:
+		}
 		return fmt.Errorf("qmp %s: %w", cmd, err)
 	}
 	if out == nil {
@@ -105,11 +130,11 @@ func (m *monitor) run(cmd string, args any, out any, file *os.File) error {
 	return nil
 }
 
-func (m *monitor) status() (string, error) {
+func (m *monitor) status(ctx context.Context) (string, error) {
 	var st struct {
 		Status string `json:"status"`
 	}
-	err := m.run("query-status", nil, &st, nil)
+	err := m.run(ctx, "query-status", nil, &st, nil)
 	return st.Status, err
 }
 
@@ -117,7 +142,7 @@ func (m *monitor) status() (string, error) {
 // the state loaded. QEMU exits when a load fails; exited reports that.
 func (m *monitor) waitLoaded(ctx context.Context, exited <-chan struct{}) error {
 	for {
-		st, err := m.status()
+		st, err := m.status(ctx)
 		if err != nil {
 			select {
 			case <-exited:
@@ -145,13 +170,13 @@ func (m *monitor) waitLoaded(ctx context.Context, exited <-chan struct{}) error 
 
 // save stops the CPUs and migrates the VM's state into f.
 func (m *monitor) save(ctx context.Context, f *os.File) error {
-	if err := m.run("stop", nil, nil, nil); err != nil {
+	if err := m.run(ctx, "stop", nil, nil, nil); err != nil {
 		return err
 	}
-	if err := m.run("getfd", map[string]any{"fdname": "snapshot"}, nil, f); err != nil {
+	if err := m.run(ctx, "getfd", map[string]any{"fdname": "snapshot"}, nil, f); err != nil {
 		return err
 	}
-	if err := m.run("migrate", map[string]any{"uri": "fd:snapshot"}, nil, nil); err != nil {
+	if err := m.run(ctx, "migrate", map[string]any{"uri": "fd:snapshot"}, nil, nil); err != nil {
 		return err
 	}
 	for {
@@ -159,7 +184,7 @@ func (m *monitor) save(ctx context.Context, f *os.File) error {
 			Status    string `json:"status"`
 			ErrorDesc string `json:"error-desc"`
 		}
-		if err := m.run("query-migrate", nil, &mi, nil); err != nil {
+		if err := m.run(ctx, "query-migrate", nil, &mi, nil); err != nil {
 			return err
 		}
 		switch mi.Status {
@@ -181,8 +206,8 @@ func (m *monitor) save(ctx context.Context, f *os.File) error {
 
 // setIgnoreShared leaves RAM backed by a shared memory file out of the
 // migration stream, on the saving and on the loading side.
-func (m *monitor) setIgnoreShared() error {
-	return m.run("migrate-set-capabilities", map[string]any{
+func (m *monitor) setIgnoreShared(ctx context.Context) error {
+	return m.run(ctx, "migrate-set-capabilities", map[string]any{
 		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}},
 	}, nil, nil)
 }

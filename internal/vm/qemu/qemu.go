@@ -222,10 +222,32 @@ var (
 )
 
 func (i *instance) Start(ctx context.Context, stderr io.Writer) error {
+	err := i.start(ctx, stderr)
+	i.mu.Lock()
+	started := i.cmd != nil
+	i.mu.Unlock()
+	if err != nil && !started {
+		// No process: Wait still yields one Exit, so callers that Kill
+		// and wait after a failed Start never block.
+		i.waitc <- vm.Exit{Code: -1, Err: err, At: time.Now()}
+		close(i.waitc)
+	}
+	return err
+}
+
+func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 	args := Args(i.cfg)
 	i.log.Debug("starting qemu", "component", "vm", "argv", strings.Join(args, " "))
 	if i.cfg.RestoreFrom != "" && i.cfg.Monitor == "" {
 		return fmt.Errorf("restore %s: %w", i.cfg.RestoreFrom, errNoMonitor)
+	}
+	if i.cfg.MemoryFile != "" && !i.cfg.MemoryShared {
+		// QEMU would create a missing memory file, and the guest would
+		// resume on zeroed memory.
+		st, err := os.Stat(i.cfg.MemoryFile)
+		if err != nil || !st.Mode().IsRegular() || st.Size() < int64(i.cfg.MemoryMiB)<<20 {
+			return fmt.Errorf("%w: memory file %s is missing or too small (%v)", vm.ErrRestore, i.cfg.MemoryFile, err)
+		}
 	}
 	os.Remove(i.cfg.AgentSocket)
 	if i.cfg.Monitor != "" {
@@ -305,10 +327,10 @@ func (i *instance) connect(ctx context.Context, exited <-chan struct{}) error {
 	if i.cfg.RestoreFrom != "" {
 		start := time.Now()
 		if i.cfg.MemoryFile != "" {
-			if err := mon.setIgnoreShared(); err != nil {
+			if err := mon.setIgnoreShared(ctx); err != nil {
 				return fmt.Errorf("%w: %w", vm.ErrRestore, err)
 			}
-			if err := mon.run("migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(restoreFD)}, nil, nil); err != nil {
+			if err := mon.run(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(restoreFD)}, nil, nil); err != nil {
 				return fmt.Errorf("%w: %w", vm.ErrRestore, err)
 			}
 		}
@@ -317,7 +339,7 @@ func (i *instance) connect(ctx context.Context, exited <-chan struct{}) error {
 		}
 		i.log.Debug("vm state loaded", "component", "vm", "duration", time.Since(start).String())
 	}
-	if err := mon.run("cont", nil, nil, nil); err != nil {
+	if err := mon.run(ctx, "cont", nil, nil, nil); err != nil {
 		return err
 	}
 	return nil
@@ -351,7 +373,7 @@ func (i *instance) Save(ctx context.Context, f *os.File) error {
 	}
 	if i.cfg.MemoryFile != "" && i.cfg.MemoryShared {
 		// RAM is in the memory file already: keep it out of the state.
-		if err := mon.setIgnoreShared(); err != nil {
+		if err := mon.setIgnoreShared(ctx); err != nil {
 			return err
 		}
 	}

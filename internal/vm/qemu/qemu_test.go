@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -79,4 +80,27 @@ func TestRestoreNeedsMonitor(t *testing.T) {
 	if err := inst.Start(t.Context(), io.Discard); !errors.Is(err, errNoMonitor) {
 		t.Fatalf("Start = %v, want errNoMonitor", err)
 	}
+	// No process was started: Kill and Wait still end.
+	inst.Kill()
+	select {
+	case ex := <-inst.Wait():
+		if ex.Err == nil {
+			t.Errorf("exit %+v, want the start error", ex)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait blocks after a Start that started nothing")
+	}
+}
+
+func TestRestoreRefusesMissingMemoryFile(t *testing.T) {
+	cfg := vm.Config{Accel: vm.AccelTCG, AgentSocket: "/x", Monitor: "/y", MemoryMiB: 64,
+		RestoreFrom: "/state", MemoryFile: filepath.Join(t.TempDir(), "ram")}
+	inst, err := New("qemu-system-x86_64").New(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Start(t.Context(), io.Discard); !errors.Is(err, vm.ErrRestore) {
+		t.Fatalf("Start = %v, want ErrRestore", err)
+	}
+	<-inst.Wait()
 }
