@@ -518,7 +518,8 @@ func newCreateCmd(e *env) *cobra.Command {
 		Long: `Create a sandbox for AGENT (default: shell) on the workspace PATH (default:
 the current folder; more paths are extra workspaces, PATH:ro read-only), boot
 its VM in the background and print its name. Attach with ` + "`sbx run NAME`" + ` or
-` + "`sbx exec NAME CMD`" + `; it keeps running until ` + "`sbx stop`" + `.`,
+` + "`sbx exec NAME CMD`" + `; it keeps running until ` + "`sbx stop`" + `. The VM resumes
+its template's pre-booted snapshot (saved on first use) unless --cold.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			t, err := e.resolveTarget(args)
 			if err != nil {

@@ -30,7 +30,7 @@ The sandbox is created if it does not exist and started if it is stopped;
 running again for the same workspace (or --name) opens a new session in the
 same sandbox. A new sandbox resumes its template's pre-booted snapshot
 (saved once per template and VM size, on first use) instead of booting a
-kernel; later starts boot its own disk (--cold: always boot). The first argument is a known agent, else an existing
+kernel; its later starts boot cold. --cold boots a new sandbox cold too. The first argument is a known agent, else an existing
 sandbox, else a path. After "--", arguments that start with "-" are added to
 the agent's default arguments; others replace them:
   sbx run shell . -- -c 'make test'     runs bash -l -c 'make test'

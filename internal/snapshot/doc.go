@@ -17,15 +17,18 @@
 // Layout, shared by every SBX_HOME using the cache:
 //
 //	<cache>/snapshots/<key>/meta.json   what the snapshot was made from
-//	<cache>/snapshots/<key>/disk.qcow2  the root disk at save time
-//	<cache>/snapshots/<key>/state       the saved VM state
+//	<cache>/snapshots/<key>/disk.qcow2  the root disk at save time (0400)
+//	<cache>/snapshots/<key>/ram         guest memory at save time (sparse)
+//	<cache>/snapshots/<key>/state       the saved CPU and device state (0400)
 //	<cache>/snapshots/<key>/empty/      the folder unused share slots export
+//	<cache>/snapshots/<key>/console.log the snapshot VM's boot
 //	<cache>/snapshots/<key>.failed      why a build failed (not retried)
-//	<cache>/snapshots/.leases/<key>/    one file per sandbox disk backed by it
+//	<cache>/snapshots/.leases/<key>/    one file per sandbox disk backed by it,
+//	                                    and pending-* leases of creates under way
 //
 // The key covers everything the saved state depends on (Spec): kernel,
 // initramfs (which holds the agent build), template image, QEMU binary
 // and version, VM size, disk sizes, accelerator, TSC frequency, the
-// command line and the slot layout. The proxy CA is not in it: the guest
+// command line, the slot layout, and under KVM the host CPU and kernel. The proxy CA is not in it: the guest
 // receives it in the setup after restore.
 package snapshot
