@@ -247,13 +247,20 @@ func bareBoot(b *testing.B, s bootSpec, tbMiB int) (time.Duration, int64) {
 	return 0, 0
 }
 
-func rssKiB(pid int) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+// rssKiB is the resident set size of process pid.
+func rssKiB(pid int) int64 { return procKiB(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:") }
+
+// pssKiB is the proportional set size of process pid.
+func pssKiB(pid int) int64 { return procKiB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), "Pss:") }
+
+// procKiB reads the "FIELD: N kB" line of a /proc file.
+func procKiB(path, field string) int64 {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
+		if strings.HasPrefix(l, field) {
 			f := strings.Fields(l)
 			n, _ := strconv.ParseInt(f[1], 10, 64)
 			return n
@@ -476,21 +483,6 @@ func idleMemory(b *testing.B, h *harness, name string) (total, overhead int64) {
 	return q + s, q + s - guestUsed
 }
 
-// pssKiB is the proportional set size of process pid.
-func pssKiB(pid int) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(l, "Pss:") {
-			f := strings.Fields(l)
-			n, _ := strconv.ParseInt(f[1], 10, 64)
-			return n
-		}
-	}
-	return 0
-}
 
 // per8GiB is how many processes of rss KiB fit in 8 GiB.
 func per8GiB(rssKiB int64) float64 {
