@@ -483,7 +483,6 @@ func idleMemory(b *testing.B, h *harness, name string) (total, overhead int64) {
 	return q + s, q + s - guestUsed
 }
 
-
 // per8GiB is how many processes of rss KiB fit in 8 GiB.
 func per8GiB(rssKiB int64) float64 {
 	if rssKiB <= 0 {
