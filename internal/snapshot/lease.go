@@ -116,7 +116,8 @@ func collect(dir string, keep func(Meta) bool) int64 {
 		if keep != nil && !keep(m) {
 			stale = true
 		}
-		if !stale || leased(dir, m.Key) {
+		// leased runs for every snapshot: it also prunes dead leases.
+		if live := leased(dir, m.Key); live || !stale {
 			continue
 		}
 		freed += du(filepath.Join(dir, m.Key))
