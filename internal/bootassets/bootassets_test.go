@@ -373,6 +373,39 @@ func TestEnsureInitramfs(t *testing.T) {
 	}
 }
 
+// TestEnsureInitramfsIndex: with a module tree sbx unpacked into the
+// cache, a second call answers from the fingerprint index without walking
+// the tree, and a changed agent binary still gives a new initramfs.
+func TestEnsureInitramfsIndex(t *testing.T) {
+	src := fakeModules(t, map[string]string{"fs/ext4/ext4.ko": "", "drivers/char/virtio-rng.ko": ""})
+	saved, savedDocker := BootModules, DockerModules
+	BootModules, DockerModules = []string{"ext4", "virtio_rng"}, nil
+	t.Cleanup(func() { BootModules, DockerModules = saved, savedDocker })
+	cache := t.TempDir()
+	modDir := filepath.Join(cache, "kernel", "6.1.0-test", "lib", "modules", "6.1.0-test")
+	os.MkdirAll(filepath.Dir(modDir), 0o755)
+	if err := os.Rename(src, modDir); err != nil {
+		t.Fatal(err)
+	}
+	agent := filepath.Join(t.TempDir(), "agent")
+	os.WriteFile(agent, []byte("#!agent"), 0o755)
+	k := Kernel{Release: "6.1.0-test", ModulesDir: modDir}
+	p, err := EnsureInitramfs(t.Context(), cache, k, agent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Without the tree, only the index can answer.
+	os.RemoveAll(filepath.Join(modDir, "kernel"))
+	moduleIndexes.Delete(modDir)
+	if p2, err := EnsureInitramfs(t.Context(), cache, k, agent); err != nil || p2 != p {
+		t.Fatalf("second call = %s, %v; want %s from the index", p2, err, p)
+	}
+	os.WriteFile(agent, []byte("#!agent v2"), 0o755)
+	if p3, err := EnsureInitramfs(t.Context(), cache, k, agent); err == nil && p3 == p {
+		t.Error("a changed agent binary was answered from the index")
+	}
+}
+
 func TestEnsureInitramfsCpioTool(t *testing.T) {
 	cpioBin, err := exec.LookPath("cpio")
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sbx-dev/sbx/internal/hostcheck"
 	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
@@ -63,6 +64,7 @@ traffic the policy allows (see ` + "`sbx policy`" + `) cross between it and the 
 			}
 			e.dirs = dirs
 			e.store = sandbox.NewStore(dirs)
+			hostcheck.SetCacheDir(dirs.Cache)
 			level := slog.LevelWarn
 			if e.debug {
 				level = slog.LevelDebug

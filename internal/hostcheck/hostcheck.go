@@ -28,7 +28,19 @@ var tscLineRE = regexp.MustCompile(`tsc: (?:Refined TSC clocksource calibration:
 // Detected"), which may be unreadable without privileges, and falls back
 // to the first "cpu MHz" of /proc/cpuinfo.
 func TSCkHz() (int, error) {
-	tscOnce.Do(func() { tscKHz, tscErr = readTSCkHz() })
+	tscOnce.Do(func() {
+		key := "tsc-khz " + hostBootID()
+		if v, ok := fact(key); ok && hostBootID() != "" {
+			if n, err := strconv.Atoi(v); err == nil && n > 0 {
+				tscKHz = n
+				return
+			}
+		}
+		tscKHz, tscErr = readTSCkHz()
+		if tscErr == nil && hostBootID() != "" {
+			setFact(key, strconv.Itoa(tscKHz))
+		}
+	})
 	return tscKHz, tscErr
 }
 
@@ -117,14 +129,23 @@ func QEMUImg(ctx context.Context) (path string, err error) {
 func QEMUVersion(ctx context.Context, path string) (string, error) {
 	var key string
 	if st, err := os.Stat(path); err == nil {
-		key = fmt.Sprintf("%s\x00%d\x00%d", path, st.Size(), st.ModTime().UnixNano())
+		var ino uint64
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			ino = sys.Ino
+		}
+		key = fmt.Sprintf("version %s %d %d %d", path, st.Size(), st.ModTime().UnixNano(), ino)
 		if v, ok := qemuVersions.Load(key); ok {
 			return v.(string), nil
+		}
+		if v, ok := fact(key); ok && v != "" {
+			qemuVersions.Store(key, v)
+			return v, nil
 		}
 	}
 	v, err := runQEMUVersion(ctx, path)
 	if err == nil && key != "" {
 		qemuVersions.Store(key, v)
+		setFact(key, v)
 	}
 	return v, err
 }
