@@ -207,7 +207,14 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		_ = srv.Serve(ln)
 	}()
 	cleanups = append(cleanups, func() {
-		srv.Close()
+		// Let requests in flight finish (a stop request answers once the
+		// VM is down, just before this runs); hijacked streams are not
+		// waited for.
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			srv.Close()
+		}
 		<-srvDone
 		os.Remove(sock)
 	})
