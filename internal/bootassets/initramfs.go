@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 )
@@ -59,9 +60,10 @@ func EnsureInitramfs(ctx context.Context, cacheDir string, k Kernel, agentBinary
 	quick := quickKey(cacheDir, k, agentBinary)
 	if quick != "" {
 		if b, err := os.ReadFile(quick); err == nil {
-			p := filepath.Join(cacheDir, "initramfs", filepath.Base(strings.TrimSpace(string(b))))
-			if strings.HasSuffix(p, ".cpio") {
-				if _, err := os.Stat(p); err == nil {
+			name := strings.TrimSpace(string(b))
+			if cpioName.MatchString(name) {
+				p := filepath.Join(cacheDir, "initramfs", name)
+				if st, err := os.Lstat(p); err == nil && st.Mode().IsRegular() {
 					return p, nil
 				}
 			}
@@ -74,33 +76,43 @@ func EnsureInitramfs(ctx context.Context, cacheDir string, k Kernel, agentBinary
 	return final, err
 }
 
+var cpioName = regexp.MustCompile(`^[0-9a-f]{64}\.cpio$`)
+
 // quickKey is the index file that names the initramfs for these inputs
-// by fingerprint (path, size, mtime, inode) of the agent binary and of
-// this program (which holds the module lists), or "" when the module tree
-// is not one sbx unpacked into the cache (a user's tree may change in
-// place).
+// by the fingerprints of the agent binary, this program, the kernel and
+// its module tree, or "" unless the kernel is Debian's, unpacked by sbx
+// into the cache (a user's tree may change in place).
 func quickKey(cacheDir string, k Kernel, agentBinary string) string {
-	if k.ModulesDir != "" && !strings.HasPrefix(filepath.Clean(k.ModulesDir), filepath.Clean(cacheDir)+string(filepath.Separator)) {
-		return ""
-	}
-	self, err := os.Executable()
-	if err != nil {
+	kernels := filepath.Clean(filepath.Join(cacheDir, "kernel")) + string(filepath.Separator)
+	if !stripSignatures(k) || !strings.HasPrefix(filepath.Clean(k.ModulesDir), kernels) {
 		return ""
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\nstrip %t\nmodules %s\nkernel %s\nboot %q\ndocker %q\n", initramfsFormat, stripSignatures(k), k.ModulesDir, k.Path, BootModules, DockerModules)
-	for _, p := range []string{agentBinary, self} {
-		st, err := os.Stat(p)
-		if err != nil {
+	fmt.Fprintf(h, "%s\nsource %s\nmodules %s\nkernel %s\nboot %q\ndocker %q\n", initramfsFormat, k.Source, k.ModulesDir, k.Path, BootModules, DockerModules)
+	// The kernel and its module tree are re-unpacked at the same paths
+	// when the cache entry is redone: their fingerprints change then.
+	for _, p := range []string{agentBinary, "/proc/self/exe", k.Path, k.ModulesDir} {
+		fp, ok := fingerprint(p)
+		if !ok {
 			return ""
 		}
-		sys, _ := st.Sys().(*syscall.Stat_t)
-		if sys == nil {
-			return ""
-		}
-		fmt.Fprintf(h, "%s %d %d %d\n", p, st.Size(), st.ModTime().UnixNano(), sys.Ino)
+		fmt.Fprintf(h, "%s %s\n", p, fp)
 	}
 	return filepath.Join(cacheDir, "initramfs", "index-"+hex.EncodeToString(h.Sum(nil))[:32])
+}
+
+// fingerprint identifies a file's version without reading it: device,
+// inode, size, mtime and ctime (which no one can set back).
+func fingerprint(path string) (string, bool) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", false
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return "", false
+	}
+	return fmt.Sprintf("%d:%d %d %d %d.%d", sys.Dev, sys.Ino, st.Size(), st.ModTime().UnixNano(), sys.Ctim.Sec, sys.Ctim.Nsec), true
 }
 
 func ensureInitramfs(ctx context.Context, cacheDir string, k Kernel, agentBinary string) (string, error) {

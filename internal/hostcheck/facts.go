@@ -37,7 +37,10 @@ func fact(key string) (string, bool) {
 	if facts.m == nil {
 		facts.m = map[string]string{}
 		if b, err := os.ReadFile(facts.path); err == nil {
-			_ = json.Unmarshal(b, &facts.m)
+			var m map[string]string
+			if json.Unmarshal(b, &m) == nil && m != nil {
+				facts.m = m
+			}
 		}
 	}
 	v, ok := facts.m[key]

@@ -31,7 +31,7 @@ func TSCkHz() (int, error) {
 	tscOnce.Do(func() {
 		key := "tsc-khz " + hostBootID()
 		if v, ok := fact(key); ok && hostBootID() != "" {
-			if n, err := strconv.Atoi(v); err == nil && n > 0 {
+			if n, err := strconv.Atoi(v); err == nil && n >= 100_000 && n <= 10_000_000 {
 				tscKHz = n
 				return
 			}

@@ -104,6 +104,10 @@ func hostCPU(accel vm.Accel) string {
 	if accel != vm.AccelKVM {
 		return "emulated"
 	}
+	return hostCPUOnce()
+}
+
+var hostCPUOnce = sync.OnceValue(func() string {
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
 	b, _ := os.ReadFile("/proc/cpuinfo")
@@ -124,7 +128,7 @@ func hostCPU(accel vm.Accel) string {
 		}
 	}
 	return hashOf(model, flags, microcode, unix.ByteSliceToString(uts.Release[:]))[:16]
-}
+})
 
 // family identifies the snapshots one sandbox shape of one template has
 // had over time: a newer one supersedes the older.
@@ -315,6 +319,12 @@ type Options struct {
 func Ensure(ctx context.Context, cacheDir string, spec Spec, o Options) (*Snapshot, error) {
 	dir := Dir(cacheDir)
 	key := spec.Key()
+	// The common case takes no lock: a build of another snapshot holds it
+	// for a whole boot. The pending lease keeps this one from collection
+	// until the caller's own lease exists.
+	if s, err := open(dir, key); err == nil {
+		return s, pendingLease(dir, key)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create snapshot cache: %w", err)
 	}

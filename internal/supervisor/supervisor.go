@@ -108,7 +108,8 @@ type Supervisor struct {
 
 	stopOnce sync.Once
 	stopc    chan struct{} // closed when a stop is requested
-	downc    chan struct{} // closed when the VM is down
+	downOnce sync.Once
+	downc    chan struct{} // closed when the VM is down (or never came up)
 
 	mu       sync.Mutex
 	state    string                 // guarded by mu
@@ -179,6 +180,9 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 			cleanups[i]()
 		}
 	}()
+	// On every way out, before the cleanups close the control server: a
+	// stop request waiting for the VM to be down gets its answer.
+	defer s.markDown()
 	rt, err := s.store.Dirs().EnsureRuntimeDir(id)
 	if err != nil {
 		return s.fail(err)
@@ -210,7 +214,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		// Let requests in flight finish (a stop request answers once the
 		// VM is down, just before this runs); hijacked streams are not
 		// waited for.
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		sctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {
 			srv.Close()
@@ -271,7 +275,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		requested = true
 		exit = s.shutdown(context.WithoutCancel(ctx), inst)
 	}
-	close(s.downc)
+	s.markDown()
 	s.mu.Lock()
 	if s.client != nil {
 		s.client.Close()
@@ -495,9 +499,12 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 		}
 		s.log.Warn("snapshot start failed; booting cold", "component", "supervisor", "err", err)
 		// Its console log stays for diagnosis; the cold boot starts a new one.
+		note := "the snapshot start failed (" + err.Error()
 		failedLog := s.sb.Path(sandbox.ConsoleLog) + ".restore-failed"
-		_ = os.Rename(s.sb.Path(sandbox.ConsoleLog), failedLog)
-		s.addNote("the snapshot start failed (" + err.Error() + "; its console log is " + failedLog + "); booted cold instead")
+		if os.Rename(s.sb.Path(sandbox.ConsoleLog), failedLog) == nil {
+			note += "; its console log is " + failedLog
+		}
+		s.addNote(note + "); booted cold instead")
 		s.mu.Lock()
 		s.inst = nil
 		s.client = nil
@@ -772,6 +779,9 @@ func (s *Supervisor) shutdown(ctx context.Context, inst vm.Instance) vm.Exit {
 		return <-inst.Wait()
 	}
 }
+
+// markDown says the VM is down, once.
+func (s *Supervisor) markDown() { s.downOnce.Do(func() { close(s.downc) }) }
 
 // requestStop starts a clean shutdown once.
 func (s *Supervisor) requestStop() {

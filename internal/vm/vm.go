@@ -9,7 +9,8 @@
 //     connected (not once the guest answered: the caller speaks the agent
 //     protocol). On failure everything Start created is torn down.
 //   - Wait's channel yields exactly one Exit when the VMM process ends, for
-//     whatever reason, and is then closed.
+//     whatever reason, and is then closed; after a Start that started no
+//     process it yields one Exit carrying the error. Start is called once.
 //   - Kill is idempotent and safe after a failed Start; it ends the VMM at
 //     once. A clean shutdown is the guest's job (the agent's shutdown op),
 //     after which Wait reports the exit.

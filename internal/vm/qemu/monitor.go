@@ -31,8 +31,22 @@ func connectMonitor(ctx context.Context, path string, exited <-chan struct{}) (*
 	for {
 		mon, err := qmp.NewSocketMonitor("unix", path, 5*time.Second)
 		if err == nil {
-			if err := withContext(ctx, mon.Connect); err != nil {
-				mon.Disconnect()
+			connected := make(chan error, 1)
+			go func() { connected <- mon.Connect() }()
+			var err error
+			select {
+			case err = <-connected:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+			if err != nil {
+				// Disconnect only once the handshake returned (go-qemu's
+				// Connect and Disconnect share state): it returns when QEMU
+				// dies, which the caller's Kill brings about.
+				go func() {
+					<-connected
+					mon.Disconnect()
+				}()
 				return nil, fmt.Errorf("qmp handshake: %w", err)
 			}
 			m := &monitor{mon: mon, openc: make(chan struct{}), done: make(chan struct{})}
@@ -173,7 +187,9 @@ func (m *monitor) save(ctx context.Context, f *os.File) error {
 	if err := m.run(ctx, "stop", nil, nil, nil); err != nil {
 		return err
 	}
-	if err := m.run(ctx, "getfd", map[string]any{"fdname": "snapshot"}, nil, f); err != nil {
+	// Not bounded by ctx: the caller closes f after Save returns, and the
+	// descriptor must not be closed while it is being sent.
+	if err := m.run(context.WithoutCancel(ctx), "getfd", map[string]any{"fdname": "snapshot"}, nil, f); err != nil {
 		return err
 	}
 	if err := m.run(ctx, "migrate", map[string]any{"uri": "fd:snapshot"}, nil, nil); err != nil {
