@@ -246,6 +246,7 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 	}
 	if err != nil {
 		e.store.Discard(sb)
+		e.releaseLeases(cfg)
 		if sb.Config.AgentDomains {
 			_, _ = e.policyStore().RemoveSandbox(sb.Config.ID)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/snapshot"
@@ -97,4 +98,15 @@ func markBooted(sb *sandbox.Sandbox) error {
 		return nil
 	}
 	return sandbox.WriteFileAtomic(sb.Path(sandbox.BootedFile), nil, 0o600)
+}
+
+// releaseLeases drops the leases the disk of a sandbox of cfg held on its
+// template image and snapshot (the sandbox is removed, or its creation
+// failed), so they do not hold them for the grace a create in flight gets.
+func (e *env) releaseLeases(cfg sandbox.Config) {
+	disk := filepath.Join(e.store.DirOf(cfg.ID), sandbox.DiskFile)
+	template.Release(e.dirs.Cache, cfg.Template.ID, disk)
+	if cfg.Snapshot != "" {
+		snapshot.Release(e.dirs.Cache, cfg.Snapshot, disk)
+	}
 }

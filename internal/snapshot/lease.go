@@ -2,91 +2,37 @@ package snapshot
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
-	"time"
 
+	"github.com/sbx-dev/sbx/internal/lease"
 	"github.com/sbx-dev/sbx/internal/safefile"
 )
 
 func leasesDir(dir, key string) string { return filepath.Join(dir, ".leases", key) }
 
 // Lease records that the sandbox disk at diskPath is backed by snapshot
-// key, so no collection removes the snapshot while the disk exists.
+// key, so no collection removes the snapshot while the disk exists
+// (package lease).
 func Lease(cacheDir, key, diskPath string) error {
-	abs, err := filepath.Abs(diskPath)
-	if err != nil {
-		return err
-	}
-	d := leasesDir(Dir(cacheDir), key)
-	if err := os.MkdirAll(d, 0o700); err != nil {
-		return fmt.Errorf("lease snapshot: %w", err)
-	}
-	sum := sha256.Sum256([]byte(abs))
-	return safefile.Write(filepath.Join(d, hex.EncodeToString(sum[:8])), []byte(abs+"\n"), 0o600)
+	return lease.Write(leasesDir(Dir(cacheDir), key), diskPath)
 }
 
-// leaseGrace is how long a lease counts as live without its disk: a
-// sandbox being created writes its lease before its disk reaches the
-// path the lease names (it is made in a .new- folder and renamed), and
-// Ensure leaves a pending lease for the create it answers.
-const leaseGrace = 10 * time.Minute
-
-// pendingLease marks key as about to be used by a create: it holds the
-// snapshot for leaseGrace, until the create's own lease exists. The
-// caller holds the lock.
-func pendingLease(dir, key string) error {
-	d := leasesDir(dir, key)
-	if err := os.MkdirAll(d, 0o700); err != nil {
-		return fmt.Errorf("lease snapshot: %w", err)
-	}
-	f, err := os.CreateTemp(d, "pending-")
-	if err != nil {
-		return fmt.Errorf("lease snapshot: %w", err)
-	}
-	return f.Close()
+// Release drops the lease of the disk at diskPath on snapshot key (its
+// sandbox is being removed).
+func Release(cacheDir, key, diskPath string) {
+	lease.Drop(leasesDir(Dir(cacheDir), key), diskPath)
 }
 
-// leased reports whether a live lease holds snapshot key: one whose disk
-// file exists, or that is younger than leaseGrace. Dead leases are
-// removed on the way.
-func leased(dir, key string) bool {
-	d := leasesDir(dir, key)
-	ents, err := os.ReadDir(d)
-	if err != nil {
-		return false
-	}
-	live := false
-	for _, e := range ents {
-		p := filepath.Join(d, e.Name())
-		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) < leaseGrace {
-			live = true
-			continue
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			live = true // unreadable: keep the snapshot
-			continue
-		}
-		if strings.HasPrefix(e.Name(), "pending-") {
-			os.Remove(p)
-			continue
-		}
-		if _, err := os.Stat(strings.TrimSpace(string(b))); !errors.Is(err, fs.ErrNotExist) {
-			live = true // there, or cannot tell: keep the snapshot
-			continue
-		}
-		os.Remove(p)
-	}
-	return live
-}
+// pendingLease holds snapshot key for lease.Grace, until the create
+// Ensure answers has written its own lease.
+func pendingLease(dir, key string) error { return lease.Pending(leasesDir(dir, key)) }
+
+// leased reports whether a live lease holds snapshot key.
+func leased(dir, key string) bool { return lease.Live(leasesDir(dir, key)) }
 
 // keepPerFamily is how many of the newest snapshots of a family are kept
 // unleased: two sbx builds (or settings) sharing a cache would otherwise

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sbx-dev/sbx/internal/lease"
 	"github.com/sbx-dev/sbx/internal/vm"
 )
 
@@ -174,13 +175,13 @@ func TestCollect(t *testing.T) {
 		}
 	}
 	// A lease whose disk is not there yet (a create in progress) holds for
-	// leaseGrace; after that, and once the disk is gone, it is dead.
+	// lease.Grace; after that, and once the disk is gone, it is dead.
 	os.Remove(disk)
 	Collect(cache)
 	if !exists(kLeased) {
 		t.Error("a fresh lease without its disk did not hold its snapshot")
 	}
-	past := time.Now().Add(-2 * leaseGrace)
+	past := time.Now().Add(-2 * lease.Grace)
 	for _, k := range []string{kLeased, kPending} {
 		ents, _ := os.ReadDir(leasesDir(dir, k))
 		for _, e := range ents {

@@ -2,8 +2,6 @@ package template
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,7 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/sbx-dev/sbx/internal/safefile"
+	"github.com/sbx-dev/sbx/internal/lease"
 )
 
 // Leases record which sandbox disks an image backs, across every SBX_HOME
@@ -20,7 +18,8 @@ import (
 //	<cacheDir>/templates/.leases/<id>/           made with the image: "tracked"
 //	<cacheDir>/templates/.leases/<id>/<hash>     one per disk: the disk's path
 //
-// A lease is live while its disk file exists. An image no manifest names
+// A lease is live while its disk file exists (see package lease for the
+// grace given to creates under way). An image no manifest names
 // and no live lease holds is garbage; images from before leases existed
 // (no .leases/<id> folder) are never collected.
 
@@ -36,42 +35,23 @@ func track(dir, id string) error {
 
 // Lease records that the sandbox disk at diskPath is backed by template
 // image id, so no template removal or rebuild deletes the image while the
-// disk exists.
+// disk exists (package lease).
 func Lease(cacheDir, id, diskPath string) error {
-	abs, err := filepath.Abs(diskPath)
-	if err != nil {
-		return err
-	}
 	dir := templatesDir(cacheDir)
 	if err := track(dir, id); err != nil {
 		return err
 	}
-	sum := sha256.Sum256([]byte(abs))
-	return safefile.Write(filepath.Join(leasesDir(dir, id), hex.EncodeToString(sum[:8])), []byte(abs+"\n"), 0o600)
+	return lease.Write(leasesDir(dir, id), diskPath)
 }
 
-// leased reports whether a live lease holds image id. Dead leases are
-// removed on the way.
-func leased(dir, id string) bool {
-	ents, err := os.ReadDir(leasesDir(dir, id))
-	if err != nil {
-		return false
-	}
-	live := false
-	for _, e := range ents {
-		p := filepath.Join(leasesDir(dir, id), e.Name())
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		if _, err := os.Stat(strings.TrimSpace(string(b))); err == nil {
-			live = true
-			continue
-		}
-		os.Remove(p)
-	}
-	return live
+// Release drops the lease of the disk at diskPath on image id (its
+// sandbox is being removed).
+func Release(cacheDir, id, diskPath string) {
+	lease.Drop(leasesDir(templatesDir(cacheDir), id), diskPath)
 }
+
+// leased reports whether a live lease holds image id.
+func leased(dir, id string) bool { return lease.Live(leasesDir(dir, id)) }
 
 // tracked reports whether image id was made since leases exist.
 func tracked(dir, id string) bool {

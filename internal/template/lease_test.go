@@ -5,6 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/sbx-dev/sbx/internal/lease"
 )
 
 // fakeImage writes an image file and, when named, its manifest.
@@ -53,11 +56,22 @@ func TestCollectKeepsWhatIsUsed(t *testing.T) {
 	if err := Lease(cache, "eeee", gone); err != nil {
 		t.Fatal(err)
 	}
+	// An old lease whose disk is gone is dead; a fresh one (a create whose
+	// disk is not at its final path yet) holds its image.
+	past := time.Now().Add(-2 * lease.Grace)
+	ents, _ := os.ReadDir(leasesDir(dir, "eeee"))
+	for _, e := range ents {
+		os.Chtimes(filepath.Join(leasesDir(dir, "eeee"), e.Name()), past, past)
+	}
+	creating := fakeImage(t, dir, "ffff", "", true)
+	if err := Lease(cache, "ffff", filepath.Join(t.TempDir(), "not-yet", "disk.qcow2")); err != nil {
+		t.Fatal(err)
+	}
 
 	if _, err := collect(dir); err != nil {
 		t.Fatal(err)
 	}
-	for p, want := range map[string]bool{named: true, orphan: false, untracked: true, leasedImg: true, deadLease: false} {
+	for p, want := range map[string]bool{named: true, orphan: false, untracked: true, leasedImg: true, deadLease: false, creating: true} {
 		if exists(p) != want {
 			t.Errorf("%s: exists %v, want %v", filepath.Base(p), exists(p), want)
 		}
@@ -74,7 +88,9 @@ func TestCollectKeepsWhatIsUsed(t *testing.T) {
 	if err := Remove(cache, "mine", nil); err == nil {
 		t.Fatal("removed a template whose image a sandbox disk uses")
 	}
+	// Removing the sandbox removes its disk and releases its lease.
 	os.Remove(disk)
+	Release(cache, "dddd", disk)
 	if err := Remove(cache, "mine", nil); err != nil {
 		t.Fatal(err)
 	}
