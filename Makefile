@@ -4,7 +4,7 @@ GO ?= go
 BIN := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/sbx-dev/sbx/internal/cli.Version=$(VERSION)
-PKGS_DEBIAN := qemu-system-x86 qemu-utils debootstrap xz-utils e2fsprogs
+PKGS_DEBIAN := qemu-system-x86 qemu-utils debootstrap xz-utils e2fsprogs cpio
 TEST_TIMEOUT ?= 40m
 
 .PHONY: all build deps deps-agents run test test-unit test-vm fuzz bench lint clean install agents-lock
