@@ -116,7 +116,7 @@ func BenchmarkProxiedHTTPS(b *testing.B) {
 	os.WriteFile(hosts, []byte("127.0.0.1 "+domain+"\n"), 0o644)
 	os.WriteFile(caFile, caPEM, 0o644)
 	h.env = append(h.env, "SBX_HOSTS_FILE="+hosts)
-	h.mustSbx("policy", "allow", "network", domain)
+	h.mustSbx("policy", "allow", "network", fmt.Sprintf("%s:%d", domain, port))
 	name := strings.TrimSpace(h.mustSbx("create", "--name", "https", ws).stdout)
 	h.mustSbx("cp", caFile, name+":/tmp/bench-ca.pem")
 	readBoot(b, h)

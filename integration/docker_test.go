@@ -182,8 +182,8 @@ func TestDocker(t *testing.T) {
 	defer api.Close()
 
 	h.mustSbx("policy", "init", "balanced")
-	h.mustSbx("policy", "allow", "network", "allowed.test")
-	h.mustSbx("policy", "allow", "network", "images.test")
+	h.mustSbx("policy", "allow", "network", fmt.Sprintf("allowed.test:%d", webPort))
+	h.mustSbx("policy", "allow", "network", fmt.Sprintf("images.test:%d", regPort))
 	start := time.Now()
 	name := strings.TrimSpace(h.mustSbx("create", "-t", "agents", "--name", "t-docker", ws).stdout)
 	t.Logf("create -t agents (template build on first use included): %s", time.Since(start).Round(time.Millisecond))

@@ -94,7 +94,7 @@ func TestNetworkPolicy(t *testing.T) {
 	tlsPort := tlsSrv.Listener.Addr().(*net.TCPAddr).Port
 
 	hosts := filepath.Join(t.TempDir(), "hosts")
-	os.WriteFile(hosts, []byte("127.0.0.1 allowed.test denied.test later.test\n"), 0o644)
+	os.WriteFile(hosts, []byte("127.0.0.1 allowed.test denied.test later.test portless.test\n"), 0o644)
 	h.env = append(h.env, "SBX_HOSTS_FILE="+hosts)
 
 	// Escape targets on the host's own address: each counts what arrives.
@@ -144,9 +144,23 @@ func TestNetworkPolicy(t *testing.T) {
 		}
 	}()
 	udpPort := udp.LocalAddr().(*net.UDPAddr).Port
+	// An escape target on the host's loopback: a service (a Docker daemon,
+	// another sandbox's published port) a mapped name must not open.
+	loopHTTP := &counter{}
+	loopLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	loopSrv := &http.Server{Handler: loopHTTP}
+	go loopSrv.Serve(loopLn)
+	defer loopSrv.Close()
+	loopPort := loopLn.Addr().(*net.TCPAddr).Port
 
 	h.mustSbx("policy", "init", "deny-all")
-	h.mustSbx("policy", "allow", "network", "allowed.test")
+	// A name mapped to loopback is reached on the ports its rules name; a
+	// portless rule (portless.test) opens only 80 and 443 of it.
+	h.mustSbx("policy", "allow", "network", fmt.Sprintf("allowed.test:%d,allowed.test:%d", webPort, tlsPort))
+	h.mustSbx("policy", "allow", "network", "portless.test")
 	name := strings.TrimSpace(h.mustSbx("create", "--name", "t-net", ws).stdout)
 	caFile := filepath.Join(t.TempDir(), "test-ca.pem")
 	os.WriteFile(caFile, caPEM, 0o644)
@@ -178,6 +192,11 @@ func TestNetworkPolicy(t *testing.T) {
 		fmt.Sprintf("for i in 1 2 3; do echo leak > /dev/udp/%s/%d; done; sleep 1", ip, udpPort),
 		fmt.Sprintf("curl -sS -m 5 --noproxy '*' http://host.sbx.internal:%d/", webPort),
 		fmt.Sprintf("curl -sS -m 5 --noproxy '*' http://127.0.0.1:%d/", webPort),
+		fmt.Sprintf("curl -sS -m 5 http://portless.test:%d/", loopPort),
+		fmt.Sprintf("curl -sS -m 5 -p http://portless.test:%d/", loopPort),
+		fmt.Sprintf("curl -sS -m 5 --noproxy '*' http://portless.test:%d/", loopPort),
+		fmt.Sprintf("timeout 5 bash -c 'exec 3<>/dev/tcp/portless.test/%d; echo GET / >&3' ", loopPort),
+		fmt.Sprintf("curl -sS -m 5 http://allowed.test:%d/", loopPort),
 	} {
 		r := sh(script)
 		t.Logf("escape attempt %q: exit %d %s", script, r.code, strings.TrimSpace(r.stderr+r.stdout))
@@ -203,12 +222,15 @@ func TestNetworkPolicy(t *testing.T) {
 	if n := udpHits.Load(); n != 0 {
 		t.Errorf("UDP escape target got %d datagrams", n)
 	}
+	if n := loopHTTP.hits.Load(); n != 0 {
+		t.Errorf("loopback escape target reached through a mapped name on a port no rule names (%d requests)", n)
+	}
 	if n := web.hits.Load(); n != before {
 		t.Errorf("loopback server reached through host.sbx.internal or 127.0.0.1 without a rule (%d requests)", n-before)
 	}
 
 	// A rule added while the sandbox runs works at once.
-	h.mustSbx("policy", "allow", "network", "later.test")
+	h.mustSbx("policy", "allow", "network", fmt.Sprintf("later.test:%d", webPort))
 	time.Sleep(time.Second)
 	if res := sh(fmt.Sprintf("curl -sS -m 20 http://later.test:%d/d", webPort)); !strings.Contains(res.stdout, "hello from later.test") {
 		t.Errorf("rule added while running: %+v", res)

@@ -55,6 +55,9 @@ func TestCredentials(t *testing.T) {
 	h.env = append(h.env, "SBX_HOSTS_FILE="+hosts, "SSL_CERT_FILE="+caFile)
 
 	h.mustSbx("policy", "init", "balanced")
+	// The fake APIs listen on a test port, not 443: a rule naming that
+	// port lets the mapped names reach it and the credentials go there.
+	h.mustSbx("policy", "allow", "network", fmt.Sprintf("api.anthropic.com:%d,github.com:%d", port, port))
 	if res := h.sbxIn(anthropicKey+"\n", "secret", "set", "anthropic"); res.code != 0 {
 		t.Fatalf("secret set: %+v", res)
 	}

@@ -70,7 +70,7 @@ func TestSnapshot(t *testing.T) {
 	os.WriteFile(hosts, []byte("127.0.0.1 snap.test\n"), 0o644)
 	h.env = append(h.env, "SBX_HOSTS_FILE="+hosts)
 	h.mustSbx("policy", "init", "balanced")
-	h.mustSbx("policy", "allow", "network", "snap.test")
+	h.mustSbx("policy", "allow", "network", fmt.Sprintf("snap.test:%d", port))
 
 	// The first create may save the snapshot; both resume it.
 	resA := h.mustSbx("--debug", "create", "--name", "snap-a", wsA)

@@ -174,6 +174,15 @@ func TestLifecycle(t *testing.T) {
 	if target, err := os.Readlink(filepath.Join(outDir, "tree", "escape")); err != nil || target != "/etc" {
 		t.Errorf("cp out: symlink not kept as a link: %q %v", target, err)
 	}
+	// Set-id bits never come out of a sandbox (gap 4 of the isolation
+	// review: sbx run as root used to land a root set-uid shell).
+	h.mustSbx("exec", "-u", "root", name, "sh", "-c", "cp /bin/true /tmp/suid && chmod 6755 /tmp/suid")
+	h.mustSbx("cp", name+":/tmp/suid", outDir)
+	if fi, err := os.Stat(filepath.Join(outDir, "suid")); err != nil {
+		t.Errorf("cp out of a set-id file: %v", err)
+	} else if fi.Mode()&(os.ModeSetuid|os.ModeSetgid) != 0 {
+		t.Errorf("cp out of a set-id file: mode %v, want no set-id bits", fi.Mode())
+	}
 
 	h.mustSbx("stop", name)
 	if st := h.status(name); st.Status != "stopped" {

@@ -53,8 +53,11 @@ func CopyIn(ctx context.Context, stream io.ReadWriteCloser, hostSrc, guestDst st
 // absolute or ".." names, a second top-level entry, or paths, hard-link
 // targets or mode changes through a symlink (say "link -> .." then
 // "link/.bashrc") are refused with an error, and nothing outside the tree
-// is created, written, chmodded or linked to. Entries extracted before a
-// failure stay. stream must be fresh; CopyOut closes it.
+// is created, written, chmodded or linked to. Inside an existing hostDst
+// the copy is named after guestSrc (archive.TopName), whatever name the
+// guest's archive gives it, and no file keeps set-uid or set-gid bits.
+// Entries extracted before a failure stay. stream must be fresh; CopyOut
+// closes it.
 func CopyOut(ctx context.Context, stream io.ReadWriteCloser, guestSrc, hostDst string) error {
 	defer stream.Close()
 	stop := closeOnCancel(ctx, stream)
@@ -68,7 +71,9 @@ func CopyOut(ctx context.Context, stream io.ReadWriteCloser, guestSrc, hostDst s
 		return fmt.Errorf("copy guest %s to %s: %w", guestSrc, hostDst, err)
 	}
 	dr := agentapi.NewDataReader(stream)
-	if err := archive.Extract(dr, hostDst, archive.Options{}); err != nil {
+	// The name on the host is the one the command implies, never the
+	// archive's; set-id bits are dropped.
+	if err := archive.Extract(dr, hostDst, archive.Options{Name: archive.TopName(guestSrc)}); err != nil {
 		return fmt.Errorf("copy guest %s to %s: %w", guestSrc, hostDst, ctxErr(ctx, err))
 	}
 	if err := dr.Drain(); err != nil {

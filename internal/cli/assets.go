@@ -9,6 +9,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/bootassets"
 	"github.com/sbx-dev/sbx/internal/hostcheck"
 	"github.com/sbx-dev/sbx/internal/paths"
+	"github.com/sbx-dev/sbx/internal/resolve"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/supervisor"
 	"github.com/sbx-dev/sbx/internal/vm"
@@ -67,7 +68,11 @@ func (e *env) bootSpec(ctx context.Context, sb *sandbox.Sandbox) (supervisor.Boo
 	if _, err := os.Stat(sb.Config.Template.Image); err != nil {
 		return supervisor.Boot{}, userErr(err, "remove the sandbox with `sbx rm "+sb.Config.Name+"` and create it again", "the template image of sandbox %s is missing", sb.Config.Name)
 	}
-	b, qemuVersion, err := e.bootAssets(ctx, sb.Config.Accel, sb.Config.CPUs)
+	var shared []string
+	for _, w := range sb.Config.Workspaces {
+		shared = append(shared, w.Path)
+	}
+	b, qemuVersion, err := e.bootAssets(ctx, sb.Config.Accel, sb.Config.CPUs, shared)
 	if err != nil {
 		return b, err
 	}
@@ -81,7 +86,9 @@ func (e *env) bootSpec(ctx context.Context, sb *sandbox.Sandbox) (supervisor.Boo
 // bootAssets resolves the sandbox-independent part of a start: QEMU (and
 // its version), kernel, initramfs, accelerator (want: auto, kvm, tcg), the
 // CPU count (0: the accelerator's default), TSC frequency, folders.
-func (e *env) bootAssets(ctx context.Context, want string, cpus int) (supervisor.Boot, string, error) {
+// shared are the folders the guest can write, where no hosts override
+// may lie.
+func (e *env) bootAssets(ctx context.Context, want string, cpus int, shared []string) (supervisor.Boot, string, error) {
 	var b supervisor.Boot
 	q, qemuVersion, err := e.qemu(ctx)
 	if err != nil {
@@ -112,14 +119,12 @@ func (e *env) bootAssets(ctx context.Context, want string, cpus int) (supervisor
 	}
 	hostsFile := paths.Getenv("SBX_HOSTS_FILE")
 	if hostsFile != "" {
-		abs, err := filepath.Abs(hostsFile)
+		uid, _ := guestIDs()
+		real, err := resolve.CheckHostsFile(hostsFile, shared, os.Getuid(), uid)
 		if err != nil {
-			return b, "", userErr(err, "", "bad SBX_HOSTS_FILE %q", hostsFile)
+			return b, "", userErr(nil, "point SBX_HOSTS_FILE at a hosts-format file only you can write, outside every workspace, or unset it", "SBX_HOSTS_FILE refused: %v", err)
 		}
-		if _, err := os.Stat(abs); err != nil {
-			return b, "", userErr(err, "point SBX_HOSTS_FILE at a hosts-format file, or unset it", "SBX_HOSTS_FILE %s cannot be read", abs)
-		}
-		hostsFile = abs
+		hostsFile = real
 	}
 	if cpus == 0 {
 		// The default follows the accelerator of this start: 1 under TCG,

@@ -18,7 +18,9 @@ func newCpCmd(e *env) *cobra.Command {
 SANDBOX:/absolute/path, the other a host path. As with docker cp, copying to
 an existing folder puts SRC inside it; otherwise DST names the copy.
 A stopped sandbox is started first. Copying out never follows a symlink
-made in the sandbox to a place outside the copied tree.`,
+made in the sandbox to a place outside the copied tree, drops set-uid and
+set-gid bits, and names the copy after SRC (or DST), never after what the
+sandbox's archive calls it.`,
 		Example: `  sbx cp ./notes.txt shell-proj:/home/agent/
   sbx cp shell-proj:/var/log/dpkg.log ./`,
 		Args: cobra.ExactArgs(2),

@@ -35,7 +35,7 @@ func (e *env) prepareSnapshot(ctx context.Context, cfg sandbox.Config, tmpl temp
 		fmt.Fprintf(e.stderr, "sbx: note: %d workspaces, and snapshot starts have %d share slots: this sandbox boots cold\n", n, snapshot.Shares)
 		return nil, nil
 	}
-	boot, qemuVersion, err := e.bootAssets(ctx, cfg.Accel, cfg.CPUs)
+	boot, qemuVersion, err := e.bootAssets(ctx, cfg.Accel, cfg.CPUs, nil)
 	if err != nil {
 		return nil, err
 	}

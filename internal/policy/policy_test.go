@@ -417,3 +417,45 @@ func TestMayAllowName(t *testing.T) {
 		t.Error("a deny-all set may allow a name")
 	}
 }
+
+// A name the hosts override maps to a special address reaches it only on
+// the port its rule names, or on 80 and 443 for a portless rule.
+func TestEvaluateMapped(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	pub := netip.MustParseAddr("93.184.216.34")
+	for _, c := range []struct {
+		def   Preset
+		rules []string
+		host  string
+		ip    netip.Addr
+		port  uint16
+		want  bool
+	}{
+		{PresetDenyAll, []string{"allow portless.test"}, "portless.test", lo, 443, true},
+		{PresetDenyAll, []string{"allow portless.test"}, "portless.test", lo, 80, true},
+		{PresetDenyAll, []string{"allow portless.test"}, "portless.test", lo, 2375, false},
+		{PresetDenyAll, []string{"allow ported.test:2375"}, "ported.test", lo, 2375, true},
+		{PresetDenyAll, []string{"allow ported.test:2375"}, "ported.test", lo, 443, false},
+		{PresetDenyAll, []string{"allow ported.test:2375"}, "ported.test", lo, 2376, false},
+		{PresetDenyAll, []string{"allow **"}, "any.test", lo, 22, false},
+		{PresetDenyAll, []string{"allow **:22"}, "any.test", lo, 22, true},
+		{PresetAllowAll, nil, "any.test", lo, 2375, false},
+		{PresetAllowAll, nil, "any.test", lo, 443, true},
+		{PresetDenyAll, []string{"allow portless.test", "deny portless.test"}, "portless.test", lo, 443, false},
+		{PresetDenyAll, []string{"allow portless.test", "deny 127.0.0.1"}, "portless.test", lo, 443, false},
+		{PresetDenyAll, []string{"allow localhost:2375"}, "other.test", lo, 2375, true},
+		{PresetDenyAll, []string{"allow 127.0.0.1:2375"}, "other.test", lo, 2375, true},
+		{PresetDenyAll, nil, "other.test", lo, 443, false},
+		{PresetDenyAll, []string{"allow portless.test"}, "portless.test", pub, 2375, true},
+		{PresetDenyAll, []string{"allow portless.test"}, "portless.test", netip.MustParseAddr("10.1.2.3"), 22, false},
+	} {
+		set, err := Compile(File{Default: c.def, Rules: rules(t, c.rules...)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := set.EvaluateMapped(Request{Host: c.host, IP: c.ip, Port: c.port})
+		if d.Allow != c.want {
+			t.Errorf("%s %v: %s %s port %d: allow=%v (%s), want %v", c.def, c.rules, c.host, c.ip, c.port, d.Allow, d.Reason, c.want)
+		}
+	}
+}

@@ -293,3 +293,54 @@ func (s *Set) MayAllowName(host, sandbox string) bool {
 	}
 	return false
 }
+
+// WebPorts are the ports a rule without a port opens on a name the hosts
+// override maps to a special address (loopback, private, the host's own).
+var WebPorts = []uint16{80, 443}
+
+// EvaluateMapped decides a connection to req.Host at req.IP, where the
+// name's address came from an operator's hosts override (SBX_HOSTS_FILE)
+// rather than DNS. Such a name may point at a special address, which a
+// host pattern never reaches in Evaluate; here it does, but narrowly:
+//
+//   - a deny rule matching the name or the address wins;
+//   - a rule naming the address (IP, CIDR, localhost:PORT) decides;
+//   - a rule naming the name and this port allows;
+//   - a rule naming the name without a port, the balanced list or the
+//     allow-all default allow only WebPorts.
+//
+// Anything else is denied, so a mapped name never opens every port of the
+// host's loopback. For an address that is not special it is Evaluate.
+func (s *Set) EvaluateMapped(req Request) Decision {
+	if s == nil || s.err != nil || !req.IP.IsValid() {
+		return s.Evaluate(req)
+	}
+	ip := req.IP.Unmap()
+	if !ip.IsLoopback() && !s.IsSpecial(ip) {
+		return s.Evaluate(req)
+	}
+	byName := s.Evaluate(Request{Host: req.Host, Port: req.Port, Sandbox: req.Sandbox})
+	if !byName.Allow && byName.Rule != nil {
+		return byName
+	}
+	byAddr := s.Evaluate(Request{IP: ip, Port: req.Port, Sandbox: req.Sandbox})
+	if byAddr.Rule != nil {
+		return byAddr
+	}
+	if !byName.Allow {
+		return byName
+	}
+	if byName.Rule != nil {
+		if res, err := ParseResource(byName.Rule.Resource); err == nil && res.Port != 0 {
+			return byName // the rule names this very port
+		}
+	}
+	for _, p := range WebPorts {
+		if req.Port == p {
+			return byName
+		}
+	}
+	return Decision{Default: s.def, Reason: fmt.Sprintf(
+		"%s is mapped to %s by SBX_HOSTS_FILE; a rule without a port opens only ports 80 and 443 of a name mapped to a local address; allow %s:%d to reach this port",
+		normalizeHost(req.Host), ip, normalizeHost(req.Host), req.Port)}
+}

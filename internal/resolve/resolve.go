@@ -18,8 +18,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
-	"time"
 )
 
 // Resolver looks up the addresses of a host name.
@@ -39,19 +37,14 @@ var _ Resolver = (*HostsFile)(nil)
 // HostsFile is a Resolver that answers from a hosts-format file for the
 // names the file lists and defers to another Resolver for all other names.
 //
-// The file is re-read when its modification time or size changes; the check
-// is a stat on each lookup. If the file disappears the override becomes
-// empty. If a re-read fails to parse, the last good contents stay in force
-// and Err reports the problem. HostsFile is safe for concurrent use.
+// The file is read once, when the HostsFile is made: a sandbox's mapping
+// is fixed for its run, so nothing written to the file later (by anyone)
+// changes where an allowed name leads. HostsFile is safe for concurrent
+// use.
 type HostsFile struct {
-	path string
-	next Resolver
-
-	mu      sync.Mutex
-	modTime time.Time               // guarded by mu
-	size    int64                   // guarded by mu
-	names   map[string][]netip.Addr // guarded by mu
-	lastErr error                   // guarded by mu
+	path  string
+	next  Resolver
+	names map[string][]netip.Addr // read-only after NewHostsFile
 }
 
 // NewHostsFile reads the hosts-format file at path and returns a Resolver
@@ -62,11 +55,6 @@ type HostsFile struct {
 // IPv4 and IPv6 addresses (zones are rejected); names are matched without
 // regard to case or a trailing dot.
 func NewHostsFile(path string, next Resolver) (*HostsFile, error) {
-	h := &HostsFile{path: path, next: next}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("read hosts file: %w", err)
-	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read hosts file: %w", err)
@@ -75,8 +63,7 @@ func NewHostsFile(path string, next Resolver) (*HostsFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse hosts file %s: %w", path, err)
 	}
-	h.names, h.modTime, h.size = names, fi.ModTime(), fi.Size()
-	return h, nil
+	return &HostsFile{path: path, next: next, names: names}, nil
 }
 
 // ParseHosts parses hosts-format data into a map from lower-case name to its
@@ -122,49 +109,13 @@ func ParseHosts(data []byte) (map[string][]netip.Addr, error) {
 }
 
 func canonical(name string) string {
-	return strings.ToLower(strings.TrimSuffix(name, "."))
-}
-
-// refresh re-reads the file if it changed and returns the current mapping.
-func (h *HostsFile) refresh() map[string][]netip.Addr {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	fi, err := os.Stat(h.path)
-	if err != nil {
-		h.names, h.modTime, h.size = nil, time.Time{}, -1
-		h.lastErr = fmt.Errorf("read hosts file: %w", err)
-		return nil
-	}
-	if fi.ModTime().Equal(h.modTime) && fi.Size() == h.size {
-		return h.names
-	}
-	data, err := os.ReadFile(h.path)
-	if err == nil {
-		var names map[string][]netip.Addr
-		names, err = ParseHosts(data)
-		if err == nil {
-			h.names, h.modTime, h.size, h.lastErr = names, fi.ModTime(), fi.Size(), nil
-			return h.names
-		}
-	}
-	// Keep the last good mapping; remember the stamp so a bad file is not
-	// re-parsed on every lookup.
-	h.modTime, h.size = fi.ModTime(), fi.Size()
-	h.lastErr = fmt.Errorf("reload hosts file %s: %w", h.path, err)
-	return h.names
-}
-
-// Err reports why the most recent re-read of the file failed, or nil.
-func (h *HostsFile) Err() error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.lastErr
+	return strings.ToLower(strings.TrimRight(name, "."))
 }
 
 // Mapped reports whether host is listed in the file (and so is answered from
 // it rather than by the next resolver).
 func (h *HostsFile) Mapped(host string) bool {
-	_, ok := h.refresh()[canonical(host)]
+	_, ok := h.names[canonical(host)]
 	return ok
 }
 
@@ -172,7 +123,7 @@ func (h *HostsFile) Mapped(host string) bool {
 // ("ip", "ip4", "ip6"); a listed name with no address of the wanted family is
 // "not found", never passed on. Other names go to the next resolver.
 func (h *HostsFile) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
-	addrs, ok := h.refresh()[canonical(host)]
+	addrs, ok := h.names[canonical(host)]
 	if !ok {
 		if h.next == nil {
 			return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}

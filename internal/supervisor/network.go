@@ -126,10 +126,14 @@ func newNetwork(ctx context.Context, sb *sandbox.Sandbox, boot Boot, store *secr
 	pc := proxy.Config{
 		Decide:   n.decideProxy,
 		Resolver: n.lookup,
-		Dial:     n.dial,
-		CA:       n.ca,
-		Audit:    n.auditProxy,
-		Log:      log.With("component", "proxy"),
+		// Through n.dial at call time: the one dialer of every path,
+		// which tests replace to see what each connection reaches.
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return n.dial(ctx, network, addr)
+		},
+		CA:    n.ca,
+		Audit: n.auditProxy,
+		Log:   log.With("component", "proxy"),
 	}
 	if store != nil {
 		// Credentials: TLS to a secret's hosts is terminated so the proxy
@@ -251,15 +255,20 @@ func (n *network) guestSetup() *agentapi.NetworkSetup {
 	}
 }
 
-// evaluate decides a connection to host (a name, may be empty) at ip
-// (may be invalid) and port. A name mapped by SBX_HOSTS_FILE is judged by
-// its name alone, so test names may point at loopback servers.
-func (n *network) evaluate(host string, ip netip.Addr, port uint16) policy.Decision {
+// judge decides a connection to host (a name, may be empty) at ip (the
+// real address it will reach; may be invalid before the name is resolved)
+// and port. It is the one judgement behind every path (forward proxy,
+// transparent proxy, raw TCP): a name mapped by SBX_HOSTS_FILE is judged
+// with its mapped address by policy.Set.EvaluateMapped, so it reaches a
+// loopback or private address only on the port its rule names (80 and 443
+// for a rule without a port).
+func (n *network) judge(host string, ip netip.Addr, port uint16) policy.Decision {
 	req := policy.Request{Host: host, IP: ip, Port: port, Sandbox: n.sandboxID}
-	if host != "" && n.hosts != nil && n.hosts.Mapped(host) {
-		req.IP = netip.Addr{}
+	set := n.engine.Set()
+	if host != "" && ip.IsValid() && n.hosts != nil && n.hosts.Mapped(host) {
+		return set.EvaluateMapped(req)
 	}
-	return n.engine.Evaluate(req)
+	return set.Evaluate(req)
 }
 
 func ruleText(d policy.Decision) string {
@@ -272,7 +281,7 @@ func ruleText(d policy.Decision) string {
 // decideProxy is the proxy's policy hook: every address the name resolved
 // to must be allowed.
 func (n *network) decideProxy(_ context.Context, t proxy.Target) proxy.Decision {
-	decide := func(ip netip.Addr) policy.Decision { return n.evaluate(t.Host, ip, t.Port) }
+	decide := func(ip netip.Addr) policy.Decision { return n.judge(t.Host, ip, t.Port) }
 	var d policy.Decision
 	if len(t.IPs) == 0 {
 		d = decide(netip.Addr{})
@@ -365,10 +374,8 @@ func (n *network) TCP(ctx context.Context, f netstack.FlowInfo) netstack.TCPActi
 
 // decideRaw judges plain TCP to ip:port, known by the names the resolver
 // gave out for ip (several when a CDN shares addresses). Any deny rule
-// matching one of them wins; else one allowing name suffices. The real
-// address is always part of the request, even for names mapped by
-// SBX_HOSTS_FILE, so a mapped name never opens the host's loopback ports
-// to plain TCP.
+// matching one of them wins; else one allowing name suffices. Each name is
+// judged with the real address, as the proxy judges it.
 func (n *network) decideRaw(names []string, ip netip.Addr, port uint16) (string, policy.Decision) {
 	if len(names) == 0 {
 		names = []string{""}
@@ -376,7 +383,7 @@ func (n *network) decideRaw(names []string, ip netip.Addr, port uint16) (string,
 	var allowName string
 	var allow, deny *policy.Decision
 	for _, name := range names {
-		d := n.engine.Evaluate(policy.Request{Host: name, IP: ip, Port: port, Sandbox: n.sandboxID})
+		d := n.judge(name, ip, port)
 		switch {
 		case !d.Allow && d.Rule != nil:
 			return name, d

@@ -130,6 +130,25 @@ type Options struct {
 	// PreserveOwner applies each entry's uid and gid (lchown). Errors from
 	// it are returned; use it only when running as root.
 	PreserveOwner bool
+	// KeepSetID keeps set-uid and set-gid bits. Without it they are
+	// dropped from every entry (the sticky bit stays): what comes out of
+	// a sandbox never becomes a set-id program on the host.
+	KeepSetID bool
+	// Name, when set, is the name the top-level entry takes inside an
+	// existing destination directory, whatever the archive calls it: the
+	// name the user's command implies (see TopName), so an untrusted
+	// archive cannot choose to land as .bashrc or .ssh. "." merges the
+	// contents into the destination.
+	Name string
+}
+
+// TopName is the top-level name Write gives the archive of src: "." when
+// src ends in "/." (its contents), else src's base name.
+func TopName(src string) string {
+	if src == "." || strings.HasSuffix(src, string(filepath.Separator)+".") {
+		return "."
+	}
+	return filepath.Base(filepath.Clean(src))
 }
 
 // Extract reads a tar archive from r and places it at dst. The archive
@@ -160,6 +179,12 @@ func Extract(r io.Reader, dst string, opts Options) error {
 	switch {
 	case err == nil && fi.IsDir():
 		parentDir = dst
+		if opts.Name != "" {
+			name = opts.Name
+			if name == ".." || strings.ContainsRune(name, filepath.Separator) {
+				return fmt.Errorf("extract to %s: %q is not a valid name", dst, name)
+			}
+		}
 	case err == nil || errors.Is(err, fs.ErrNotExist):
 		parentDir, name = filepath.Dir(dst), filepath.Base(dst)
 		if name == "." || name == ".." || name == string(filepath.Separator) {
@@ -317,7 +342,7 @@ func (x *extractor) topEntry(hdr *tar.Header, tr io.Reader) error {
 			x.tree = x.parent
 		}
 		x.topDone = true
-		x.dirs = append(x.dirs, dirMode{name: ".", mode: modeOf(hdr), mtime: hdr.ModTime})
+		x.dirs = append(x.dirs, dirMode{name: ".", mode: x.modeOf(hdr), mtime: hdr.ModTime})
 		return x.chown(x.parent, name, hdr)
 	}
 	if name == "." {
@@ -342,7 +367,7 @@ func (x *extractor) topEntry(hdr *tar.Header, tr io.Reader) error {
 		return fmt.Errorf("open %s: %w", name, err)
 	}
 	x.tree = tree
-	x.dirs = append(x.dirs, dirMode{name: ".", mode: modeOf(hdr), mtime: hdr.ModTime})
+	x.dirs = append(x.dirs, dirMode{name: ".", mode: x.modeOf(hdr), mtime: hdr.ModTime})
 	return nil
 }
 
@@ -434,7 +459,7 @@ func (x *extractor) place(root *os.Root, p string, hdr *tar.Header, tr io.Reader
 				return fmt.Errorf("mkdir: %w", err)
 			}
 		}
-		x.dirs = append(x.dirs, dirMode{name: p, mode: modeOf(hdr), mtime: hdr.ModTime})
+		x.dirs = append(x.dirs, dirMode{name: p, mode: x.modeOf(hdr), mtime: hdr.ModTime})
 		if root == x.tree {
 			x.dirsOK[p] = true
 		}
@@ -463,7 +488,7 @@ func (x *extractor) place(root *os.Root, p string, hdr *tar.Header, tr io.Reader
 			}
 			_, cerr := io.Copy(f, tr)
 			if cerr == nil {
-				cerr = f.Chmod(modeOf(hdr))
+				cerr = f.Chmod(x.modeOf(hdr))
 			}
 			if err := f.Close(); cerr == nil {
 				cerr = err
@@ -523,7 +548,13 @@ func (x *extractor) chown(root *os.Root, p string, hdr *tar.Header) error {
 	return nil
 }
 
-func modeOf(hdr *tar.Header) fs.FileMode {
+// modeOf is the mode an entry gets: its permissions and sticky bit, and
+// its set-id bits only with KeepSetID.
+func (x *extractor) modeOf(hdr *tar.Header) fs.FileMode {
 	m := hdr.FileInfo().Mode()
-	return m.Perm() | m&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)
+	keep := fs.ModeSticky
+	if x.opts.KeepSetID {
+		keep |= fs.ModeSetuid | fs.ModeSetgid
+	}
+	return m.Perm() | m&keep
 }

@@ -150,3 +150,86 @@ func TestExtractDockerSemantics(t *testing.T) {
 		t.Errorf("missing parent: got %v, want ErrNotExist", err)
 	}
 }
+
+// Set-id bits never survive an extraction unless asked for.
+func TestExtractDropsSetID(t *testing.T) {
+	mk := func() *bytes.Buffer {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for _, h := range []*tar.Header{
+			{Name: "d/", Typeflag: tar.TypeDir, Mode: 0o2775 | 0o1000},
+			{Name: "d/suid", Typeflag: tar.TypeReg, Mode: 0o4755},
+			{Name: "d/sgid", Typeflag: tar.TypeReg, Mode: 0o2755},
+		} {
+			if err := tw.WriteHeader(h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tw.Close()
+		return &buf
+	}
+	for _, keep := range []bool{false, true} {
+		dst := t.TempDir()
+		if err := Extract(mk(), dst, Options{KeepSetID: keep}); err != nil {
+			t.Fatal(err)
+		}
+		for name, want := range map[string]os.FileMode{
+			"d":      os.ModeDir | os.ModeSticky | 0o775,
+			"d/suid": 0o755,
+			"d/sgid": 0o755,
+		} {
+			if keep {
+				switch name {
+				case "d":
+					want |= os.ModeSetgid
+				case "d/suid":
+					want |= os.ModeSetuid
+				case "d/sgid":
+					want |= os.ModeSetgid
+				}
+			}
+			fi, err := os.Lstat(filepath.Join(dst, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode() != want {
+				t.Errorf("KeepSetID=%v: %s mode %v, want %v", keep, name, fi.Mode(), want)
+			}
+		}
+	}
+}
+
+// Inside an existing folder the copy takes the name the user asked for,
+// not the one the archive carries.
+func TestExtractName(t *testing.T) {
+	dst := t.TempDir()
+	if err := Extract(makeTar(t, []entry{{name: ".bashrc", body: "evil", typ: tar.TypeReg}}), dst, Options{Name: "notes.txt"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(dst, ".bashrc")); err == nil {
+		t.Error("the archive's name .bashrc was used")
+	}
+	if b, err := os.ReadFile(filepath.Join(dst, "notes.txt")); err != nil || string(b) != "evil" {
+		t.Errorf("notes.txt: %q, %v", b, err)
+	}
+	// A directory archive named .ssh lands under the asked-for name too.
+	if err := Extract(makeTar(t, []entry{{name: ".ssh", typ: tar.TypeDir}, {name: ".ssh/authorized_keys", body: "k", typ: tar.TypeReg}}), dst, Options{Name: "out"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(dst, ".ssh")); err == nil {
+		t.Error("the archive's name .ssh was used")
+	}
+	if _, err := os.Stat(filepath.Join(dst, "out", "authorized_keys")); err != nil {
+		t.Error(err)
+	}
+	for _, c := range []struct{ src, want string }{
+		{"/tmp/x", "x"}, {"/tmp/x/", "x"}, {"/tmp/d/.", "."}, {"rel/y", "y"},
+	} {
+		if got := TopName(c.src); got != c.want {
+			t.Errorf("TopName(%q) = %q, want %q", c.src, got, c.want)
+		}
+	}
+	if err := Extract(makeTar(t, []entry{{name: "a", typ: tar.TypeReg}}), dst, Options{Name: ".."}); err == nil {
+		t.Error("Name .. accepted")
+	}
+}
