@@ -36,7 +36,14 @@ func TestCredentials(t *testing.T) {
 		got[r.Host+" x-api-key"] = r.Header.Get("X-Api-Key")
 		got[r.Host+" authorization"] = r.Header.Get("Authorization")
 		mu.Unlock()
-		fmt.Fprintln(w, "fake api ok") // never echo what arrived
+		if r.URL.Path == "/echo" {
+			// A debug endpoint that hands back what arrived: the proxy
+			// must put the placeholder back before the guest sees it.
+			w.Header().Set("X-Echo-Key", r.Header.Get("X-Api-Key"))
+			r.Header.Write(w)
+			return
+		}
+		fmt.Fprintln(w, "fake api ok")
 	})
 	caPEM, leaf := tlsCert(t, "api.anthropic.com", "github.com")
 	srv := httptest.NewUnstartedServer(api)
@@ -74,6 +81,12 @@ func TestCredentials(t *testing.T) {
 	if res.code != 0 || !strings.Contains(res.stdout, "env=proxy-managed") || !strings.Contains(res.stdout, "fake api ok") {
 		h.dumpLogs()
 		t.Fatalf("anthropic call: %+v", res)
+	}
+	res = h.sbx("exec", name, "bash", "-c", fmt.Sprintf(
+		`curl -sS -i -m 20 https://api.anthropic.com:%d/echo -H "x-api-key: $ANTHROPIC_API_KEY"; curl -sS -i -m 20 --compressed https://github.com:%d/echo`, port, port))
+	if res.code != 0 || strings.Contains(res.stdout, anthropicKey) || strings.Contains(res.stdout, githubToken) || strings.Contains(res.stdout, basic) ||
+		!strings.Contains(res.stdout, "proxy-managed") {
+		t.Errorf("echo endpoint: the guest got a real value back, or no sentinel where it was (exit %d)", res.code)
 	}
 	res = h.sbx("exec", name, "bash", "-c", fmt.Sprintf(
 		`curl -sS -m 20 "https://github.com:%d/owner/repo.git/info/refs?service=git-upload-pack"`, port))

@@ -216,10 +216,13 @@ func newSecretSetCustomCmd(e *env) *cobra.Command {
 		Short: "Store any secret: the guest gets a placeholder in VAR, replaced on the wire to HOSTs",
 		Long: `Store a secret for a service that is not built in. The guest gets VAR set to a
 random placeholder (sbx-ph-...); the proxy replaces the placeholder with the
-value wherever it appears in a request to one of the hosts: header values
-(also inside Basic credentials), the URL path and query, and request bodies
-up to 1 MiB (larger bodies go unchanged). The placeholder sent to any other
-host goes out unchanged and is logged as a possible exfiltration attempt.
+value in HTTPS requests to one of the hosts on port 443 (or a port an allow
+rule names with the host): header values (also inside Basic credentials) and
+request bodies up to 1 MiB (larger bodies go unchanged), never the URL.
+Answers from those hosts have the value put back to the placeholder, so an
+endpoint that echoes what it got hands the guest nothing. The placeholder
+sent to any other host goes out unchanged and is logged; a request carrying
+the real value to any other host, or in plain HTTP, is blocked (403).
 Without --value the value is asked for on a terminal or read from stdin.`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {

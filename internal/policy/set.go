@@ -344,3 +344,30 @@ func (s *Set) EvaluateMapped(req Request) Decision {
 		"%s is mapped to %s by SBX_HOSTS_FILE; a rule without a port opens only ports 80 and 443 of a name mapped to a local address; allow %s:%d to reach this port",
 		normalizeHost(req.Host), ip, normalizeHost(req.Host), req.Port)}
 }
+
+// NamesPort reports whether an allow rule of sandbox (or a global one)
+// names host, by a host pattern other than **, together with this very
+// port, and no deny rule matches host at that port.
+func (s *Set) NamesPort(host string, port uint16, sandbox string) bool {
+	if s == nil || s.err != nil || port == 0 {
+		return false
+	}
+	host = normalizeHost(host)
+	named := false
+	for i := range s.rules {
+		cr := &s.rules[i]
+		if cr.rule.Scope != "" && cr.rule.Scope != sandbox {
+			continue
+		}
+		if !cr.res.IsHostPattern() || cr.res.Kind == KindAllHosts || !cr.res.matchHost(host, port) {
+			continue
+		}
+		if cr.rule.Action == Deny {
+			return false
+		}
+		if cr.res.Port == port {
+			named = true
+		}
+	}
+	return named
+}

@@ -109,9 +109,7 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 		pr.Out.Host = pr.In.URL.Host
 	}
 	pr.Out.Header.Del("Proxy-Connection")
-	if p.cfg.ModifyRequest != nil {
-		p.cfg.ModifyRequest(pr.Out)
-	}
+	// ModifyRequest runs in roundTrip, where it can refuse the request.
 }
 
 // splitHostPort parses "host", "host:port", "[v6]" or "[v6]:port" and

@@ -247,7 +247,7 @@ func newEnv(tb testing.TB, o envOptions) *env {
 			return d.DialContext(ctx, network, addr)
 		},
 		Intercept: o.intercept,
-		ModifyRequest: func(r *http.Request) {
+		ModifyRequest: func(r *http.Request) error {
 			e.mu.Lock()
 			e.mods++
 			e.mu.Unlock()
@@ -255,6 +255,7 @@ func newEnv(tb testing.TB, o envOptions) *env {
 			if o.modify != nil {
 				o.modify(r)
 			}
+			return nil
 		},
 		Audit: func(ev Event) {
 			e.mu.Lock()

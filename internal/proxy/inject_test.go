@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -63,6 +64,11 @@ func newInjectEnv(t *testing.T) *injectEnv {
 		e.mu.Lock()
 		e.seen = append(e.seen, seenRequest{Host: r.Host, Path: r.URL.Path, Query: r.URL.RawQuery, Header: r.Header.Clone(), Body: string(b)})
 		e.mu.Unlock()
+		if r.URL.Path == "/echo" {
+			// What many debug and error endpoints do: hand back what came.
+			echo(w, r, b)
+			return
+		}
 		fmt.Fprint(w, "ok")
 	})
 	e.tls = httptest.NewUnstartedServer(handler)
@@ -103,9 +109,10 @@ func newInjectEnv(t *testing.T) *injectEnv {
 			var d net.Dialer
 			return d.DialContext(ctx, network, addr)
 		},
-		CA:            proxyCA,
-		Intercept:     inj.Intercept,
-		ModifyRequest: inj.ModifyRequest,
+		CA:             proxyCA,
+		Intercept:      inj.Intercept,
+		ModifyRequest:  inj.ModifyRequest,
+		ModifyResponse: inj.ModifyResponse,
 		Audit: func(ev Event) {
 			e.mu.Lock()
 			e.events = append(e.events, ev)
@@ -179,6 +186,57 @@ func (e *injectEnv) do(c *http.Client, method, u string, hdr http.Header, body s
 		return seenRequest{}, resp.StatusCode
 	}
 	return e.seen[len(e.seen)-1], resp.StatusCode
+}
+
+// echo answers with the request's headers and body, in a header and the
+// body, gzip-compressed when the client accepts it and asked with gz=1.
+func echo(w http.ResponseWriter, r *http.Request, body []byte) {
+	var dump strings.Builder
+	r.Header.Write(&dump)
+	dump.Write(body)
+	w.Header().Set("X-Echo-Authorization", r.Header.Get("Authorization"))
+	w.Header().Set("X-Echo-Token", r.Header.Get("X-Token"))
+	if r.URL.Query().Get("gz") == "1" && strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+		w.Header().Set("Content-Encoding", "gzip")
+		zw := gzip.NewWriter(w)
+		io.WriteString(zw, dump.String())
+		zw.Close()
+		return
+	}
+	if r.URL.Query().Get("br") == "1" {
+		w.Header().Set("Content-Encoding", "br")
+	}
+	io.WriteString(w, dump.String())
+}
+
+// fetch sends a request and returns the response's status, headers and
+// body as the client got them.
+func (e *injectEnv) fetch(c *http.Client, method, u string, hdr http.Header, body string) (int, http.Header, string) {
+	e.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(e.t.Context(), method, u, rd)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, nil, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+func (e *injectEnv) seenAll() []seenRequest {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]seenRequest(nil), e.seen...)
 }
 
 func (e *injectEnv) Notes() []secrets.AuditNote {
@@ -285,6 +343,7 @@ func TestInjectPlaceholder(t *testing.T) {
 	}
 	want := []key{
 		{"other.test", "MY_TOKEN", secrets.NotePlaceholder, "header X-Token"},
+		{"other.test", "MY_TOKEN", secrets.NotePlaceholder, "body"},
 		{"other.test", "MY_TOKEN", secrets.NotePlaceholder, "url"},
 	}
 	if fmt.Sprint(gotNotes) != fmt.Sprint(want) {
@@ -393,5 +452,151 @@ func TestInjectTransparent(t *testing.T) {
 		http.Header{"Authorization": {"Bearer " + secrets.Sentinel}}, "")
 	if got.Header.Get("Authorization") != "Bearer "+openaiKey {
 		t.Errorf("transparent: Authorization %q", got.Header.Get("Authorization"))
+	}
+}
+
+// valueForms are the spellings of v a guest could decode: raw, and the
+// base64 of a credential holding it.
+func valueForms(v string) []string {
+	return []string{v, base64.StdEncoding.EncodeToString([]byte("x-access-token:" + v)), base64.StdEncoding.EncodeToString([]byte(v))}
+}
+
+// Gap 5 of the isolation review: an endpoint that echoes what it got
+// handed the real value back to the guest. Now what comes back is the
+// placeholder or sentinel, compressed or not, over HTTP/1.1 and HTTP/2.
+func TestInjectEchoScrubbed(t *testing.T) {
+	e := newInjectEnv(t)
+	for svc, v := range map[string]string{"openai": openaiKey, "github": githubToken} {
+		if _, err := e.store.Set(svc, "", secrets.New(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ent, err := e.store.SetCustom(secrets.Custom{Env: "MY_TOKEN", Hosts: []string{"api.test"}}, secrets.New(customValue))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ph := ent.Placeholder
+	for _, h2 := range []bool{false, true} {
+		for _, c := range []struct {
+			url    string
+			hdr    http.Header
+			body   string
+			secret string
+		}{
+			{"https://api.openai.com/echo", http.Header{"Authorization": {"Bearer " + secrets.Sentinel}}, "", openaiKey},
+			{"https://api.openai.com/echo?gz=1", http.Header{"Authorization": {"Bearer " + secrets.Sentinel}, "Accept-Encoding": {"br, gzip"}}, "", openaiKey},
+			{"https://github.com/echo", nil, "", githubToken},
+			{"https://api.test/echo", http.Header{"X-Token": {ph}}, `{"t":"` + ph + `"}`, customValue},
+			{"https://api.test/echo?gz=1", http.Header{"X-Token": {"Bearer " + ph}}, strings.Repeat("x", 70000) + ph, customValue},
+		} {
+			code, hdr, body := e.fetch(e.client(h2), http.MethodPost, c.url, c.hdr, c.body)
+			if code != http.StatusOK {
+				t.Errorf("h2=%v %s: status %d %s", h2, c.url, code, body)
+				continue
+			}
+			var all strings.Builder
+			hdr.Write(&all)
+			all.WriteString(body)
+			for _, f := range valueForms(c.secret) {
+				if strings.Contains(all.String(), f) {
+					t.Errorf("h2=%v %s: the real value came back to the guest (%d bytes)", h2, c.url, len(f))
+				}
+			}
+			if c.secret == customValue && !strings.Contains(body, ph) {
+				t.Errorf("h2=%v %s: the placeholder is not where the value was", h2, c.url)
+			}
+		}
+	}
+	// An encoding the proxy cannot decode is refused for such a host.
+	code, _, body := e.fetch(e.client(false), http.MethodGet, "https://api.openai.com/echo?br=1", http.Header{"Authorization": {"Bearer " + secrets.Sentinel}}, "")
+	if code == http.StatusOK || strings.Contains(body, openaiKey) {
+		t.Errorf("br response: status %d body %q, want refused", code, body)
+	}
+}
+
+// Gap 6: a real value on its way to a host it does not belong to, or in
+// clear, is blocked (raw, URL-encoded, base64, Basic credentials), and the
+// upstream sees nothing of it.
+func TestInjectRealValueBlocked(t *testing.T) {
+	e := newInjectEnv(t)
+	if _, err := e.store.Set("openai", "", secrets.New(openaiKey)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.SetCustom(secrets.Custom{Env: "MY_TOKEN", Hosts: []string{"api.test"}}, secrets.New(customValue)); err != nil {
+		t.Fatal(err)
+	}
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte("user:"+customValue))
+	for _, c := range []struct {
+		url    string
+		hdr    http.Header
+		body   string
+		secret string
+	}{
+		{"http://api.openai.com/v1", http.Header{"Authorization": {"Bearer " + openaiKey}}, "", openaiKey}, // own host, but in clear
+		{"http://other.test/x?k=" + url.QueryEscape(openaiKey), nil, "", openaiKey},
+		{"https://api.openai.com/x", http.Header{"X-Basic": {basic}}, "", customValue},
+		{"https://api.openai.com/x", http.Header{"X-B64": {base64.URLEncoding.EncodeToString([]byte("p" + customValue))}}, "", customValue},
+		{"https://api.test/x", nil, `{"k":"` + openaiKey + `"}`, openaiKey},
+		{"https://api.openai.com/x", nil, "token=" + url.PathEscape(customValue), customValue}, // another secret's host
+		{"http://other.test/x", nil, strings.Repeat("a", 3<<20) + openaiKey, openaiKey},        // large, streamed
+	} {
+		before := len(e.seenAll())
+		code, _, body := e.fetch(e.client(false), http.MethodPost, c.url, c.hdr, c.body)
+		if code == http.StatusOK {
+			t.Errorf("%s %v: status 200, want blocked", c.url, c.hdr)
+		} else if code != 0 && !strings.Contains(body, "real value of secret") {
+			t.Errorf("%s: status %d body %q, want the explained 403", c.url, code, body)
+		}
+		u, _ := url.Parse(c.url)
+		for _, seen := range e.seenAll()[before:] {
+			if secrets.NormalizeHost(seen.Host) != u.Hostname() {
+				continue // a slow upstream still reading an earlier case
+			}
+			var all strings.Builder
+			seen.Header.Write(&all)
+			all.WriteString(seen.Query + seen.Body)
+			if strings.Contains(all.String(), c.secret) {
+				t.Errorf("%s: the upstream received the real value", c.url)
+			}
+		}
+	}
+	// An ordinary request to the same host still goes through.
+	if code, _, body := e.fetch(e.client(false), http.MethodGet, "http://other.test/x", http.Header{"X-Token": {"x"}}, ""); code != http.StatusOK {
+		t.Errorf("plain request to other.test: %d %s", code, body)
+	}
+}
+
+// Gap 7: a service's credential goes only to its API port (443) unless a
+// rule names another port of its host.
+func TestCredentialsOnlyOnAPIPort(t *testing.T) {
+	st := secrets.NewStore(secrets.Options{Dir: t.TempDir()})
+	if _, err := st.Set("openai", "", secrets.New(openaiKey)); err != nil {
+		t.Fatal(err)
+	}
+	in := secrets.NewInjector(st, "sb", nil, nil)
+	extra := map[string]bool{}
+	in.ExtraPort = func(host string, port uint16) bool { return extra[fmt.Sprintf("%s:%d", host, port)] }
+	for _, c := range []struct {
+		url, allow string
+		want       bool
+	}{
+		{"https://api.openai.com/v1", "", true},
+		{"https://api.openai.com:443/v1", "", true},
+		{"https://api.openai.com:8443/v1", "", false},
+		{"https://api.openai.com:8443/v1", "api.openai.com:8443", true},
+		{"https://api.openai.com:9443/v1", "api.openai.com:8443", false},
+	} {
+		clear(extra)
+		if c.allow != "" {
+			extra[c.allow] = true
+		}
+		r, _ := http.NewRequest(http.MethodGet, c.url, nil)
+		r.Header.Set("Authorization", "Bearer "+secrets.Sentinel)
+		if err := in.ModifyRequest(r); err != nil {
+			t.Fatal(err)
+		}
+		if got := r.Header.Get("Authorization") == "Bearer "+openaiKey; got != c.want {
+			t.Errorf("%s (rule %q): injected=%v, want %v", c.url, c.allow, got, c.want)
+		}
 	}
 }

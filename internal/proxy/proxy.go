@@ -99,8 +99,16 @@ type Config struct {
 	// ModifyRequest is called on every request the proxy sees in clear
 	// (plain HTTP, or terminated HTTPS), after hop-by-hop headers were
 	// removed and just before it goes upstream. It must not retain the
-	// request. Nil does nothing.
-	ModifyRequest func(*http.Request)
+	// request. An error refuses the request: one with a BlockedReason()
+	// string method (a secret on its way where it must not go) is answered
+	// 403 with that reason and audited with rule "secret-scan"; the same
+	// error from reading the request body (a streaming scan) counts too.
+	// Nil does nothing.
+	ModifyRequest func(*http.Request) error
+	// ModifyResponse is called on every response to such a request before
+	// it goes to the guest (see httputil.ReverseProxy.ModifyResponse); an
+	// error is answered as for ModifyRequest. Nil does nothing.
+	ModifyResponse func(*http.Response) error
 	// Audit receives every decision, synchronously; it must not block for
 	// long. Nil drops events.
 	Audit func(Event)
@@ -166,9 +174,10 @@ func New(cfg Config) (*Proxy, error) {
 		// Streaming responses (unknown length, text/event-stream) are flushed
 		// after every write whatever this says; known-length bodies at least
 		// this often, saving a write per small response.
-		FlushInterval: 20 * time.Millisecond,
-		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
-		ErrorHandler:  p.upstreamError,
+		FlushInterval:  20 * time.Millisecond,
+		ErrorLog:       slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ErrorHandler:   p.upstreamError,
+		ModifyResponse: cfg.ModifyResponse,
 	}
 	return p, nil
 }
@@ -277,10 +286,37 @@ func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { r
 // roundTrip sends an outbound request over the transport matching the
 // protocol the client used (see Proxy.h1).
 func (p *Proxy) roundTrip(r *http.Request) (*http.Response, error) {
-	if h2, _ := r.Context().Value(clientH2Key{}).(bool); h2 {
-		return p.h2.RoundTrip(r)
+	if p.cfg.ModifyRequest != nil {
+		if err := p.cfg.ModifyRequest(r); err != nil {
+			if r.Body != nil {
+				r.Body.Close()
+			}
+			return nil, err
+		}
 	}
-	return p.h1.RoundTrip(r)
+	tr := p.h1
+	if h2, _ := r.Context().Value(clientH2Key{}).(bool); h2 {
+		tr = p.h2
+	}
+	resp, err := tr.RoundTrip(r)
+	if err != nil {
+		// A scan of the streaming body may have refused it: report that
+		// reason, whatever the transport made of the read error.
+		if b, ok := r.Body.(interface{ Blocked() error }); ok && b.Blocked() != nil {
+			return nil, b.Blocked()
+		}
+	}
+	return resp, err
+}
+
+// blockedReason is the explanation of an error that refused a request
+// for carrying a secret, or "".
+func blockedReason(err error) string {
+	var b interface{ BlockedReason() string }
+	if errors.As(err, &b) {
+		return b.BlockedReason()
+	}
+	return ""
 }
 
 type clientH2Key struct{}
@@ -302,6 +338,22 @@ func (p *Proxy) dialVetted(ctx context.Context, network, addr string) (net.Conn,
 }
 
 func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	if reason := blockedReason(err); reason != "" {
+		t, _ := r.Context().Value(vettedKey{}).(*Target)
+		if t == nil {
+			t = &Target{Host: r.Host}
+		}
+		d := Decision{Rule: "secret-scan", Reason: reason}
+		p.audit(*t, d, r)
+		p.log.WarnContext(r.Context(), "request refused", "host", t.Host, "reason", reason)
+		h := w.Header()
+		h.Set("Content-Type", "text/plain; charset=utf-8")
+		h.Set("Cache-Control", "no-store")
+		h.Set("X-Sbx-Blocked", "secret")
+		w.WriteHeader(http.StatusForbidden)
+		fmt.Fprintf(w, "sbx: %s\nThe real values of secrets go only to the hosts they are bound to, over HTTPS; see `sbx secret ls`.\n", reason)
+		return
+	}
 	if errors.Is(err, context.Canceled) {
 		p.log.DebugContext(r.Context(), "upstream request canceled", "host", r.Host)
 	} else {

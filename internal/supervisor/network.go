@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -141,13 +140,12 @@ func newNetwork(ctx context.Context, sb *sandbox.Sandbox, boot Boot, store *secr
 		// sentinels and placeholders.
 		n.inject = secrets.NewInjector(store, n.sandboxID, log.With("component", "secrets"), n.auditSecret)
 		pc.Intercept = n.inject.Intercept
-		pc.ModifyRequest = func(r *http.Request) {
-			// Real values travel only inside TLS: a plain-HTTP request to a
-			// secret's host goes out as the guest sent it.
-			if r.URL != nil && r.URL.Scheme == "https" {
-				n.inject.ModifyRequest(r)
-			}
-		}
+		// Real values travel only inside TLS, to their own hosts, on the
+		// API port (443) or one a rule names; responses from those hosts
+		// are scrubbed of them.
+		n.inject.ExtraPort = n.portRule
+		pc.ModifyRequest = n.inject.ModifyRequest
+		pc.ModifyResponse = n.inject.ModifyResponse
 	}
 	n.proxy, err = proxy.New(pc)
 	if err != nil {
@@ -329,11 +327,21 @@ func (n *network) auditProxy(e proxy.Event) {
 // auditSecret records a secret's placeholder or value seen on its way to a
 // host it does not belong to (it went out unchanged). Never the value.
 func (n *network) auditSecret(note secrets.AuditNote) {
+	rule := ""
+	if note.Blocked {
+		rule = "secret-scan"
+	}
 	n.audit.Log(audit.Event{
 		Time: note.Time, Sandbox: n.sandboxName, SandboxID: n.sandboxID, Host: note.Host,
-		Path: audit.PathForward, Proto: audit.ProtoHTTPS, Allowed: true,
-		Reason: "possible exfiltration attempt: " + note.Reason(),
+		Path: audit.PathForward, Proto: audit.ProtoHTTPS, Allowed: !note.Blocked, Rule: rule,
+		Reason: note.Reason(),
 	})
+}
+
+// portRule reports whether an allow rule for this sandbox names host
+// with port: credentials may then go to that port too (else only 443).
+func (n *network) portRule(host string, port uint16) bool {
+	return n.engine.Set().NamesPort(host, port, n.sandboxID)
 }
 
 // TCP implements netstack.FlowHandler: web ports go to the transparent

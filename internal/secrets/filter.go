@@ -1,0 +1,198 @@
+package secrets
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+)
+
+// BlockedError is why the proxy refused to send a request: it carried the
+// real value of a secret where that value must not go. It never holds the
+// value.
+type BlockedError struct {
+	Secret string // service name or custom secret's variable
+	Where  string // "header NAME", "url", "body"
+	Host   string
+	Why    string // "it is not bound to that host", "plain HTTP"
+}
+
+func (e *BlockedError) Error() string { return "sbx proxy: " + e.BlockedReason() }
+
+// BlockedReason is the one-line explanation for the 403 page and the
+// audit log.
+func (e *BlockedError) BlockedReason() string {
+	return fmt.Sprintf("request blocked: its %s carries the real value of secret %s to %s (%s)", e.Where, e.Secret, e.Host, e.Why)
+}
+
+// refusedError is a response the proxy would not hand on; BlockedReason
+// makes the proxy answer 403 with it.
+type refusedError string
+
+func (e refusedError) Error() string         { return "sbx proxy: " + string(e) }
+func (e refusedError) BlockedReason() string { return string(e) }
+
+// form is one spelling of a secret value as it may appear on the wire and
+// what replaces it in a scrubbed response.
+type form struct {
+	enc, repl []byte
+}
+
+// encodedForms lists the spellings of value a request or response may
+// carry: raw, URL-encoded (query and path), and base64 (standard and URL
+// alphabets, padded or not) at each of the three alignments, so the value
+// is found inside a longer base64 text such as Basic credentials
+// ("user:VALUE"). repl, when not empty, is encoded the same way as each
+// form's replacement. Forms shorter than minValueScan are left out.
+func encodedForms(value, repl string) []form {
+	var out []form
+	add := func(enc, r string) {
+		if len(enc) < minValueScan {
+			return
+		}
+		for _, f := range out {
+			if string(f.enc) == enc {
+				return
+			}
+		}
+		out = append(out, form{enc: []byte(enc), repl: []byte(r)})
+	}
+	add(value, repl)
+	add(url.QueryEscape(value), url.QueryEscape(repl))
+	add(url.PathEscape(value), url.PathEscape(repl))
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
+		for k := range 3 {
+			add(base64Inner(enc, value, k), base64Inner(enc, repl, k))
+		}
+	}
+	return out
+}
+
+// base64Inner is the part of the base64 encoding of s, preceded by k
+// other bytes, that depends on s alone: the same characters whatever
+// bytes surround s.
+func base64Inner(enc *base64.Encoding, s string, k int) string {
+	if s == "" {
+		return ""
+	}
+	full := enc.WithPadding(base64.NoPadding).EncodeToString(append(make([]byte, k), s...))
+	first := (8*k + 5) / 6       // first character wholly inside s
+	last := 8 * (k + len(s)) / 6 // characters ending at or before s's end
+	if first >= last || last > len(full) {
+		return ""
+	}
+	return full[first:last]
+}
+
+// filterReader streams a body while looking for secret forms. In block
+// mode the first form found ends the stream with the error found returns
+// (the bytes of the form itself never pass); otherwise each form is
+// replaced by its repl. Bytes that might start a form are held back until
+// the form is ruled out, so a form split across reads is found too.
+type filterReader struct {
+	src   io.Reader
+	close func() error
+	forms []form
+	block bool
+	found func(i int) error // i indexes forms; returns the error to end with
+
+	chunk   []byte // read buffer
+	buf     []byte // read but not yet handed on
+	out     []byte // ready to hand on
+	keep    int    // longest form - 1
+	err     error  // sticky: source error or block error
+	blocked error  // the block error, once a form was found in block mode
+}
+
+// Blocked is the error that ended the stream because a form was found
+// (block mode), or nil.
+func (f *filterReader) Blocked() error { return f.blocked }
+
+func newFilterReader(src io.ReadCloser, forms []form, block bool, found func(int) error) *filterReader {
+	keep := 0
+	for _, f := range forms {
+		keep = max(keep, len(f.enc)-1)
+	}
+	return &filterReader{src: src, close: src.Close, forms: forms, block: block, found: found, keep: keep}
+}
+
+func (f *filterReader) Read(p []byte) (int, error) {
+	for len(f.out) == 0 {
+		if f.err != nil {
+			return 0, f.err
+		}
+		if f.chunk == nil {
+			f.chunk = make([]byte, 32<<10)
+		}
+		n, err := f.src.Read(f.chunk)
+		f.buf = append(f.buf, f.chunk[:n]...)
+		if err != nil {
+			f.err = err
+		}
+		if ferr := f.process(err != nil); ferr != nil {
+			f.err, f.blocked = ferr, ferr
+			f.buf = nil
+		}
+	}
+	n := copy(p, f.out)
+	f.out = f.out[n:]
+	return n, nil
+}
+
+// process moves what is safe from buf to out; at the end (eof) all of it.
+func (f *filterReader) process(eof bool) error {
+	for {
+		at, which := -1, -1
+		for i, fm := range f.forms {
+			if j := bytes.Index(f.buf, fm.enc); j >= 0 && (at < 0 || j < at) {
+				at, which = j, i
+			}
+		}
+		if at < 0 {
+			break
+		}
+		if f.block {
+			f.out = append(f.out, f.buf[:at]...)
+			return f.found(which)
+		}
+		f.out = append(f.out, f.buf[:at]...)
+		f.out = append(f.out, f.forms[which].repl...)
+		f.buf = f.buf[at+len(f.forms[which].enc):]
+		if f.found != nil {
+			_ = f.found(which)
+		}
+	}
+	safe := len(f.buf)
+	if !eof {
+		safe = max(0, len(f.buf)-f.keep)
+	}
+	f.out = append(f.out, f.buf[:safe]...)
+	f.buf = append(f.buf[:0], f.buf[safe:]...)
+	return nil
+}
+
+func (f *filterReader) Close() error { return f.close() }
+
+// findForm reports the first form in s, or -1.
+func findForm(s string, forms []form) int {
+	for i, fm := range forms {
+		if strings.Contains(s, string(fm.enc)) {
+			return i
+		}
+	}
+	return -1
+}
+
+// scrubString replaces every form in s by its repl.
+func scrubString(s string, forms []form) (string, bool) {
+	changed := false
+	for _, fm := range forms {
+		if strings.Contains(s, string(fm.enc)) {
+			s = strings.ReplaceAll(s, string(fm.enc), string(fm.repl))
+			changed = true
+		}
+	}
+	return s, changed
+}
