@@ -18,12 +18,14 @@ import (
 // snapshotSpec is the snapshot a sandbox of cfg on template image tmpl
 // starts from under boot's assets.
 func snapshotSpec(boot supervisor.Boot, qemuVersion string, cfg sandbox.Config, tmpl sandbox.TemplateRef) snapshot.Spec {
+	vmm := vm.DefaultJail(cfg.UID, cfg.GID)
 	return snapshot.Spec{
 		QEMU: boot.QEMU, QEMUVersion: qemuVersion,
 		Kernel: boot.Kernel, Initrd: boot.Initrd, Cmdline: supervisor.GuestCmdline,
 		Accel: vm.Accel(boot.Accel), TSCkHz: boot.TSCkHz, CPUs: boot.CPUs, MemoryMiB: cfg.MemoryMiB,
 		DiskBytes: cfg.DiskBytes, DockerDiskBytes: cfg.DockerDiskBytes,
 		TemplateName: tmpl.Name, TemplateID: tmpl.ID, TemplateImage: tmpl.Image,
+		VMMUID: vmm.UID, VMMGID: vmm.GID,
 	}
 }
 

@@ -52,8 +52,12 @@ const (
 	LockFile       = "lock"
 	BootFile       = "boot.json"
 	ControlSocket  = "control.sock"
-	AgentSocket    = "agent.sock"
-	QMPSocket      = "qmp.sock"
+	// VMMDir, in the runtime folder, holds the sockets the VMM uses (its
+	// agent channel, QMP, the network card's): the one runtime folder its
+	// jail may write, so it never reaches the control socket.
+	VMMDir      = "vmm"
+	AgentSocket = "agent.sock"
+	QMPSocket   = "qmp.sock"
 	// BootedFile exists once the sandbox's disk has been booted: its first
 	// start may resume a snapshot, later ones boot cold.
 	BootedFile     = "booted"

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -74,6 +75,11 @@ type Spec struct {
 	TemplateName    string `json:"templateName"`
 	TemplateID      string `json:"templateID"`
 	TemplateImage   string `json:"templateImage"`
+	// VMMUID and VMMGID are the ids the VMM ran as (vm.DefaultJail): a
+	// resumed VM opens the memory file read-write, so each VMM user has
+	// snapshots of its own.
+	VMMUID int `json:"vmmUID"`
+	VMMGID int `json:"vmmGID"`
 }
 
 // parts lists the key's inputs by what a person calls them, for the
@@ -92,6 +98,7 @@ func (s Spec) parts() map[string]string {
 		"template":      s.TemplateID,
 		"layout":        strconv.Itoa(layoutVersion) + " " + strconv.Itoa(Shares),
 		"host cpu":      hostCPU(s.Accel),
+		"vmm user":      fmt.Sprintf("%d:%d", s.VMMUID, s.VMMGID),
 	}
 }
 
@@ -219,6 +226,7 @@ func VMConfig(s Spec, d Devices) (vm.Config, error) {
 		MemoryFile:  d.MemoryFile,
 		// Written only by the snapshot VM.
 		MemoryShared: d.MemoryShared,
+		Jail:         vm.DefaultJail(s.VMMUID, s.VMMGID),
 	}
 	if s.DockerDiskBytes > 0 {
 		c.Disks = append(c.Disks, vm.Disk{Path: d.DockerDisk, Format: "raw", Serial: DockerSerial})
@@ -532,6 +540,12 @@ func build(ctx context.Context, dir, key string, spec Spec, o Options) (*Snapsho
 	saved := time.Since(saveStart)
 	inst.Kill()
 	<-inst.Wait()
+	// The jailed VMM owned what it wrote; the published files are sbx's
+	// again, but for the memory file, which resumed VMMs of the same user
+	// open read-write.
+	if err := ownTree(tmp, filepath.Join(tmp, ramFile)); err != nil {
+		return nil, err
+	}
 	// The stand-in Docker disk is not needed by restored sandboxes (each
 	// has its own); the console log stays for diagnosis.
 	if dockerDisk != "" {
@@ -633,4 +647,16 @@ func (v *vmmOutput) String() string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return string(v.buf)
+}
+
+// ownTree gives every file under dir but except back to this process's
+// user.
+func ownTree(dir, except string) error {
+	uid, gid := os.Getuid(), os.Getgid()
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == except {
+			return err
+		}
+		return os.Lchown(p, uid, gid)
+	})
 }

@@ -233,7 +233,10 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		cancelNet()
 		nw.close()
 	})
-	if err := nw.start(netCtx, filepath.Join(rt, NetSocket)); err != nil {
+	if err := os.MkdirAll(filepath.Join(rt, sandbox.VMMDir), 0o700); err != nil {
+		return s.fail(err)
+	}
+	if err := nw.start(netCtx, filepath.Join(rt, sandbox.VMMDir, NetSocket)); err != nil {
 		return s.fail(err)
 	}
 	s.net = nw
@@ -537,10 +540,10 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 		RootDisk:    s.sb.Path(sandbox.DiskFile),
 		DockerDisk:  dockerDisk,
 		Workspaces:  shares,
-		NetSocket:   filepath.Join(rt, NetSocket),
+		NetSocket:   filepath.Join(rt, sandbox.VMMDir, NetSocket),
 		MAC:         s.boot.MAC,
-		AgentSocket: filepath.Join(rt, sandbox.AgentSocket),
-		Monitor:     filepath.Join(rt, sandbox.QMPSocket),
+		AgentSocket: filepath.Join(rt, sandbox.VMMDir, sandbox.AgentSocket),
+		Monitor:     filepath.Join(rt, sandbox.VMMDir, sandbox.QMPSocket),
 		ConsoleLog:  s.sb.Path(sandbox.ConsoleLog),
 	}
 	if restore != nil {
@@ -551,6 +554,7 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 		dev.MemoryFile = restore.RAM
 		vc, err := snapshot.VMConfig(restore.Spec, dev)
 		vc.RestoreFrom = restore.State
+		vc.Jail = vm.DefaultJail(cfg.UID, cfg.GID)
 		return vc, ws, err
 	}
 	vc := vm.Config{
@@ -568,6 +572,9 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 		Monitor:     dev.Monitor,
 		ConsoleLog:  dev.ConsoleLog,
 		Net:         &vm.Net{Socket: dev.NetSocket, MAC: dev.MAC},
+		// QEMU never keeps root: it runs as the guest user's host uid (the
+		// owner of what it writes into workspaces), jailed.
+		Jail: vm.DefaultJail(cfg.UID, cfg.GID),
 	}
 	if dockerDisk != "" {
 		vc.Disks = append(vc.Disks, vm.Disk{Path: dockerDisk, Format: "raw", Serial: DockerDiskSerial})

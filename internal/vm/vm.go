@@ -124,6 +124,40 @@ type Config struct {
 	// VMs resumed from one file share the pages none of them wrote).
 	MemoryFile   string
 	MemoryShared bool
+	// Jail, when set, runs the VMM confined (see package jail): as UID and
+	// GID, in a root of its own when NewRoot, always under a filter that
+	// refuses set-id files. The backend makes the files the VM writes
+	// (disks, console log, memory file, socket folders) the UID's.
+	Jail *Jail
+}
+
+// Jail is how a VMM is confined.
+type Jail struct {
+	// NewRoot gives the VMM its own mount, PID, IPC and network
+	// namespaces on an empty root (needs root).
+	NewRoot bool
+	// UID and GID the VMM runs as with NewRoot; never 0.
+	UID, GID int
+}
+
+// Nobody is the uid and gid a root-started VMM falls back to.
+const Nobody = 65534
+
+// DefaultJail is the jail of a VMM whose guest user is uid:gid on the
+// host (the owner of what it writes into workspaces). Started by root,
+// the VMM runs as that user (nobody for a uid of 0) in a root of its own;
+// started by anyone else it already runs as them, and gets the filter.
+func DefaultJail(uid, gid int) *Jail {
+	if os.Geteuid() != 0 {
+		return &Jail{UID: os.Getuid(), GID: os.Getgid()}
+	}
+	if uid <= 0 {
+		uid = Nobody
+	}
+	if gid <= 0 {
+		gid = Nobody
+	}
+	return &Jail{NewRoot: true, UID: uid, GID: gid}
 }
 
 // Exit is how a VMM process ended.

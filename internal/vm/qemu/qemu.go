@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -253,13 +254,33 @@ func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 	if i.cfg.Monitor != "" {
 		os.Remove(i.cfg.Monitor)
 	}
-	cmd := exec.Command(i.binary, args...)
+	var cmd *exec.Cmd
+	var jl *jailed
+	if i.cfg.Jail != nil {
+		bin, err := exec.LookPath(i.binary)
+		if err != nil {
+			return fmt.Errorf("start %s: %w", i.binary, vm.ErrVMMNotFound)
+		}
+		if bin, err = filepath.Abs(bin); err != nil {
+			return fmt.Errorf("start qemu: %w", err)
+		}
+		jcfg := i.cfg
+		jcfg.PIDFile = "" // in its own PID namespace QEMU would write its pid there
+		if jl, err = prepareJail(i.cfg, bin, Args(jcfg)); err != nil {
+			return fmt.Errorf("start qemu: %w", err)
+		}
+		cmd = jl.cmd
+	} else {
+		cmd = exec.Command(i.binary, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
 	cmd.Stdin = nil
 	cmd.Stdout = stderr
 	cmd.Stderr = stderr
 	// QEMU dies with its supervisor, so a killed supervisor never leaves an
 	// orphan VM holding the disk.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	cmd.SysProcAttr.Setpgid = true
 	if i.cfg.RestoreFrom != "" {
 		f, err := os.Open(i.cfg.RestoreFrom)
 		if err != nil {
@@ -269,6 +290,9 @@ func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 		cmd.ExtraFiles = []*os.File{f} // fd 3: restoreFD
 	}
 	if err := cmd.Start(); err != nil {
+		if jl != nil {
+			jl.cleanup()
+		}
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("start %s: %w", i.binary, vm.ErrVMMNotFound)
 		}
@@ -278,8 +302,14 @@ func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 	i.cmd = cmd
 	i.mu.Unlock()
 	exited := make(chan struct{})
+	if jl != nil && i.cfg.PIDFile != "" {
+		_ = os.WriteFile(i.cfg.PIDFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
+	}
 	go func() {
 		err := cmd.Wait()
+		if jl != nil {
+			jl.cleanup()
+		}
 		ex := vm.Exit{Code: cmd.ProcessState.ExitCode(), At: time.Now()}
 		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			ex.Signal = ws.Signal().String()

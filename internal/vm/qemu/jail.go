@@ -1,0 +1,248 @@
+package qemu
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/sbx-dev/sbx/internal/jail"
+	"github.com/sbx-dev/sbx/internal/vm"
+)
+
+// jailed is a prepared jail: the command and what to remove after QEMU
+// exits.
+type jailed struct {
+	cmd  *exec.Cmd
+	root string // the empty jail root folder on the host; "" without one
+}
+
+func (j *jailed) cleanup() {
+	if j.root != "" {
+		os.Remove(j.root)
+	}
+}
+
+// prepareJail builds the jail QEMU runs in for cfg (cfg.Jail is set): it
+// lists what QEMU needs (kernel, initramfs and the disks' backing chain
+// read-only; its disks, shares, console log, memory file and socket
+// folders read-write), makes the files sbx created for this VM the jail
+// user's, and returns the command.
+func prepareJail(cfg vm.Config, binary string, args []string) (*jailed, error) {
+	j := cfg.Jail
+	spec := jail.Spec{Argv: append([]string{binary}, args...), Env: []string{"PATH=/usr/bin:/bin"}, UID: j.UID, GID: j.GID}
+	if !j.NewRoot {
+		cmd, err := jail.Command(spec)
+		return &jailed{cmd: cmd}, err
+	}
+	if j.UID <= 0 || j.GID <= 0 {
+		return nil, fmt.Errorf("jail: refusing to run qemu as uid %d gid %d", j.UID, j.GID)
+	}
+	own := func(p string) error {
+		if err := os.Lchown(p, j.UID, j.GID); err != nil {
+			return fmt.Errorf("jail: give %s to uid %d: %w", p, j.UID, err)
+		}
+		return nil
+	}
+	// Read-only inputs the VMM user must be able to read: sbx's own cache
+	// files, in folders only root can enter, so opening them to others
+	// shows them to no one else.
+	readable := func(p string) error {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("jail: %w", err)
+		}
+		if fi.Mode().Perm()&0o004 == 0 {
+			if err := os.Chmod(p, fi.Mode().Perm()|0o444); err != nil {
+				return fmt.Errorf("jail: let the vm user read %s: %w", p, err)
+			}
+		}
+		return nil
+	}
+	for _, p := range []string{cfg.Kernel, cfg.Initrd} {
+		if err := readable(p); err != nil {
+			return nil, err
+		}
+		spec.ReadOnly = append(spec.ReadOnly, p)
+	}
+	if !underSystemDirs(binary) {
+		spec.Exec = append(spec.Exec, binary)
+	}
+	for _, d := range cfg.Disks {
+		chain, err := backingChain(d.Path, d.Format)
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range chain {
+			if err := readable(b); err != nil {
+				return nil, err
+			}
+			spec.ReadOnly = append(spec.ReadOnly, b)
+		}
+		if d.ReadOnly {
+			if err := readable(d.Path); err != nil {
+				return nil, err
+			}
+			spec.ReadOnly = append(spec.ReadOnly, d.Path)
+			continue
+		}
+		if err := own(d.Path); err != nil {
+			return nil, err
+		}
+		spec.ReadWrite = append(spec.ReadWrite, d.Path)
+	}
+	for _, s := range cfg.Shares {
+		// The user's folders: never chowned; the VMM user is their owner.
+		if s.ReadOnly {
+			spec.ReadOnly = append(spec.ReadOnly, s.Path)
+		} else {
+			spec.ReadWrite = append(spec.ReadWrite, s.Path)
+		}
+	}
+	if cfg.ConsoleLog != "" {
+		f, err := os.OpenFile(cfg.ConsoleLog, os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("jail: console log: %w", err)
+		}
+		f.Close()
+		if err := own(cfg.ConsoleLog); err != nil {
+			return nil, err
+		}
+		spec.ReadWrite = append(spec.ReadWrite, cfg.ConsoleLog)
+	}
+	if cfg.MemoryFile != "" {
+		if cfg.MemoryShared {
+			// QEMU sizes an existing file; it must exist to be bound.
+			f, err := os.OpenFile(cfg.MemoryFile, os.O_CREATE|os.O_WRONLY, 0o600)
+			if err != nil {
+				return nil, fmt.Errorf("jail: memory file: %w", err)
+			}
+			f.Close()
+			if err := own(cfg.MemoryFile); err != nil {
+				return nil, err
+			}
+		}
+		// A resumed VM maps it copy-on-write, but QEMU 7.2 opens it
+		// read-write: it must be the VMM user's (snapshots are kept per
+		// VMM user for this reason).
+		spec.ReadWrite = append(spec.ReadWrite, cfg.MemoryFile)
+	}
+	var sockDirs []string
+	for _, p := range []string{cfg.AgentSocket, cfg.Monitor} {
+		if p != "" {
+			sockDirs = append(sockDirs, filepath.Dir(p))
+		}
+	}
+	if cfg.Net != nil {
+		sockDirs = append(sockDirs, filepath.Dir(cfg.Net.Socket))
+		if err := own(cfg.Net.Socket); err != nil {
+			return nil, err
+		}
+	}
+	slices.Sort(sockDirs)
+	for _, d := range slices.Compact(sockDirs) {
+		if err := own(d); err != nil {
+			return nil, err
+		}
+		spec.ReadWrite = append(spec.ReadWrite, d)
+	}
+	if cfg.Accel == vm.AccelKVM {
+		spec.Devices = append(spec.Devices, "/dev/kvm")
+		var st syscall.Stat_t
+		if err := syscall.Stat("/dev/kvm", &st); err == nil && st.Gid != 0 {
+			spec.Groups = append(spec.Groups, int(st.Gid))
+		}
+	}
+	root, err := os.MkdirTemp("", "sbx-jail-")
+	if err != nil {
+		return nil, fmt.Errorf("jail: %w", err)
+	}
+	spec.Root = root
+	cmd, err := jail.Command(spec)
+	if err != nil {
+		os.Remove(root)
+		return nil, err
+	}
+	return &jailed{cmd: cmd, root: root}, nil
+}
+
+func underSystemDirs(p string) bool {
+	for _, d := range jail.SystemDirs {
+		if strings.HasPrefix(p, d+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// maxBackingDepth bounds a qcow2 backing chain.
+const maxBackingDepth = 16
+
+// backingChain lists the backing files of a qcow2 image, nearest first,
+// read from the images' headers as QEMU will follow them.
+func backingChain(path, format string) ([]string, error) {
+	var out []string
+	for depth := 0; format == "qcow2"; depth++ {
+		if depth == maxBackingDepth {
+			return nil, fmt.Errorf("jail: %s: backing chain deeper than %d", path, maxBackingDepth)
+		}
+		name, err := qcow2Backing(path)
+		if err != nil {
+			return nil, fmt.Errorf("jail: %w", err)
+		}
+		if name == "" {
+			break
+		}
+		if !filepath.IsAbs(name) {
+			name = filepath.Join(filepath.Dir(path), name)
+		}
+		out = append(out, name)
+		path = name
+		format = "qcow2"
+		if f, err := os.Open(name); err == nil {
+			var magic [4]byte
+			_, rerr := io.ReadFull(f, magic[:])
+			f.Close()
+			if rerr != nil || string(magic[:]) != "QFI\xfb" {
+				format = "raw"
+			}
+		}
+	}
+	return out, nil
+}
+
+// qcow2Backing reads the backing file name from a qcow2 header ("" for
+// none).
+func qcow2Backing(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var h [20]byte
+	if _, err := io.ReadFull(f, h[:]); err != nil {
+		return "", fmt.Errorf("%s: qcow2 header: %w", path, err)
+	}
+	if string(h[:4]) != "QFI\xfb" {
+		return "", fmt.Errorf("%s: not a qcow2 image", path)
+	}
+	off := binary.BigEndian.Uint64(h[8:16])
+	size := binary.BigEndian.Uint32(h[16:20])
+	if off == 0 || size == 0 {
+		return "", nil
+	}
+	if size > 1023 {
+		return "", errors.New(path + ": backing file name too long")
+	}
+	name := make([]byte, size)
+	if _, err := f.ReadAt(name, int64(off)); err != nil {
+		return "", fmt.Errorf("%s: backing file name: %w", path, err)
+	}
+	return string(name), nil
+}
