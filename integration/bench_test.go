@@ -352,7 +352,7 @@ func BenchmarkSnapshotStart(b *testing.B) {
 }
 
 // sandboxID returns the id of the sandbox called name.
-func sandboxID(b *testing.B, h *harness, name string) string {
+func sandboxID(b testing.TB, h *harness, name string) string {
 	b.Helper()
 	for _, r := range h.ls() {
 		if r.Name == name {

@@ -293,7 +293,7 @@ func qemuPID(t testing.TB, id string) int {
 		if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "qemu-system") {
 			continue
 		}
-		if strings.Contains(string(data), "/"+id+"/agent.sock") {
+		if strings.Contains(string(data), "/"+id+"/vmm/agent.sock") {
 			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
 			return pid
 		}
