@@ -22,6 +22,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Path is the way a flow took through the sandbox's network.
@@ -84,41 +86,129 @@ func (e Event) Target() string {
 // flushDelay is how long a logged event may wait in the buffer.
 const flushDelay = 100 * time.Millisecond
 
+// Default bounds of a Logger.
+const (
+	// DefaultMaxBytes is the size at which the file is rotated: it becomes
+	// PATH.1 (replacing the previous one) and a new file starts, so the
+	// log never takes more than twice this.
+	DefaultMaxBytes = 16 << 20
+	// DefaultRate and DefaultBurst bound the events written per second: a
+	// flood of decisions (a guest opening thousands of connections) is
+	// summed up in one line per second instead.
+	DefaultRate  = 500
+	DefaultBurst = 5000
+)
+
+// Options bound a Logger; zero fields take the defaults.
+type Options struct {
+	MaxBytes int64
+	Rate     float64 // events per second
+	Burst    int
+}
+
 // Logger appends events to one file. It is safe for concurrent use. Log
 // only encodes into a memory buffer (written out when it fills, and within
 // flushDelay otherwise), so it does not hold up the data path.
 type Logger struct {
-	log *slog.Logger
+	log     *slog.Logger
+	path    string
+	opts    Options
+	limiter *rate.Limiter
 
 	mu      sync.Mutex
 	f       *os.File      // guarded by mu; nil once closed
 	w       *bufio.Writer // guarded by mu
+	size    int64         // guarded by mu; bytes in the current file
+	dropped int           // guarded by mu; events left out since the last summary
 	pending *time.Timer   // guarded by mu; the scheduled flush, if any
 	failed  bool          // guarded by mu; a write error was reported
 }
 
-// Open opens (creating, mode 0600) the audit file at path for appending.
-// The caller must Close the Logger. log receives write errors; nil
-// discards them.
+// Open opens (creating, mode 0600) the audit file at path for appending,
+// with the default bounds. The caller must Close the Logger. log receives
+// write errors; nil discards them.
 func Open(path string, log *slog.Logger) (*Logger, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open audit log: %w", err)
+	return OpenWith(path, log, Options{})
+}
+
+// OpenWith is Open with bounds.
+func OpenWith(path string, log *slog.Logger, o Options) (*Logger, error) {
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
+	if o.Rate <= 0 {
+		o.Rate = DefaultRate
+	}
+	if o.Burst <= 0 {
+		o.Burst = DefaultBurst
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Logger{log: log, f: f, w: bufio.NewWriterSize(f, 64<<10)}, nil
+	l := &Logger{log: log, path: path, opts: o, limiter: rate.NewLimiter(rate.Limit(o.Rate), o.Burst)}
+	if err := l.openLocked(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Path is the file the Logger writes.
+func (l *Logger) Path() string { return l.path }
+
+// Rotated is the name of the previous file of the log at path.
+func Rotated(path string) string { return path + ".1" }
+
+// Preconditions: l.mu is held (or l is not shared yet).
+func (l *Logger) openLocked() error {
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("open audit log: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("open audit log: %w", err)
+	}
+	l.f, l.size = f, fi.Size()
+	if l.w == nil {
+		l.w = bufio.NewWriterSize(f, 64<<10)
+	} else {
+		l.w.Reset(f)
+	}
+	return nil
+}
+
+// Preconditions: l.mu is held.
+func (l *Logger) rotateLocked() error {
+	if err := l.w.Flush(); err != nil {
+		return err
+	}
+	if err := l.f.Close(); err != nil {
+		return err
+	}
+	l.f = nil
+	if err := os.Rename(l.path, Rotated(l.path)); err != nil {
+		return err
+	}
+	return l.openLocked()
 }
 
 // Log appends ev, filling Time when zero and stripping any query string or
-// fragment from URLPath. Events logged after Close are dropped.
+// fragment from URLPath. Events logged after Close are dropped, and so are
+// events over the rate (the next written one is preceded by a summary of
+// how many).
 func (l *Logger) Log(ev Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
 	ev.Time = ev.Time.UTC()
 	ev.URLPath = cleanPath(ev.URLPath)
+	if !l.limiter.Allow() {
+		l.mu.Lock()
+		l.dropped++
+		l.mu.Unlock()
+		return
+	}
 	line, err := json.Marshal(ev)
 	if err != nil {
 		return
@@ -129,10 +219,25 @@ func (l *Logger) Log(ev Event) {
 	if l.f == nil {
 		return
 	}
+	if l.dropped > 0 {
+		sum, _ := json.Marshal(Event{Time: ev.Time, Sandbox: ev.Sandbox, SandboxID: ev.SandboxID, Path: ev.Path,
+			Reason: fmt.Sprintf("audit rate limit: %d events left out", l.dropped)})
+		l.dropped = 0
+		line = append(append(sum, '\n'), line...)
+	}
+	if l.size > 0 && l.size+int64(len(line)) > l.opts.MaxBytes {
+		if err := l.rotateLocked(); err != nil {
+			l.reportLocked(err)
+			if l.f == nil {
+				return
+			}
+		}
+	}
 	if _, err := l.w.Write(line); err != nil {
 		l.reportLocked(err)
 		return
 	}
+	l.size += int64(len(line))
 	if l.pending == nil {
 		l.pending = time.AfterFunc(flushDelay, func() {
 			l.mu.Lock()
@@ -196,16 +301,21 @@ func cleanPath(p string) string {
 	return p
 }
 
-// ReadFile reads the events of one audit file, oldest first, keeping the
-// last limit events (all when limit <= 0). A missing file has no events.
-// Lines that do not decode (a line cut short by a crash) are skipped.
+// ReadFile reads the events of one audit log, its rotated file first,
+// oldest first, keeping the last limit events (all when limit <= 0). A
+// missing file has no events. Lines that do not decode (a line cut short
+// by a crash) are skipped.
 func ReadFile(path string, limit int) ([]Event, error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read audit log: %w", err)
+	var data []byte
+	for _, p := range []string{Rotated(path), path} {
+		b, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read audit log: %w", err)
+		}
+		data = append(append(data, b...), '\n')
 	}
 	var out []Event
 	for line := range bytes.SplitSeq(data, []byte("\n")) {

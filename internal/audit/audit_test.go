@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -101,5 +102,65 @@ func TestSummarize(t *testing.T) {
 	}
 	if Summarize(nil) != nil {
 		t.Error("Summarize(nil) != nil")
+	}
+}
+
+// Gap 8: the audit log is bounded in size (rotated once, so at most twice
+// MaxBytes) and in rate (a flood leaves one summary line).
+func TestRotateAndRateLimit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	l, err := OpenWith(path, nil, Options{MaxBytes: 4 << 10, Rate: 1e6, Burst: 1e6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 500 {
+		l.Log(Event{Host: fmt.Sprintf("h%d.test", i), Port: 443, Path: PathForward})
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for _, p := range []string{path, Rotated(path)} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() > 4<<10 {
+			t.Errorf("%s is %d bytes, over the bound", p, fi.Size())
+		}
+		total += fi.Size()
+	}
+	evs, err := ReadFile(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) == 0 || evs[len(evs)-1].Host != "h499.test" {
+		t.Fatalf("after rotation the newest event is missing: %d events", len(evs))
+	}
+	prev := -1
+	for _, ev := range evs {
+		var n int
+		fmt.Sscanf(ev.Host, "h%d.test", &n)
+		if n <= prev {
+			t.Fatalf("events out of order across the rotated file: h%d then %s", prev, ev.Host)
+		}
+		prev = n
+	}
+
+	// Rate: a burst of 10, then a flood.
+	path2 := filepath.Join(t.TempDir(), "audit.jsonl")
+	l, err = OpenWith(path2, nil, Options{Rate: 1, Burst: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 1000 {
+		l.Log(Event{Host: "flood.test"})
+	}
+	time.Sleep(1100 * time.Millisecond)
+	l.Log(Event{Host: "after.test"})
+	l.Close()
+	evs, _ = ReadFile(path2, 0)
+	if len(evs) != 12 || !strings.Contains(evs[10].Reason, "990 events left out") || evs[11].Host != "after.test" {
+		t.Errorf("rate-limited log: %d events, summary %q", len(evs), evs[min(10, len(evs)-1)].Reason)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/sbx-dev/sbx/internal/bootassets"
 	"github.com/sbx-dev/sbx/internal/hostcheck"
@@ -126,6 +127,21 @@ func (e *env) bootAssets(ctx context.Context, want string, cpus int, shared []st
 		}
 		hostsFile = real
 	}
+	var lim supervisor.Limits
+	for _, k := range []struct {
+		env string
+		to  *int
+	}{{"SBX_MAX_FLOWS", &lim.Flows}, {"SBX_MAX_DNS", &lim.DNS}} {
+		v := paths.Getenv(k.env)
+		if v == "" {
+			continue
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1<<20 {
+			return b, "", userErr(nil, "set it to a whole number from 1 to 1048576, or unset it", "%s=%q is not a valid limit", k.env, v)
+		}
+		*k.to = n
+	}
 	if cpus == 0 {
 		// The default follows the accelerator of this start: 1 under TCG,
 		// where a second emulated CPU slows boot down, 2 with KVM.
@@ -137,7 +153,7 @@ func (e *env) bootAssets(ctx context.Context, want string, cpus int, shared []st
 	return supervisor.Boot{
 		QEMU: q, Kernel: k.Path, KernelRelease: k.Release, Initrd: initrd,
 		Accel: string(accel), TSCkHz: tsc, CPUs: cpus,
-		ConfigDir: e.dirs.Config, HostsFile: hostsFile,
+		ConfigDir: e.dirs.Config, HostsFile: hostsFile, Limits: lim,
 	}, qemuVersion, nil
 }
 

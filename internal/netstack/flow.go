@@ -32,6 +32,15 @@ type FlowHandler interface {
 // TCPAction is FlowHandler.TCP's verdict. Build it with Reject or Accept.
 type TCPAction struct {
 	handle func(net.Conn)
+	done   func()
+}
+
+// WithDone returns a that also calls done exactly once when the flow is
+// over: after handle returned, or when handle will never run (the guest
+// gave up during the handshake, the Stack closed, the flow was rejected).
+func (a TCPAction) WithDone(done func()) TCPAction {
+	a.done = done
+	return a
 }
 
 // Reject answers the guest's SYN with a reset: the guest sees "connection

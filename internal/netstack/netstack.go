@@ -384,6 +384,9 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		Dst: netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort),
 	}
 	action := s.cfg.Flows.TCP(s.ctx, info)
+	if action.done != nil {
+		defer action.done()
+	}
 	if action.handle == nil {
 		r.Complete(true)
 		return

@@ -3,9 +3,12 @@ package netstack
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/miekg/dns"
@@ -180,5 +183,83 @@ func TestPolicyResolverThroughStack(t *testing.T) {
 	real, name, ok := r.RealAddr(f.Dst.Addr())
 	if !ok || real != netip.MustParseAddr("127.0.0.1") || name != "db.test" {
 		t.Errorf("flow to %s maps back to %s %q %v", f.Dst, real, name, ok)
+	}
+}
+
+// Gap 8 of the isolation review: after ~131k distinct names every
+// non-public answer failed for good. Now synthetic addresses are recycled
+// (least recently used, once unused for the lifetime), remembered public
+// addresses and concurrent lookups are bounded, and each refusal is told.
+func TestPolicyResolverBounds(t *testing.T) {
+	now := time.Unix(1e9, 0)
+	var limited []string
+	block := make(chan struct{})
+	r := &PolicyResolver{
+		Allowed: func(string) bool { return true },
+		Lookup: func(_ context.Context, name string) ([]netip.Addr, error) {
+			if name == "slow.test" {
+				<-block
+			}
+			if strings.HasPrefix(name, "pub") {
+				return []netip.Addr{netip.MustParseAddr("93.184.216." + strings.TrimPrefix(name, "pub"))}, nil
+			}
+			return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+		},
+		MaxSynthetic: 3, SyntheticLifetime: time.Minute, MaxNames: 4, MaxLookups: 1,
+		Limited: func(what string) { limited = append(limited, what) },
+		Now:     func() time.Time { return now },
+	}
+	ctx := t.Context()
+	a := func(name string) (netip.Addr, int) {
+		ips, rc := r.Resolve(ctx, name, dns.TypeA)
+		if len(ips) == 0 {
+			return netip.Addr{}, rc
+		}
+		return ips[0], rc
+	}
+	ipA, _ := a("a.test")
+	ipB, _ := a("b.test")
+	if _, rc := a("c.test"); rc != dns.RcodeSuccess {
+		t.Fatal("c.test refused under the bound")
+	}
+	if _, rc := a("d.test"); rc != dns.RcodeServerFailure || len(limited) != 1 || limited[0] != "synthetic addresses" {
+		t.Fatalf("over the bound within the lifetime: rcode %s, limited %v", dns.RcodeToString[rc], limited)
+	}
+	now = now.Add(2 * time.Minute)
+	r.RealAddr(ipA) // a.test is in use again: b.test is now the oldest
+	ipD, rc := a("d.test")
+	if rc != dns.RcodeSuccess || ipD != ipB {
+		t.Fatalf("after the lifetime: d.test got %v (%s), want b.test's address %v", ipD, dns.RcodeToString[rc], ipB)
+	}
+	if _, name, ok := r.RealAddr(ipB); !ok || name != "d.test" {
+		t.Errorf("the recycled address maps to %q, %v", name, ok)
+	}
+	if ip, _ := a("a.test"); ip != ipA {
+		t.Errorf("a.test moved from %v to %v", ipA, ip)
+	}
+	// Public addresses remembered: two generations of at most MaxNames/2.
+	for i := range 50 {
+		a(fmt.Sprintf("pub%d", i))
+	}
+	if n := len(r.names) + len(r.oldNames); n > 4 {
+		t.Errorf("%d public addresses remembered, want at most 4", n)
+	}
+	if name, ok := r.NameFor(netip.MustParseAddr("93.184.216.49")); !ok || name != "pub49" {
+		t.Errorf("the latest public answer forgotten: %q %v", name, ok)
+	}
+	// Concurrent upstream lookups: one at a time here.
+	done := make(chan int)
+	go func() { _, rc := a("slow.test"); done <- rc }()
+	for deadline := time.Now().Add(5 * time.Second); len(r.lookups) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("slow lookup never started")
+		}
+	}
+	if _, rc := a("e.test"); rc != dns.RcodeServerFailure || limited[len(limited)-1] != "dns lookups" {
+		t.Errorf("second concurrent lookup: %s, limited %v", dns.RcodeToString[rc], limited)
+	}
+	close(block)
+	if rc := <-done; rc != dns.RcodeSuccess {
+		t.Errorf("the slow lookup: %s", dns.RcodeToString[rc])
 	}
 }

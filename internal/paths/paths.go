@@ -49,6 +49,8 @@ var Knobs = []Knob{
 	{"SBX_AGENT", "path of the sbx-agent binary (default: next to the sbx binary)"},
 	{"SBX_HOSTS_FILE", "hosts-format file whose names override upstream DNS for sandboxes (may map to loopback; used by tests)"},
 	{"SBX_DEBUG", "set to 1 to show error causes and boot phases"},
+	{"SBX_MAX_FLOWS", "most TCP connections one sandbox may have open at once, every path counted (default 1024)"},
+	{"SBX_MAX_DNS", "most DNS lookups one sandbox may have in flight at once (default 64)"},
 }
 
 // Getenv returns the value of a registered knob. It panics for an

@@ -11,9 +11,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sbx-dev/sbx/api/agentapi"
@@ -56,7 +58,14 @@ type network struct {
 	inject      *secrets.Injector // nil without a secret store
 
 	dropMu   sync.Mutex
-	lastDrop map[string]time.Time // guarded by dropMu; rate-limits drop events
+	lastDrop map[string]time.Time // guarded by dropMu; rate-limits drop events and limit notes
+
+	// flows counts the guest's TCP connections in progress on every path
+	// (raw, transparent, forward proxy); maxFlows bounds it.
+	flows    atomic.Int64
+	maxFlows int64
+	peak     atomic.Int64 // most flows since memory was last given back
+	freeing  atomic.Bool  // a FreeOSMemory is scheduled
 
 	wg sync.WaitGroup
 }
@@ -79,9 +88,10 @@ func (h hostResolver) LookupNetIP(ctx context.Context, network, host string) ([]
 
 // newNetwork builds the network of sandbox sb. Start serves it.
 func newNetwork(ctx context.Context, sb *sandbox.Sandbox, boot Boot, store *secrets.Store, log *slog.Logger) (_ *network, err error) {
+	lim := boot.Limits.withDefaults()
 	n := &network{
 		sandboxID: sb.Config.ID, sandboxName: sb.Config.Name, log: log.With("component", "netstack"),
-		lastDrop: map[string]time.Time{},
+		lastDrop: map[string]time.Time{}, maxFlows: int64(lim.Flows),
 	}
 	defer func() {
 		if err != nil {
@@ -96,7 +106,7 @@ func newNetwork(ctx context.Context, sb *sandbox.Sandbox, boot Boot, store *secr
 	if perr := n.engine.Err(); perr != nil {
 		log.Error("network policy is malformed; denying everything", "err", perr)
 	}
-	n.audit, err = audit.Open(sb.Path(AuditFile), log)
+	n.audit, err = audit.OpenWith(sb.Path(AuditFile), log, audit.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
@@ -113,6 +123,10 @@ func newNetwork(ctx context.Context, sb *sandbox.Sandbox, boot Boot, store *secr
 		Allowed: func(name string) bool { return n.engine.Set().MayAllowName(name, n.sandboxID) },
 		Lookup: func(ctx context.Context, name string) ([]netip.Addr, error) {
 			return n.lookup.LookupNetIP(ctx, "ip", name)
+		},
+		MaxLookups: lim.DNS,
+		Limited: func(what string) {
+			n.limitHit(what, "new ones get SERVFAIL until some are free")
 		},
 	}
 	n.ca, err = proxy.LoadOrCreateCA(filepath.Join(boot.ConfigDir, "ca"))
@@ -201,7 +215,7 @@ func (n *network) start(ctx context.Context, sock string) error {
 	}()
 	go func() {
 		defer n.wg.Done()
-		if err := n.proxy.Serve(ctx, pl); err != nil {
+		if err := n.proxy.Serve(ctx, limitListener{pl, n}); err != nil {
 			n.log.Warn("forward proxy ended", "err", err)
 		}
 	}()
@@ -349,8 +363,22 @@ func (n *network) portRule(host string, port uint16) bool {
 // address, else reset.
 func (n *network) TCP(ctx context.Context, f netstack.FlowInfo) netstack.TCPAction {
 	dst := f.Dst
+	if !n.acquireFlow() {
+		return netstack.Reject()
+	}
+	accepted := false
+	defer func() {
+		if !accepted {
+			n.releaseFlow()
+		}
+	}()
+	// The flow counts until the netstack is done with it, however it ends.
+	accept := func(h func(net.Conn)) netstack.TCPAction {
+		accepted = true
+		return netstack.Accept(h).WithDone(n.releaseFlow)
+	}
 	if dst.Port() == 80 || dst.Port() == 443 {
-		return netstack.Accept(func(c net.Conn) { n.proxy.HandleConn(ctx, c, dst) })
+		return accept(func(c net.Conn) { n.proxy.HandleConn(ctx, c, dst) })
 	}
 	ip := dst.Addr()
 	names := n.names.NamesFor(ip)
@@ -369,7 +397,7 @@ func (n *network) TCP(ctx context.Context, f netstack.FlowInfo) netstack.TCPActi
 		return netstack.Reject()
 	}
 	target := netip.AddrPortFrom(real, dst.Port()).String()
-	return netstack.Accept(func(c net.Conn) {
+	return accept(func(c net.Conn) {
 		up, err := n.dial(ctx, "tcp", target)
 		if err != nil {
 			n.log.Debug("forward dial", "target", target, "err", err)
@@ -434,6 +462,87 @@ func (n *network) Dropped(f netstack.FlowInfo, proto string) {
 		Time: now, Sandbox: n.sandboxName, SandboxID: n.sandboxID, Host: name, IP: f.Dst.Addr(), Port: f.Dst.Port(),
 		Path: audit.PathNetwork, Proto: proto, Reason: proto + " is not forwarded",
 	})
+}
+
+// acquireFlow counts a new guest connection, or refuses it (and says so,
+// at most once a second) when the sandbox has maxFlows open.
+func (n *network) acquireFlow() bool {
+	if v := n.flows.Add(1); v > n.maxFlows {
+		n.flows.Add(-1)
+		n.limitHit("connections", fmt.Sprintf("it has %d open; new ones are refused until some close", n.maxFlows))
+		return false
+	} else if v > n.peak.Load() {
+		n.peak.Store(v)
+	}
+	return true
+}
+
+// freeAfterFlows is the peak of flows after which the memory they used is
+// handed back to the system once they are all closed.
+const freeAfterFlows = 256
+
+// releaseFlow uncounts a closed guest connection. When the last of a
+// flood closes, the memory its buffers used is returned to the system.
+func (n *network) releaseFlow() {
+	if n.flows.Add(-1) != 0 || n.peak.Load() < freeAfterFlows || !n.freeing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer n.freeing.Store(false)
+		time.Sleep(time.Second) // let the stack drop the closed endpoints
+		n.peak.Store(n.flows.Load())
+		debug.FreeOSMemory()
+	}()
+}
+
+// limitHit reports that the sandbox hit a bound (what: "connections",
+// "dns lookups", "synthetic addresses"), at most once a second per bound,
+// in the supervisor log and the audit log.
+func (n *network) limitHit(what, detail string) {
+	now := time.Now()
+	n.dropMu.Lock()
+	key := "limit " + what
+	if last, ok := n.lastDrop[key]; ok && now.Sub(last) < time.Second {
+		n.dropMu.Unlock()
+		return
+	}
+	n.lastDrop[key] = now
+	n.dropMu.Unlock()
+	msg := fmt.Sprintf("sandbox hit its limit of %s: %s", what, detail)
+	n.log.Warn(msg, "sandbox", n.sandboxName)
+	n.audit.Log(audit.Event{Time: now, Sandbox: n.sandboxName, SandboxID: n.sandboxID, Path: audit.PathNetwork, Reason: msg})
+}
+
+// limitListener counts the forward proxy's connections as flows.
+type limitListener struct {
+	net.Listener
+	n *network
+}
+
+func (l limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if !l.n.acquireFlow() {
+			c.Close()
+			continue
+		}
+		return &countedConn{Conn: c, release: l.n.releaseFlow}, nil
+	}
+}
+
+type countedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }
 
 // pipeGrace is how long pipe waits for the second direction to finish

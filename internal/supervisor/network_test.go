@@ -19,6 +19,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/sbx-dev/sbx/internal/audit"
 	"github.com/sbx-dev/sbx/internal/netstack"
 	"github.com/sbx-dev/sbx/internal/netstack/netstacktest"
 	"github.com/sbx-dev/sbx/internal/paths"
@@ -42,7 +43,12 @@ type netFixture struct {
 // (policy resource specs: "allow NAME[:PORT]", "deny ...") over default.
 // route maps an address the network may dial to the test server that
 // stands for it.
-func newNetFixture(t *testing.T, hosts string, def policy.Preset, rules []string, route map[string]string) *netFixture {
+func newNetFixture(t testing.TB, hosts string, def policy.Preset, rules []string, route map[string]string) *netFixture {
+	t.Helper()
+	return newNetFixtureLimits(t, hosts, def, rules, route, Limits{})
+}
+
+func newNetFixtureLimits(t testing.TB, hosts string, def policy.Preset, rules []string, route map[string]string, lim Limits) *netFixture {
 	t.Helper()
 	base := t.TempDir()
 	cfgDir := filepath.Join(base, "config")
@@ -75,7 +81,7 @@ func newNetFixture(t *testing.T, hosts string, def policy.Preset, rules []string
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	n, err := newNetwork(ctx, sb, Boot{MAC: sandbox.NewMAC(), ConfigDir: cfgDir, HostsFile: hostsPath}, nil, log)
+	n, err := newNetwork(ctx, sb, Boot{MAC: sandbox.NewMAC(), ConfigDir: cfgDir, HostsFile: hostsPath, Limits: lim}, nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +122,7 @@ func (f *netFixture) resetReached() {
 
 // lookup asks the sandbox's DNS server for name's A record, as the guest
 // does, and returns the first answer (invalid when refused).
-func (f *netFixture) lookup(t *testing.T, name string) netip.Addr {
+func (f *netFixture) lookup(t testing.TB, name string) netip.Addr {
 	t.Helper()
 	c, err := f.guest.DialUDP(netip.AddrPortFrom(netstack.DefaultGateway, 53))
 	if err != nil {
@@ -145,7 +151,7 @@ func (f *netFixture) lookup(t *testing.T, name string) netip.Addr {
 
 // viaProxy sends one request line to the forward proxy and returns the
 // status code of its answer (0 when the connection failed).
-func (f *netFixture) viaProxy(t *testing.T, line, host string) int {
+func (f *netFixture) viaProxy(t testing.TB, line, host string) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -168,7 +174,7 @@ func (f *netFixture) viaProxy(t *testing.T, line, host string) int {
 // the proxy does (transparent proxy on 80 and 443, raw TCP elsewhere),
 // sends an HTTP request naming host and reports whether an answer came
 // back.
-func (f *netFixture) direct(t *testing.T, dst netip.AddrPort, host string) bool {
+func (f *netFixture) direct(t testing.TB, dst netip.AddrPort, host string) bool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -189,7 +195,7 @@ func (f *netFixture) direct(t *testing.T, dst netip.AddrPort, host string) bool 
 
 // echoServer answers every HTTP request with 200 and records that it was
 // reached.
-func echoServer(t *testing.T) (addr string, hits func() int) {
+func echoServer(t testing.TB) (addr string, hits func() int) {
 	t.Helper()
 	var mu sync.Mutex
 	n := 0
@@ -311,5 +317,66 @@ func TestOneJudgementEveryPath(t *testing.T) {
 		if ok != c.want || (!c.want && len(reached) > 0) {
 			t.Errorf("transparent %s:80: answered=%v, want %v; host side reached %v", c.host, ok, c.want, reached)
 		}
+	}
+}
+
+// Gap 8: a sandbox holds at most Limits.Flows connections at once, on
+// every path together; the next one is refused and the log says so; once
+// some close, new ones work again.
+func TestFlowLimit(t *testing.T) {
+	upstream, _ := echoServer(t)
+	f := newNetFixtureLimits(t, "127.0.0.1 ported.test\n", policy.PresetDenyAll,
+		[]string{"allow ported.test:8443"}, map[string]string{"127.0.0.1:8443": upstream}, Limits{Flows: 4})
+	ip := f.lookup(t, "ported.test")
+	dst := netip.AddrPortFrom(ip, 8443)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	var held []net.Conn
+	// Two raw flows and two forward-proxy connections: four in all.
+	for _, to := range []netip.AddrPort{dst, dst, netip.AddrPortFrom(netstack.DefaultGateway, ProxyPort), netip.AddrPortFrom(netstack.DefaultGateway, ProxyPort)} {
+		c, err := f.guest.DialTCP(ctx, to)
+		if err != nil {
+			t.Fatalf("connection %d under the limit: %v", len(held)+1, err)
+		}
+		held = append(held, c)
+	}
+	for deadline := time.Now().Add(5 * time.Second); f.n.flows.Load() < 4; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("flows = %d, want 4", f.n.flows.Load())
+		}
+	}
+	if c, err := f.guest.DialTCP(ctx, dst); err == nil {
+		c.Close()
+		t.Error("a fifth raw connection was accepted over the limit of 4")
+	}
+	// The forward proxy takes it and closes it at once.
+	if c, err := f.guest.DialTCP(ctx, netip.AddrPortFrom(netstack.DefaultGateway, ProxyPort)); err == nil {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Error("a fifth proxy connection was served over the limit")
+		}
+		c.Close()
+	}
+	if err := f.n.audit.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	evs, _ := audit.ReadFile(f.n.audit.Path(), 0)
+	found := false
+	for _, ev := range evs {
+		found = found || strings.Contains(ev.Reason, "limit of connections")
+	}
+	if !found {
+		t.Error("no audit line says the limit was hit")
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	for deadline := time.Now().Add(10 * time.Second); f.n.flows.Load() != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("flows = %d after every connection closed", f.n.flows.Load())
+		}
+	}
+	if !f.direct(t, dst, "ported.test") {
+		t.Error("no new connection once the others closed")
 	}
 }

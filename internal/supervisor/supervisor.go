@@ -34,6 +34,7 @@ import (
 	"github.com/sbx-dev/sbx/api/agentapi"
 	"github.com/sbx-dev/sbx/api/controlapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
+	"github.com/sbx-dev/sbx/internal/netstack"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/secrets"
 	"github.com/sbx-dev/sbx/internal/snapshot"
@@ -63,11 +64,38 @@ type Boot struct {
 	// HostsFile is SBX_HOSTS_FILE: a hosts-format file that overrides
 	// upstream name resolution (tests map their domains to loopback).
 	HostsFile string `json:"hostsFile,omitempty"`
-	Detached  bool   `json:"detached"`
+	// Limits bound what one sandbox's guest may hold at once.
+	Limits   Limits `json:"limits,omitzero"`
+	Detached bool   `json:"detached"`
 	// Restore, when set, resumes the VM from a snapshot instead of
 	// booting it (the sandbox's first start; its disk is an overlay of
 	// the snapshot's). On failure the supervisor boots cold and says so.
 	Restore *Restore `json:"restore,omitempty"`
+}
+
+// Limits bound one sandbox's network use; zero fields take the defaults.
+type Limits struct {
+	// Flows is the most TCP connections the guest may have open at once,
+	// on every path (raw, transparent, forward proxy and its tunnels).
+	Flows int `json:"flows,omitempty"`
+	// DNS is the most upstream DNS lookups in flight at once.
+	DNS int `json:"dns,omitempty"`
+}
+
+// Default limits.
+const (
+	DefaultMaxFlows = 1024
+	DefaultMaxDNS   = netstack.DefaultMaxLookups
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.Flows <= 0 {
+		l.Flows = DefaultMaxFlows
+	}
+	if l.DNS <= 0 {
+		l.DNS = DefaultMaxDNS
+	}
+	return l
 }
 
 // Restore is a snapshot start: the snapshot's spec (the VM shape it was
