@@ -122,4 +122,3 @@ ls -lan; true`
 		return nil
 	})
 }
-
