@@ -71,6 +71,7 @@ fuzz:
 bench: build
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 2s ./internal/proxy/
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x ./internal/wsdiff/
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./internal/supervisor/
 	SBX_BENCH_JSON=$(BIN)/bench.json $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration/
 
 lint:

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/containers/gvisor-tap-vsock/pkg/services/dhcp"
 	"github.com/containers/gvisor-tap-vsock/pkg/tap"
@@ -40,6 +41,9 @@ const (
 
 	// maxInFlightSYNs bounds TCP handshakes waiting for FlowHandler.TCP.
 	maxInFlightSYNs = 512
+
+	// timeWait is how long a closed TCP connection lingers in TIME-WAIT.
+	timeWait = 5 * time.Second
 )
 
 // gatewayMAC is the gateway's link address: locally administered, fixed.
@@ -185,6 +189,13 @@ func (s *Stack) build() error {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 	})
+	// TIME-WAIT guards against stray segments of an old connection on a
+	// real network; on this one link a short wait frees closed flows'
+	// memory soon after a flood.
+	tw := tcpip.TCPTimeWaitTimeoutOption(timeWait)
+	if terr := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); terr != nil {
+		return fmt.Errorf("set TIME-WAIT: %s", terr)
+	}
 	if terr := s.stack.CreateNIC(nicID, &filterLink{LinkEndpoint: link, s: s}); terr != nil {
 		return fmt.Errorf("create NIC: %s", terr)
 	}

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sbx-dev/sbx/internal/secrets"
 )
 
 // Benchmarks compare the same loopback HTTPS server reached directly and
@@ -128,6 +130,58 @@ func BenchmarkRequestsTunnelled(b *testing.B) { benchRequests(b, false) }
 // terminating proxy (client TLS to the proxy, verified TLS upstream) vs
 // direct (aim 0.5x).
 func BenchmarkRequestsTerminated(b *testing.B) { benchRequests(b, true) }
+
+// BenchmarkRequestsScanned: kept-alive HTTPS requests (16 KiB answers)
+// to a host a secret is bound to, so the proxy terminates TLS, injects the
+// secret and scans every answer for it, against the same requests direct
+// and through the terminating proxy without secrets, in the same run (aim
+// 0.5x direct).
+func BenchmarkRequestsScanned(b *testing.B) {
+	testCAs(b)
+	store := secrets.NewStore(secrets.Options{Dir: b.TempDir()})
+	ent, err := store.SetCustom(secrets.Custom{Env: "API_TOKEN", Hosts: []string{"api.test"}}, secrets.New("bench-REALVALUE-0123456789abcdef"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	inj := secrets.NewInjector(store, "sb-bench", nil, nil)
+	plain := newBenchSetup(b, true)
+	e := newEnv(b, envOptions{intercept: inj.Intercept, hooks: &hooks{req: inj.ModifyRequest, resp: inj.ModifyResponse}})
+	scanned := e.client(proxyPool, false)
+	u := fmt.Sprintf("https://api.test:%d/big?n=%d", port(b, e.up.tls), 16<<10)
+	du := plain.base + fmt.Sprintf("/big?n=%d", 16<<10)
+	get := func(c *http.Client, u string, n int) time.Duration {
+		start := time.Now()
+		for range n {
+			req, _ := http.NewRequestWithContext(b.Context(), http.MethodGet, u, nil)
+			req.Header.Set("Authorization", "Bearer "+ent.Placeholder)
+			resp, err := c.Do(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b.Fatalf("GET %s: %s", u, resp.Status)
+			}
+		}
+		return time.Since(start)
+	}
+	get(plain.direct, du, 20)
+	get(plain.proxied, du, 20)
+	get(scanned, u, 20)
+	b.ResetTimer()
+	direct := get(plain.direct, du, b.N)
+	term := get(plain.proxied, du, b.N)
+	scan := get(scanned, u, b.N)
+	b.StopTimer()
+	rps := func(d time.Duration) float64 { return float64(b.N) / d.Seconds() }
+	b.ReportMetric(rps(scan), "req/s")
+	b.ReportMetric(rps(direct), "direct-req/s")
+	b.ReportMetric(rps(scan)/rps(direct), "x-direct")
+	b.ReportMetric(rps(scan)/rps(term), "x-terminated")
+	b.Logf("scanned: %.0f req/s vs direct %.0f (%.2fx) and terminated without secrets %.0f (%.2fx); n=%d",
+		rps(scan), rps(direct), rps(scan)/rps(direct), rps(term), rps(scan)/rps(term), b.N)
+}
 
 const downloadBytes = 100 << 20 // 100 MiB
 

@@ -193,6 +193,14 @@ type envOptions struct {
 	noCA      bool
 	log       *slog.Logger          // nil → testLogger
 	modify    func(r *http.Request) // runs after the env's own ModifyRequest
+	// hooks, when set, replace the env's ModifyRequest and set
+	// ModifyResponse (the secrets injector's, for benchmarks).
+	hooks *hooks
+}
+
+type hooks struct {
+	req  func(*http.Request) error
+	resp func(*http.Response) error
 }
 
 // allowHosts is a Decide that allows the listed hosts on any port except 25.
@@ -267,6 +275,9 @@ func newEnv(tb testing.TB, o envOptions) *env {
 	}
 	if o.log != nil {
 		cfg.Log = o.log
+	}
+	if o.hooks != nil {
+		cfg.ModifyRequest, cfg.ModifyResponse = o.hooks.req, o.hooks.resp
 	}
 	if !o.noCA {
 		cfg.CA = proxyCA

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -62,10 +63,11 @@ type network struct {
 
 	// flows counts the guest's TCP connections in progress on every path
 	// (raw, transparent, forward proxy); maxFlows bounds it.
-	flows    atomic.Int64
-	maxFlows int64
-	peak     atomic.Int64 // most flows since memory was last given back
-	freeing  atomic.Bool  // a FreeOSMemory is scheduled
+	flows     atomic.Int64
+	maxFlows  int64
+	peak      atomic.Int64 // most flows since memory was last given back
+	freeing   atomic.Bool  // a FreeOSMemory is scheduled
+	freeTimer *time.Timer  // guarded by dropMu; the scheduled FreeOSMemory
 
 	wg sync.WaitGroup
 }
@@ -228,6 +230,11 @@ func (n *network) start(ctx context.Context, sock string) error {
 
 // close stops everything; the caller has cancelled start's ctx first.
 func (n *network) close() {
+	n.dropMu.Lock()
+	if n.freeTimer != nil {
+		n.freeTimer.Stop()
+	}
+	n.dropMu.Unlock()
 	if n.stack != nil {
 		n.stack.Close()
 	}
@@ -481,18 +488,27 @@ func (n *network) acquireFlow() bool {
 // handed back to the system once they are all closed.
 const freeAfterFlows = 256
 
+// freeDelay is how long after the last flow of a flood closed its memory is
+// handed back: after the netstack's TIME-WAIT.
+const freeDelay = 6 * time.Second
+
 // releaseFlow uncounts a closed guest connection. When the last of a
 // flood closes, the memory its buffers used is returned to the system.
 func (n *network) releaseFlow() {
 	if n.flows.Add(-1) != 0 || n.peak.Load() < freeAfterFlows || !n.freeing.CompareAndSwap(false, true) {
 		return
 	}
-	go func() {
+	// Once the stack dropped the closed endpoints (TIME-WAIT included).
+	t := time.AfterFunc(freeDelay, func() {
 		defer n.freeing.Store(false)
-		time.Sleep(time.Second) // let the stack drop the closed endpoints
 		n.peak.Store(n.flows.Load())
+		// Two collections: pooled buffers survive the first one.
+		runtime.GC()
 		debug.FreeOSMemory()
-	}()
+	})
+	n.dropMu.Lock()
+	n.freeTimer = t
+	n.dropMu.Unlock()
 }
 
 // limitHit reports that the sandbox hit a bound (what: "connections",
