@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -87,4 +88,66 @@ func TestReadClientHello(t *testing.T) {
 	if !bytes.HasPrefix(in, consumed) || len(consumed) < 5 {
 		t.Errorf("consumed %d bytes, not a prefix", len(consumed))
 	}
+}
+
+// FuzzForwardRequest: whatever a guest sends to the forward proxy (request
+// line, headers, CONNECT authority, absolute-form URL), the proxy never
+// panics, never dials anything but the resolved address of an allowed
+// name, and the upstream sees only requests for an allowed host.
+func FuzzForwardRequest(f *testing.F) {
+	for _, s := range []string{
+		"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n",
+		"CONNECT denied.test:443 HTTP/1.1\r\n\r\n",
+		"CONNECT 127.0.0.1:2375 HTTP/1.1\r\n\r\n",
+		"CONNECT [::1]:80 HTTP/1.1\r\n\r\n",
+		"CONNECT api.test:0 HTTP/1.1\r\n\r\n",
+		"CONNECT api.test@denied.test:443 HTTP/1.1\r\n\r\n",
+		"CONNECT api.test:443:1 HTTP/1.1\r\n\r\n",
+		"GET http://api.test/x HTTP/1.1\r\nHost: denied.test\r\n\r\n",
+		"GET http://denied.test@api.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n",
+		"GET http://api.test:80@127.0.0.1:2375/ HTTP/1.1\r\n\r\n",
+		"GET http://API.TEST./ HTTP/1.1\r\nHost: API.TEST.\r\n\r\n",
+		"GET http://0x7f000001:2375/ HTTP/1.1\r\n\r\n",
+		"GET /relative HTTP/1.1\r\nHost: api.test\r\n\r\n",
+		"GET http://api.test/ HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\nGET http://denied.test/ HTTP/1.1\r\n\r\n",
+		"\x16\x03\x01\x00\x05garbage",
+	} {
+		f.Add([]byte(s))
+	}
+	e := newEnv(f, envOptions{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		nd, ne := len(e.Dials()), len(e.Events())
+		c, err := net.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		c.Write(data)
+		c.(*net.TCPConn).CloseWrite() // the request is all there is
+		io.Copy(io.Discard, c)
+		ports := map[uint16]bool{}
+		for _, ev := range e.Events()[ne:] {
+			if !ev.Allowed {
+				continue
+			}
+			if h := hostOnly(ev.Host); h != "api.test" && h != "other.test" {
+				t.Fatalf("allowed a request for %q", ev.Host)
+			}
+			ports[ev.Port] = true
+		}
+		for _, d := range e.Dials()[nd:] {
+			ap, err := netip.ParseAddrPort(d)
+			if err != nil || ap.Addr() != netip.MustParseAddr("127.0.0.1") || !ports[ap.Port()] {
+				t.Fatalf("the proxy dialled %q, which no allowed decision named", d)
+			}
+		}
+	})
+}
+
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return hostport
 }
