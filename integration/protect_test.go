@@ -146,6 +146,13 @@ fi
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Git as root made the new file root's: give it to the guest user, so
+	// only the protection (not the file's owner) can stop the write below.
+	if os.Getuid() == 0 {
+		if err := os.Chown(filepath.Join(ws, ".git/config"), wantUID(), wantUID()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	time.Sleep(1500 * time.Millisecond) // the watcher checks at least every second
 	res = h.mustSbx("exec", "-w", "/", "t-protect", "sudo", "sh", "-c", "if echo evil >> "+ws+"/.git/config; then echo wrote; fi")
 	if strings.Contains(res.stdout, "wrote") {

@@ -578,7 +578,7 @@ func (e *env) warnUnwritable(sb *sandbox.Sandbox) {
 	mode := st.Mode().Perm()
 	writable := (int(sys.Uid) == uid && mode&0o200 != 0) || (int(sys.Gid) == gid && mode&0o020 != 0) || mode&0o002 != 0
 	if !writable {
-		fmt.Fprintf(e.stderr, "sbx: warning: %s belongs to uid %d; the sandbox user (uid %d) can write there only with sudo. Run sbx as the folder's owner, or set SUDO_UID/SUDO_GID.\n", ws, sys.Uid, uid)
+		fmt.Fprintf(e.stderr, "sbx: warning: %s belongs to uid %d; the sandbox (uid %d) cannot write there, not even with sudo in the guest. Run sbx as the folder's owner, or set SUDO_UID/SUDO_GID.\n", ws, sys.Uid, uid)
 	}
 }
 

@@ -149,9 +149,11 @@ const (
 // buildRoot mounts the jail's root on spec.Root and pivots into it.
 func buildRoot(spec Spec) error {
 	root := spec.Root
-	// Nothing mounted here may reach the host's mount table.
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("make mounts private: %w", err)
+	// Nothing mounted here may reach the parent's mount table, but what
+	// the parent mounts later (a protecting mount made again) reaches the
+	// jail's binds: slaves, not private.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return fmt.Errorf("make mounts slaves: %w", err)
 	}
 	if err := unix.Mount("tmpfs", root, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=1m"); err != nil {
 		return fmt.Errorf("mount the jail root: %w", err)

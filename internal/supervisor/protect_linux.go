@@ -51,6 +51,13 @@ func applyProtect(steps []mountStep) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
 		return fmt.Errorf("make / a slave mount: %w", err)
 	}
+	// And shared within this namespace: the VMM's jail (a namespace made
+	// from this one, its mounts slaves of these) then receives every
+	// protecting mount, those the watcher makes again later included.
+	// Nothing propagates back to the host: these mounts are its slaves.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("make / a shared mount in the supervisor's namespace: %w", err)
+	}
 	for _, s := range steps {
 		if err := bindStep(s); err != nil {
 			return err
@@ -103,6 +110,12 @@ func bindStep(s mountStep) error {
 	if err := unix.Fstat(fd, &under); err != nil {
 		return fmt.Errorf("stat %s: %w", s.Path, err)
 	}
+	// With the new mount API the bind is made read-only before it is
+	// attached, so every namespace it propagates to (the VMM's jail)
+	// gets it read-only too: a remount's flags never propagate.
+	if done, err := bindAttached(fd, s); done || err != nil {
+		return err
+	}
 	if err := unix.Mount(fdPath(fd), fdPath(fd), "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %s: %w", s.Path, err)
 	}
@@ -149,6 +162,45 @@ func bindStep(s mountStep) error {
 		return fmt.Errorf("%s is not read-only after the remount (%v)", s.Path, err)
 	}
 	return nil
+}
+
+// bindAttached binds the file open at fd onto itself with open_tree,
+// mount_setattr and move_mount (Linux 5.12): the clone gets its flags
+// while detached. done is false when the kernel lacks these calls.
+func bindAttached(fd int, s mountStep) (done bool, err error) {
+	tree, err := unix.OpenTree(fd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if errors.Is(err, unix.ENOSYS) {
+		return false, nil
+	}
+	if err != nil {
+		return true, fmt.Errorf("bind %s: %w", s.Path, err)
+	}
+	defer unix.Close(tree)
+	if s.ReadOnly {
+		err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
+		if errors.Is(err, unix.ENOSYS) {
+			return false, nil
+		}
+		if err != nil {
+			return true, fmt.Errorf("make %s read-only: %w", s.Path, err)
+		}
+	}
+	if err := unix.MoveMount(tree, "", fd, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return true, fmt.Errorf("bind %s: %w", s.Path, err)
+	}
+	if !s.ReadOnly {
+		return true, nil
+	}
+	top, err := openStep(s)
+	if err != nil {
+		return true, err
+	}
+	defer unix.Close(top)
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(top, &st); err != nil || st.Flags&unix.ST_RDONLY == 0 {
+		return true, fmt.Errorf("%s is not read-only after the bind (%v)", s.Path, err)
+	}
+	return true, nil
 }
 
 // stepHolds reports whether s.Path is, in this namespace, still the root
