@@ -153,7 +153,7 @@ func (e *env) bootAssets(ctx context.Context, want string, cpus int, shared []st
 	return supervisor.Boot{
 		QEMU: q, Kernel: k.Path, KernelRelease: k.Release, Initrd: initrd,
 		Accel: string(accel), TSCkHz: tsc, CPUs: cpus,
-		ConfigDir: e.dirs.Config, HostsFile: hostsFile, Limits: lim,
+		ConfigDir: e.dirs.Config, CacheDir: e.dirs.Cache, HostsFile: hostsFile, Limits: lim,
 	}, qemuVersion, nil
 }
 

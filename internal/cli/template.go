@@ -350,6 +350,7 @@ func (e *env) saveTemplate(ctx context.Context, sbName, name, out string) error 
 		From:     e.sandboxTemplate(sb),
 		Progress: e.stderr,
 		InUse:    e.inUse,
+		Backing:  snapshot.Backing(e.dirs.Cache),
 		Replace: func(template.Template) error {
 			return userErr(nil, fmt.Sprintf("remove it first with `sbx template rm %s`, or choose another name", name), "template %s exists", name)
 		},

@@ -228,6 +228,8 @@ func VMConfig(s Spec, d Devices) (vm.Config, error) {
 		MemoryShared: d.MemoryShared,
 		Jail:         vm.DefaultJail(s.VMMUID, s.VMMGID),
 	}
+	// The snapshot VM's disk is an overlay of the template image.
+	c.Jail.Backing = []string{filepath.Dir(s.TemplateImage)}
 	if s.DockerDiskBytes > 0 {
 		c.Disks = append(c.Disks, vm.Disk{Path: d.DockerDisk, Format: "raw", Serial: DockerSerial})
 	}
@@ -279,6 +281,13 @@ type Meta struct {
 
 // Dir is the snapshots folder of a cache.
 func Dir(cacheDir string) string { return filepath.Join(cacheDir, "snapshots") }
+
+// Backing lists the folders of cacheDir whose images a VM's disk may
+// name as its backing file (vm.Jail.Backing): the template images and
+// the snapshots.
+func Backing(cacheDir string) []string {
+	return []string{filepath.Join(cacheDir, "templates"), Dir(cacheDir)}
+}
 
 func open(dir, key string) (*Snapshot, error) {
 	d := filepath.Join(dir, key)

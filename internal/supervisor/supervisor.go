@@ -61,6 +61,9 @@ type Boot struct {
 	MAC string `json:"mac"`
 	// ConfigDir holds the policy file and the proxy CA.
 	ConfigDir string `json:"configDir"`
+	// CacheDir holds the template images and snapshots, the only files
+	// a sandbox's disk may name as its backing (see vm.Jail.Backing).
+	CacheDir string `json:"cacheDir"`
 	// HostsFile is SBX_HOSTS_FILE: a hosts-format file that overrides
 	// upstream name resolution (tests map their domains to loopback).
 	HostsFile string `json:"hostsFile,omitempty"`
@@ -582,7 +585,7 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 		dev.MemoryFile = restore.RAM
 		vc, err := snapshot.VMConfig(restore.Spec, dev)
 		vc.RestoreFrom = restore.State
-		vc.Jail = vm.DefaultJail(cfg.UID, cfg.GID)
+		vc.Jail = s.jail(cfg)
 		return vc, ws, err
 	}
 	vc := vm.Config{
@@ -602,12 +605,23 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 		Net:         &vm.Net{Socket: dev.NetSocket, MAC: dev.MAC},
 		// QEMU never keeps root: it runs as the guest user's host uid (the
 		// owner of what it writes into workspaces), jailed.
-		Jail: vm.DefaultJail(cfg.UID, cfg.GID),
+		Jail: s.jail(cfg),
 	}
 	if dockerDisk != "" {
 		vc.Disks = append(vc.Disks, vm.Disk{Path: dockerDisk, Format: "raw", Serial: DockerDiskSerial})
 	}
 	return vc, ws, nil
+}
+
+// jail is how the sandbox's VMM is confined: as the guest user's host
+// uid, its disks allowed to name only sbx's template images and
+// snapshots as backing files.
+func (s *Supervisor) jail(cfg sandbox.Config) *vm.Jail {
+	j := vm.DefaultJail(cfg.UID, cfg.GID)
+	if s.boot.CacheDir != "" {
+		j.Backing = snapshot.Backing(s.boot.CacheDir)
+	}
+	return j
 }
 
 // bootVM starts the VM (cold, or from restore), waits for its agent and

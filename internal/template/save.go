@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sbx-dev/sbx/internal/disk"
 )
 
 // A saved-template file (SaveFile) is a tar of two entries, in this order:
@@ -68,6 +70,11 @@ type SaveOptions struct {
 	// same name that Save replaces.
 	Replace func(old Template) error
 	InUse   func(id string) bool
+	// Backing lists the folders whose images the disk may name as its
+	// backing file (snapshot.Backing): the disk's header was the VMM
+	// user's to write, and root must not follow it anywhere else. Empty,
+	// a disk with a backing file is refused.
+	Backing []string
 }
 
 func (o SaveOptions) progress() io.Writer {
@@ -106,7 +113,7 @@ func Save(ctx context.Context, cacheDir, disk, name string, opts SaveOptions) (T
 	}
 	defer os.RemoveAll(tmp)
 	raw := filepath.Join(tmp, "image.ext4")
-	if err := shrinkDisk(ctx, disk, raw, opts.progress()); err != nil {
+	if err := shrinkDisk(ctx, disk, raw, opts.Backing, opts.progress()); err != nil {
 		return Template{}, err
 	}
 	f := opts.From
@@ -141,7 +148,7 @@ func SaveFile(ctx context.Context, cacheDir, disk, name, out string, opts SaveOp
 	defer os.RemoveAll(tmp)
 	progress := opts.progress()
 	raw := filepath.Join(tmp, "image.ext4")
-	if err := shrinkDisk(ctx, disk, raw, progress); err != nil {
+	if err := shrinkDisk(ctx, disk, raw, opts.Backing, progress); err != nil {
 		return err
 	}
 	st, err := os.Stat(raw)
@@ -518,12 +525,15 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// shrinkDisk writes the file system of the disk image disk (any format
-// qemu-img reads, backing files followed) to raw, checked and shrunk to
-// its data plus headroom. The file system is the guest's work, so the
+// shrinkDisk writes the file system of the qcow2 disk image src (its
+// backing chain followed, when every link is in backing: see disk.Chain)
+// to raw, checked and shrunk to its data plus headroom. The file system is the guest's work, so the
 // e2fsprogs tools that read it run as fsToolUID (see runFSTool), not as
 // root; raw belongs to root again at the end.
-func shrinkDisk(ctx context.Context, disk, raw string, progress io.Writer) error {
+func shrinkDisk(ctx context.Context, src, raw string, backing []string, progress io.Writer) error {
+	if _, err := disk.Chain(src, "qcow2", backing); err != nil {
+		return fmt.Errorf("the sandbox's disk: %w (it may have been tampered with; it is not saved)", err)
+	}
 	qemuImg, err := tool("qemu-img", "qemu-utils")
 	if err != nil {
 		return err
@@ -542,7 +552,7 @@ func shrinkDisk(ctx context.Context, disk, raw string, progress io.Writer) error
 	}
 	fmt.Fprintf(progress, "copying the disk...\n")
 	t0 := time.Now()
-	if err := run(ctx, qemuImg, "convert", "-q", "-O", "raw", disk, raw); err != nil {
+	if err := run(ctx, qemuImg, "convert", "-q", "-f", "qcow2", "-O", "raw", src, raw); err != nil {
 		return err
 	}
 	fmt.Fprintf(progress, "checking and shrinking the file system (copied in %.0fs)...\n", time.Since(t0).Seconds())

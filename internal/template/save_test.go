@@ -1,6 +1,8 @@
 package template
 
 import (
+	diskpkg "github.com/sbx-dev/sbx/internal/disk"
+
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
@@ -64,6 +66,12 @@ func TestSave(t *testing.T) {
 	disk := testDisk(t)
 	from := Template{Name: AgentsName, Agents: []string{"claude"}, Versions: map[string]string{"claude": "1.2.3"}, Docker: true, Packages: []string{"bash"}}
 	opts := SaveOptions{Source: "sandbox sb (agents)", From: from}
+	// The disk's header is the VMM user's to write: without the folder
+	// of its backing image trusted, root does not follow it.
+	if _, err := Save(ctx, cache, disk, "saved", opts); !errors.Is(err, diskpkg.ErrUntrusted) {
+		t.Fatalf("save with an untrusted backing file: %v; want disk.ErrUntrusted", err)
+	}
+	opts.Backing = []string{filepath.Dir(disk)}
 	tp, err := Save(ctx, cache, disk, "saved", opts)
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +105,7 @@ func TestSaveFileRoundTrip(t *testing.T) {
 	cache := t.TempDir()
 	disk := testDisk(t)
 	out := filepath.Join(t.TempDir(), "saved.sbx")
-	opts := SaveOptions{Source: "sandbox sb (shell)", From: Template{Versions: map[string]string{"node": "22"}}}
+	opts := SaveOptions{Source: "sandbox sb (shell)", From: Template{Versions: map[string]string{"node": "22"}}, Backing: []string{filepath.Dir(disk)}}
 	if err := SaveFile(ctx, cache, disk, "mine", out, opts); err != nil {
 		t.Fatal(err)
 	}

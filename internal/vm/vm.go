@@ -138,6 +138,12 @@ type Jail struct {
 	NewRoot bool
 	// UID and GID the VMM runs as with NewRoot; never 0.
 	UID, GID int
+	// Backing lists the folders whose files a disk may name as its
+	// backing file with NewRoot (sbx's template and snapshot caches): a
+	// disk's header is the VMM user's to write, and root, preparing the
+	// jail, must not follow it anywhere else (see disk.Chain). Empty, a
+	// disk with a backing file is refused.
+	Backing []string
 }
 
 // Nobody is the uid and gid a root-started VMM falls back to.

@@ -1,10 +1,7 @@
 package qemu
 
 import (
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/sbx-dev/sbx/internal/disk"
 	"github.com/sbx-dev/sbx/internal/jail"
 	"github.com/sbx-dev/sbx/internal/vm"
 )
@@ -75,9 +73,11 @@ func prepareJail(cfg vm.Config, binary string, args []string) (*jailed, error) {
 		spec.Exec = append(spec.Exec, binary)
 	}
 	for _, d := range cfg.Disks {
-		chain, err := backingChain(d.Path, d.Format)
+		// The header of a read-write disk is the VMM user's to write:
+		// root follows it only into sbx's own images.
+		chain, err := disk.Chain(d.Path, d.Format, j.Backing)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("jail: %w (the disk may have been tampered with; remove the sandbox with `sbx rm`)", err)
 		}
 		for _, b := range chain {
 			if err := readable(b); err != nil {
@@ -179,70 +179,4 @@ func underSystemDirs(p string) bool {
 		}
 	}
 	return false
-}
-
-// maxBackingDepth bounds a qcow2 backing chain.
-const maxBackingDepth = 16
-
-// backingChain lists the backing files of a qcow2 image, nearest first,
-// read from the images' headers as QEMU will follow them.
-func backingChain(path, format string) ([]string, error) {
-	var out []string
-	for depth := 0; format == "qcow2"; depth++ {
-		if depth == maxBackingDepth {
-			return nil, fmt.Errorf("jail: %s: backing chain deeper than %d", path, maxBackingDepth)
-		}
-		name, err := qcow2Backing(path)
-		if err != nil {
-			return nil, fmt.Errorf("jail: %w", err)
-		}
-		if name == "" {
-			break
-		}
-		if !filepath.IsAbs(name) {
-			name = filepath.Join(filepath.Dir(path), name)
-		}
-		out = append(out, name)
-		path = name
-		format = "qcow2"
-		if f, err := os.Open(name); err == nil {
-			var magic [4]byte
-			_, rerr := io.ReadFull(f, magic[:])
-			f.Close()
-			if rerr != nil || string(magic[:]) != "QFI\xfb" {
-				format = "raw"
-			}
-		}
-	}
-	return out, nil
-}
-
-// qcow2Backing reads the backing file name from a qcow2 header ("" for
-// none).
-func qcow2Backing(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	var h [20]byte
-	if _, err := io.ReadFull(f, h[:]); err != nil {
-		return "", fmt.Errorf("%s: qcow2 header: %w", path, err)
-	}
-	if string(h[:4]) != "QFI\xfb" {
-		return "", fmt.Errorf("%s: not a qcow2 image", path)
-	}
-	off := binary.BigEndian.Uint64(h[8:16])
-	size := binary.BigEndian.Uint32(h[16:20])
-	if off == 0 || size == 0 {
-		return "", nil
-	}
-	if size > 1023 {
-		return "", errors.New(path + ": backing file name too long")
-	}
-	name := make([]byte, size)
-	if _, err := f.ReadAt(name, int64(off)); err != nil {
-		return "", fmt.Errorf("%s: backing file name: %w", path, err)
-	}
-	return string(name), nil
 }
