@@ -29,59 +29,88 @@ const (
 
 // Chain lists the backing files of the image at path (format "qcow2" or
 // "raw"), nearest first, as QEMU will open them, and checks every link
-// before anything follows it: each backing file must be a regular file,
-// owned by the caller, not writable by others, inside one of the folders
-// trusted (after symbolic links are resolved), named by a plain path (no
-// protocol such as "nbd:" or "json:"); no image in the chain may name an
-// external data file. A chain that fails a check is refused with an
-// error wrapping ErrUntrusted. With no trusted folders any backing file
-// is refused.
+// before anything follows it. Each backing file must be named by an
+// absolute path that is its own real path (clean, no symbolic link in any
+// component, no NUL byte, no protocol such as "nbd:" or "json:"), with
+// its format recorded in the header and equal to what the file is (raw or
+// qcow2, so nothing is probed), and be a regular file owned by the caller,
+// not writable by others, inside one of the trusted folders; no image in
+// the chain may name an external data file. A chain that fails a check
+// is refused with an error wrapping ErrUntrusted. With no trusted folders
+// any backing file is refused.
 func Chain(path, format string, trusted []string) ([]string, error) {
 	var out []string
 	for depth := 0; format == "qcow2"; depth++ {
 		if depth == maxChainDepth {
 			return nil, fmt.Errorf("%s: backing chain deeper than %d", path, maxChainDepth)
 		}
-		name, err := qcow2Backing(path)
+		h, err := readQcow2Header(path)
 		if err != nil {
 			return nil, err
 		}
+		if h.dataFile {
+			return nil, fmt.Errorf("%w: %s names an external data file", ErrUntrusted, path)
+		}
+		name := h.backing
 		if name == "" {
 			break
 		}
-		// QEMU reads "proto:..." before the first slash as a protocol.
-		if i := strings.IndexByte(name, ':'); i >= 0 && !strings.Contains(name[:i], "/") {
-			return nil, fmt.Errorf("%w: %s names %q as its backing file, not a plain path", ErrUntrusted, path, name)
+		refuse := func(why string) error {
+			return fmt.Errorf("%w: %s names %q as its backing file: %s", ErrUntrusted, path, name, why)
 		}
-		if !filepath.IsAbs(name) {
-			name = filepath.Join(filepath.Dir(path), name)
+		if err := plainPath(name); err != nil {
+			return nil, refuse(err.Error())
 		}
 		if err := trustedFile(name, trusted); err != nil {
-			return nil, fmt.Errorf("%w: %s names %q as its backing file: %v", ErrUntrusted, path, name, err)
+			return nil, refuse(err.Error())
+		}
+		probed := "raw"
+		if isQcow2(name) {
+			probed = "qcow2"
+		}
+		if h.backingFormat != probed {
+			return nil, refuse(fmt.Sprintf("its recorded format is %q, the file is %s", h.backingFormat, probed))
 		}
 		out = append(out, name)
 		path = name
-		format = "raw"
-		if isQcow2(name) {
-			format = "qcow2"
-		}
+		format = probed
 	}
 	return out, nil
 }
 
-// trustedFile checks one backing file against the trusted folders.
-func trustedFile(name string, trusted []string) error {
+// plainPath checks that name is a path QEMU and the kernel read the same
+// way as Go: absolute, clean, free of NUL bytes and protocol prefixes, and
+// its own real path, so no ".." can be resolved differently after a
+// symbolic link and no link can be swapped between the check and the use.
+func plainPath(name string) error {
+	if strings.IndexByte(name, 0) >= 0 {
+		return errors.New("a NUL byte in the name")
+	}
+	if !filepath.IsAbs(name) || filepath.Clean(name) != name {
+		return errors.New("not an absolute, clean path")
+	}
+	// QEMU reads "proto:..." before the first slash as a protocol; an
+	// absolute path has none, but say so plainly.
 	real, err := filepath.EvalSymlinks(name)
 	if err != nil {
 		return err
 	}
+	if real != name {
+		return fmt.Errorf("a symbolic link on the way (it is %s)", real)
+	}
+	return nil
+}
+
+// trustedFile checks one backing file (its own real path) against the
+// trusted folders.
+func trustedFile(name string, trusted []string) error {
 	inside := false
 	for _, d := range trusted {
 		rd, err := filepath.EvalSymlinks(d)
 		if err != nil {
 			continue
 		}
-		if rel, err := filepath.Rel(rd, real); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") && rel != "." {
+		if rel, err := filepath.Rel(rd, name); err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../") {
 			inside = true
 			break
 		}
@@ -89,7 +118,7 @@ func trustedFile(name string, trusted []string) error {
 	if !inside {
 		return errors.New("not inside sbx's template or snapshot cache")
 	}
-	fi, err := os.Lstat(real)
+	fi, err := os.Lstat(name)
 	if err != nil {
 		return err
 	}
@@ -116,41 +145,80 @@ func isQcow2(path string) bool {
 	return err == nil && string(magic[:]) == qcow2Magic
 }
 
-// qcow2Backing reads the backing file name from a qcow2 header ("" for
-// none) and refuses an image with an external data file.
-func qcow2Backing(path string) (string, error) {
+// qcow2Header is what Chain needs of a qcow2 header.
+type qcow2Header struct {
+	backing       string // backing file name, "" for none
+	backingFormat string // from the backing format extension, "" without one
+	dataFile      bool   // an external data file holds the guest data
+}
+
+// maxHeaderBytes bounds what is read of a header and its extensions
+// (QEMU keeps them in the first cluster; 64 KiB is the default size).
+const maxHeaderBytes = 1 << 16
+
+// qcow2 header extension types.
+const (
+	extEnd           = 0
+	extBackingFormat = 0xe2792aca
+	extDataFile      = 0x44415441
+)
+
+// readQcow2Header reads the backing file name and format and the data
+// file facts from the qcow2 image at path.
+func readQcow2Header(path string) (qcow2Header, error) {
+	var h qcow2Header
 	f, err := os.Open(path)
 	if err != nil {
-		return "", err
+		return h, err
 	}
 	defer f.Close()
-	var h [qcow2V2HeaderLength + 8]byte
-	n, err := io.ReadFull(f, h[:])
-	if err != nil && !(errors.Is(err, io.ErrUnexpectedEOF) && n >= qcow2V2HeaderLength) {
-		return "", fmt.Errorf("%s: qcow2 header: %w", path, err)
+	b, err := io.ReadAll(io.LimitReader(f, maxHeaderBytes))
+	if err != nil {
+		return h, fmt.Errorf("%s: qcow2 header: %w", path, err)
 	}
-	if string(h[:4]) != qcow2Magic {
-		return "", fmt.Errorf("%s: not a qcow2 image", path)
+	if len(b) < qcow2V2HeaderLength || string(b[:4]) != qcow2Magic {
+		return h, fmt.Errorf("%s: not a qcow2 image", path)
 	}
-	if v := binary.BigEndian.Uint32(h[4:8]); v >= 3 {
-		if n < len(h) {
-			return "", fmt.Errorf("%s: qcow2 header: %w", path, io.ErrUnexpectedEOF)
+	be := binary.BigEndian
+	extStart := uint64(qcow2V2HeaderLength)
+	if v := be.Uint32(b[4:8]); v >= 3 {
+		if len(b) < 104 {
+			return h, fmt.Errorf("%s: qcow2 header: %w", path, io.ErrUnexpectedEOF)
 		}
-		if binary.BigEndian.Uint64(h[72:80])&qcow2IncompatData != 0 {
-			return "", fmt.Errorf("%w: %s names an external data file", ErrUntrusted, path)
+		h.dataFile = be.Uint64(b[72:80])&qcow2IncompatData != 0
+		extStart = uint64(be.Uint32(b[100:104]))
+	}
+	off := be.Uint64(b[8:16])
+	size := be.Uint32(b[16:20])
+	if off != 0 && size != 0 {
+		if size > 1023 {
+			return h, fmt.Errorf("%s: backing file name too long", path)
 		}
+		if off > uint64(len(b)) || off+uint64(size) > uint64(len(b)) {
+			return h, fmt.Errorf("%s: backing file name beyond the header", path)
+		}
+		h.backing = string(b[off : off+uint64(size)])
 	}
-	off := binary.BigEndian.Uint64(h[8:16])
-	size := binary.BigEndian.Uint32(h[16:20])
-	if off == 0 || size == 0 {
-		return "", nil
+	// Header extensions: type, length, data padded to 8 bytes.
+	for p := extStart; ; {
+		if p+8 > uint64(len(b)) {
+			return h, fmt.Errorf("%s: qcow2 header extensions run past the header", path)
+		}
+		typ, n := be.Uint32(b[p:p+4]), uint64(be.Uint32(b[p+4:p+8]))
+		p += 8
+		if typ == extEnd {
+			break
+		}
+		if p+n > uint64(len(b)) {
+			return h, fmt.Errorf("%s: qcow2 header extension runs past the header", path)
+		}
+		switch typ {
+		case extBackingFormat:
+			h.backingFormat = string(b[p : p+n])
+		case extDataFile:
+			h.dataFile = true
+		}
+		p += (n + 7) &^ 7
 	}
-	if size > 1023 {
-		return "", fmt.Errorf("%s: backing file name too long", path)
-	}
-	name := make([]byte, size)
-	if _, err := f.ReadAt(name, int64(off)); err != nil {
-		return "", fmt.Errorf("%s: backing file name: %w", path, err)
-	}
-	return string(name), nil
+	return h, nil
 }

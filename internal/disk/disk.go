@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -19,8 +20,19 @@ var ErrTooSmall = errors.New("disk size below the template's size")
 
 // CreateOverlay creates path as a sparse qcow2 overlay of backing (format
 // backingFormat, "raw" or "qcow2") with a virtual size of sizeBytes. It
-// fails if path exists. The backing image is never written.
+// fails if path exists. The backing image is never written; the header
+// names it by its real path.
 func CreateOverlay(ctx context.Context, qemuImg, backing, backingFormat, path string, sizeBytes int64) error {
+	// The header records the backing file's real path: Chain accepts
+	// nothing else.
+	real, err := filepath.EvalSymlinks(backing)
+	if err != nil {
+		return fmt.Errorf("template image: %w", err)
+	}
+	if real, err = filepath.Abs(real); err != nil {
+		return fmt.Errorf("template image: %w", err)
+	}
+	backing = real
 	st, err := os.Stat(backing)
 	if err != nil {
 		return fmt.Errorf("template image: %w", err)

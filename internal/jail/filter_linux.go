@@ -9,8 +9,9 @@ import (
 )
 
 // The filter refuses, with EPERM, every way of giving a file the set-uid
-// or set-gid bit: chmod, fchmod, fchmodat, fchmodat2, mknod, mknodat with
-// such a mode, open, openat, creat creating a file with one, and mkdir,
+// or set-gid bit, and of making a device: chmod, fchmod, fchmodat,
+// fchmodat2 with such a mode, mknod, mknodat with such a mode or of a
+// character or block device, open, openat, creat creating a file with one, and mkdir,
 // mkdirat with set-uid (a set-gid folder only passes its group on to new
 // files, and the kernel gives it to folders made in one anyway). openat2 (whose mode sits in a struct a filter cannot
 // read) and io_uring_setup (whose operations bypass seccomp) fail with
@@ -19,6 +20,11 @@ import (
 
 const (
 	setID = unix.S_ISUID | unix.S_ISGID
+	// sIFCHR is set in the file type of character and block devices
+	// (and of symbolic links, which mknod does not make): since Linux
+	// 5.8 anyone may make a 0:0 character device (an overlayfs
+	// whiteout), so mknod of either kind is refused.
+	sIFCHR = unix.S_IFCHR
 
 	sysOpen         = 2
 	sysCreat        = 85
@@ -58,7 +64,7 @@ type modeArg struct {
 
 var modeCalls = []modeArg{
 	{sysChmod, 1, -1, setID}, {sysFchmod, 1, -1, setID}, {sysFchmodat, 2, -1, setID}, {sysFchmodat2, 2, -1, setID},
-	{sysMknod, 1, -1, setID}, {sysMknodat, 2, -1, setID}, {sysMkdir, 1, -1, unix.S_ISUID}, {sysMkdirat, 2, -1, unix.S_ISUID},
+	{sysMknod, 1, -1, setID | sIFCHR}, {sysMknodat, 2, -1, setID | sIFCHR}, {sysMkdir, 1, -1, unix.S_ISUID}, {sysMkdirat, 2, -1, unix.S_ISUID},
 	{sysCreat, 1, -1, setID}, {sysOpen, 2, 1, setID}, {sysOpenat, 3, 2, setID},
 }
 

@@ -31,7 +31,7 @@ func run(t *testing.T, spec Spec) (string, error) {
 // tools make; the same script outside the jail does make them (control).
 func TestNoSetIDFiles(t *testing.T) {
 	dir := t.TempDir()
-	script := `cd "$1"; : > f; chmod u+s f; chmod g+s f; chmod 6755 f; install -m 4755 /dev/null g; mkdir -m 4755 d; mknod p p; chmod 4755 p; mkdir e && echo mkdir-ok
+	script := `cd "$1"; : > f; chmod u+s f; chmod g+s f; chmod 6755 f; install -m 4755 /dev/null g; mkdir -m 4755 d; mknod p p; chmod 4755 p; mknod c c 0 0; mknod b b 0 0; mkdir e && echo mkdir-ok
 for x in f g p; do [ -e $x ] && stat -c '%n %a' $x; done; true`
 	spec := Spec{Argv: []string{"/bin/sh", "-c", script, "sh", dir}, Env: []string{"PATH=/usr/bin:/bin"}}
 	out, err := run(t, spec)
@@ -40,6 +40,12 @@ for x in f g p; do [ -e $x ] && stat -c '%n %a' $x; done; true`
 	}
 	if _, err := os.Stat(filepath.Join(dir, "d")); err == nil {
 		t.Error("a set-uid folder was made")
+	}
+	// Devices: since Linux 5.8 anyone may make a 0:0 character device.
+	for _, name := range []string{"c", "b"} {
+		if fi, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+			t.Errorf("a device was made in the jail's folder: %s %v", name, fi.Mode())
+		}
 	}
 	for _, name := range []string{"f", "g", "p"} {
 		fi, err := os.Stat(filepath.Join(dir, name))

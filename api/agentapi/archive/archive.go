@@ -486,7 +486,7 @@ func (x *extractor) place(root *os.Root, p string, hdr *tar.Header, tr io.Reader
 			if err != nil {
 				return fmt.Errorf("create: %w", err)
 			}
-			_, cerr := io.Copy(f, tr)
+			cerr := copySparse(f, tr)
 			if cerr == nil {
 				cerr = f.Chmod(x.modeOf(hdr))
 			}
@@ -557,4 +557,74 @@ func (x *extractor) modeOf(hdr *tar.Header) fs.FileMode {
 		keep |= fs.ModeSetuid | fs.ModeSetgid
 	}
 	return m.Perm() | m&keep
+}
+
+// sparseBlock is the unit copySparse looks for runs of zeros in.
+const sparseBlock = 64 << 10
+
+// copySparse writes r to f leaving every all-zero block a hole, so an
+// entry that is mostly zeros (a sparse file in the guest, or a tar sparse
+// entry the reader expands) takes on the host the space of its data, not
+// of its size.
+func copySparse(f *os.File, r io.Reader) error {
+	buf := make([]byte, sparseBlock)
+	var size int64
+	hole := false
+	for {
+		n, err := fill(r, buf)
+		if n > 0 {
+			b := buf[:n]
+			if allZero(b) {
+				if _, serr := f.Seek(int64(n), io.SeekCurrent); serr != nil {
+					return serr
+				}
+				hole = true
+			} else {
+				if _, werr := f.Write(b); werr != nil {
+					return werr
+				}
+				hole = false
+			}
+			size += int64(n)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if hole {
+		return f.Truncate(size)
+	}
+	return nil
+}
+
+// fill reads into buf until it is full or r ends (io.EOF, with what was
+// read) or fails (any other error, a truncated entry's included).
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
