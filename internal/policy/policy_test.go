@@ -438,7 +438,10 @@ func TestEvaluateMapped(t *testing.T) {
 		{PresetDenyAll, []string{"allow ported.test:2375"}, "ported.test", lo, 443, false},
 		{PresetDenyAll, []string{"allow ported.test:2375"}, "ported.test", lo, 2376, false},
 		{PresetDenyAll, []string{"allow **"}, "any.test", lo, 22, false},
-		{PresetDenyAll, []string{"allow **:22"}, "any.test", lo, 22, true},
+		// "**" names no host: it never opens a mapped name onto loopback.
+		{PresetDenyAll, []string{"allow **:22"}, "any.test", lo, 22, false},
+		{PresetDenyAll, []string{"allow any.test", "allow any.test:22"}, "any.test", lo, 22, true},
+		{PresetDenyAll, []string{"allow any.test:22", "allow any.test"}, "any.test", lo, 22, true},
 		{PresetAllowAll, nil, "any.test", lo, 2375, false},
 		{PresetAllowAll, nil, "any.test", lo, 443, true},
 		{PresetDenyAll, []string{"allow portless.test", "deny portless.test"}, "portless.test", lo, 443, false},

@@ -305,7 +305,8 @@ var WebPorts = []uint16{80, 443}
 //
 //   - a deny rule matching the name or the address wins;
 //   - a rule naming the address (IP, CIDR, localhost:PORT) decides;
-//   - a rule naming the name and this port allows;
+//   - a rule naming the name (a pattern other than "**") with this port
+//     allows, wherever it stands among the rules;
 //   - a rule naming the name without a port, the balanced list or the
 //     allow-all default allow only WebPorts.
 //
@@ -330,10 +331,8 @@ func (s *Set) EvaluateMapped(req Request) Decision {
 	if !byName.Allow {
 		return byName
 	}
-	if byName.Rule != nil {
-		if res, err := ParseResource(byName.Rule.Resource); err == nil && res.Port != 0 {
-			return byName // the rule names this very port
-		}
+	if s.NamesPort(req.Host, req.Port, req.Sandbox) {
+		return byName // a rule names the name (not "**") with this very port
 	}
 	for _, p := range WebPorts {
 		if req.Port == p {

@@ -92,8 +92,24 @@ func (p *Proxy) serveClear(w http.ResponseWriter, r *http.Request) {
 	if r.ProtoMajor == 2 {
 		ctx = context.WithValue(ctx, clientH2Key{}, true)
 	}
-	p.rp.ServeHTTP(w, r.WithContext(ctx))
+	p.rp.ServeHTTP(no1xx{w}, r.WithContext(ctx))
 }
+
+// no1xx drops the informational responses (103 Early Hints and the like)
+// the reverse proxy relays from upstream: they bypass ModifyResponse, so
+// their headers could carry a real secret value back unscrubbed. They are
+// optional to every client; 101 (an upgrade) still passes.
+type no1xx struct{ http.ResponseWriter }
+
+func (w no1xx) WriteHeader(code int) {
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		return
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach Flush and Hijack.
+func (w no1xx) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // rewrite points the outbound request at the vetted target.
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 )
@@ -106,5 +108,71 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 		p.terminate(ctx, newPrefixConn(conn, early), t, nil)
 		return
 	}
-	splice(ctx, conn, upstream, early)
+	// A tunnel carries what the client sends: a TLS session for another
+	// name (served from the same CDN address) is judged by that name, as
+	// on the transparent path, before a byte of it goes out.
+	gate := &helloGate{Conn: conn, early: early, check: func(sni string) bool {
+		if sni == "" || sni == host {
+			return true
+		}
+		_, d := p.decide(ctx, sni, port, ViaForward, SchemeHTTPS, nil)
+		if !d.Allow {
+			p.log.InfoContext(ctx, "tunnel server name denied", "connect", host, "sni", sni)
+		}
+		return d.Allow
+	}}
+	splice(ctx, gate, upstream, nil)
+}
+
+// helloGate is a tunnelled client connection whose first bytes, when they
+// open a TLS handshake, are held until the ClientHello is read and its
+// server name passes check; otherwise the tunnel is closed. Bytes that do
+// not start a handshake pass unchanged (a protocol where the server speaks
+// first never waits: the gate reads only when the tunnel reads).
+type helloGate struct {
+	net.Conn
+	early   []byte
+	check   func(sni string) bool
+	checked bool
+	pending []byte
+}
+
+func (g *helloGate) Read(b []byte) (int, error) {
+	if !g.checked {
+		g.checked = true
+		first := g.early
+		if len(first) == 0 {
+			buf := make([]byte, 1)
+			n, err := g.Conn.Read(buf)
+			if n == 0 {
+				return 0, err
+			}
+			first = buf[:n]
+		}
+		g.pending = first
+		if first[0] == 0x16 { // TLS handshake record
+			_ = g.Conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
+			hello, consumed, err := readClientHello(g.Conn, first)
+			_ = g.Conn.SetReadDeadline(time.Time{})
+			if err != nil || !g.check(strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))) {
+				_ = g.Conn.Close()
+				return 0, io.ErrUnexpectedEOF
+			}
+			g.pending = consumed
+		}
+	}
+	if len(g.pending) > 0 {
+		n := copy(b, g.pending)
+		g.pending = g.pending[n:]
+		return n, nil
+	}
+	return g.Conn.Read(b)
+}
+
+// CloseWrite half-closes the client connection, as splice expects.
+func (g *helloGate) CloseWrite() error {
+	if cw, ok := g.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return g.Conn.Close()
 }

@@ -391,11 +391,28 @@ func (in *Injector) ModifyResponse(resp *http.Response) error {
 	resp.Header.Del("Content-Length")
 	resp.ContentLength = -1
 	resp.Uncompressed = true
-	resp.Body = newFilterReader(body, forms, false, func(int) error {
+	resp.Body = &noTrailers{resp: resp, ReadCloser: newFilterReader(body, forms, false, func(int) error {
 		in.log.Warn("secret value in a response body replaced", "sandbox", in.sandbox, "host", host)
 		return nil
-	})
+	})}
 	return nil
+}
+
+// noTrailers drops the response's trailers once its body ends: the
+// transport fills resp.Trailer from the wire as it reads the end of the
+// body (chunked or HTTP/2), after ModifyResponse has run, and a trailer
+// (gRPC's grpc-message among them) may quote the real value.
+type noTrailers struct {
+	io.ReadCloser
+	resp *http.Response
+}
+
+func (r *noTrailers) Read(b []byte) (int, error) {
+	n, err := r.ReadCloser.Read(b)
+	if err != nil {
+		r.resp.Trailer = nil
+	}
+	return n, err
 }
 
 // appliesTo reports whether a secret of s is sent to host.

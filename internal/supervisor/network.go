@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -284,10 +285,33 @@ func (n *network) guestSetup() *agentapi.NetworkSetup {
 func (n *network) judge(host string, ip netip.Addr, port uint16) policy.Decision {
 	req := policy.Request{Host: host, IP: ip, Port: port, Sandbox: n.sandboxID}
 	set := n.engine.Set()
+	var d policy.Decision
 	if host != "" && ip.IsValid() && n.hosts != nil && n.hosts.Mapped(host) {
-		return set.EvaluateMapped(req)
+		d = set.EvaluateMapped(req)
+	} else {
+		d = set.Evaluate(req)
 	}
-	return set.Evaluate(req)
+	// A name allowed without a port (a rule without one, or the balanced
+	// list) opens its web ports only: many names share a CDN's
+	// addresses, which serve every other name on other ports too.
+	if d.Allow && host != "" && !slices.Contains(policy.WebPorts, port) && portlessByName(d) && !set.NamesPort(host, port, n.sandboxID) {
+		return policy.Decision{Default: d.Default, Reason: fmt.Sprintf(
+			"%s is allowed without a port, which opens only ports 80 and 443; allow %s:%d to reach this port", host, host, port)}
+	}
+	return d
+}
+
+// portlessByName reports whether d allowed by a name without naming a
+// port: a host pattern rule without one, or the balanced list.
+func portlessByName(d policy.Decision) bool {
+	if d.Builtin != "" {
+		return true
+	}
+	if d.Rule == nil {
+		return false
+	}
+	res, err := policy.ParseResource(d.Rule.Resource)
+	return err != nil || (res.IsHostPattern() && res.Port == 0)
 }
 
 func ruleText(d policy.Decision) string {
