@@ -168,4 +168,3 @@ func TestEarlyHintsNeverCarryValue(t *testing.T) {
 		t.Errorf("a 1xx response carried the real value to the guest: %q", hints)
 	}
 }
-

@@ -150,13 +150,16 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, log: cfg.Log.With("component", "proxy")}
 	newTransport := func(h2 bool) *http.Transport {
 		tr := &http.Transport{
-			Proxy:                 nil, // never chain to the host's proxy settings
-			DialContext:           p.dialVetted,
-			TLSClientConfig:       &tls.Config{RootCAs: cfg.UpstreamRoots, MinVersion: tls.VersionTLS12},
-			ForceAttemptHTTP2:     h2,
-			DisableCompression:    true,
-			MaxIdleConns:          512,
-			MaxIdleConnsPerHost:   64,
+			Proxy:               nil, // never chain to the host's proxy settings
+			DialContext:         p.dialVetted,
+			TLSClientConfig:     &tls.Config{RootCAs: cfg.UpstreamRoots, MinVersion: tls.VersionTLS12},
+			ForceAttemptHTTP2:   h2,
+			DisableCompression:  true,
+			MaxIdleConns:        512,
+			MaxIdleConnsPerHost: 64,
+			// One guest HTTP/2 connection may carry hundreds of streams; to
+			// an HTTP/1.1 upstream each would be a socket of its own.
+			MaxConnsPerHost:       16,
 			IdleConnTimeout:       90 * time.Second,
 			TLSHandshakeTimeout:   10 * time.Second,
 			ExpectContinueTimeout: time.Second,

@@ -23,6 +23,10 @@ import (
 // read) goes upstream unchanged, and that is logged.
 const MaxBodyBytes = 1 << 20
 
+// MaxBufferedBodies is the most request bodies one sandbox's injector
+// buffers at once; further ones are refused until a slot is free.
+const MaxBufferedBodies = 32
+
 // minValueScan is the shortest real value searched for in requests to
 // foreign hosts (shorter ones would match by chance).
 const minValueScan = 8
@@ -92,6 +96,11 @@ type Injector struct {
 	log     *slog.Logger
 	audit   func(AuditNote)
 
+	// bodies holds a slot per request body being buffered for
+	// substitution: at most MaxBufferedBodies at once (each up to
+	// MaxBodyBytes, twice), however many streams the guest opens.
+	bodies chan struct{}
+
 	mu sync.Mutex
 	// cur is the loaded state; guarded by mu.
 	cur *snapshot
@@ -113,7 +122,8 @@ func NewInjector(store *Store, sandboxID string, log *slog.Logger, audit func(Au
 	if audit == nil {
 		audit = func(AuditNote) {}
 	}
-	return &Injector{store: store, sandbox: sandboxID, log: log.With("component", "secrets"), audit: audit}
+	return &Injector{store: store, sandbox: sandboxID, log: log.With("component", "secrets"), audit: audit,
+		bodies: make(chan struct{}, MaxBufferedBodies)}
 }
 
 type serviceBinding struct {
@@ -544,9 +554,20 @@ func (in *Injector) body(r *http.Request, host string, bound []customBinding) er
 		tooLarge()
 		return nil
 	}
-	orig := r.Body
+	// Never wait for a slot: the waiting stream's unread data would hold
+	// the guest connection's flow-control window the slot holders need.
+	select {
+	case in.bodies <- struct{}{}:
+	default:
+		in.log.Warn("too many request bodies being rewritten at once; request refused", "sandbox", in.sandbox, "host", host, "limit", MaxBufferedBodies)
+		return fmt.Errorf("sbx proxy: more than %d requests with placeholders in their bodies at once; try again", MaxBufferedBodies)
+	}
+	var once sync.Once
+	release := func() { once.Do(func() { <-in.bodies }) }
+	orig := &releaseCloser{ReadCloser: r.Body, release: release}
 	buf, err := io.ReadAll(io.LimitReader(orig, MaxBodyBytes+1))
 	if err != nil {
+		release()
 		var be *BlockedError
 		if errors.As(err, &be) {
 			return err
@@ -559,7 +580,7 @@ func (in *Injector) body(r *http.Request, host string, bound []customBinding) er
 	if len(buf) > MaxBodyBytes {
 		tooLarge()
 		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), orig), orig}
-		return nil
+		return nil // the slot is given back when the transport closes the body
 	}
 	out := buf
 	for _, c := range bound {
@@ -577,6 +598,17 @@ func (in *Injector) body(r *http.Request, host string, bound []customBinding) er
 type readCloser struct {
 	io.Reader
 	io.Closer
+}
+
+// releaseCloser gives a buffering slot back when the body is closed.
+type releaseCloser struct {
+	io.ReadCloser
+	release func()
+}
+
+func (c *releaseCloser) Close() error {
+	c.release()
+	return c.ReadCloser.Close()
 }
 
 type errReader struct{ err error }
