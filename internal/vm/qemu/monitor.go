@@ -29,7 +29,12 @@ type monitor struct {
 // after it starts, and starts reading its events.
 func connectMonitor(ctx context.Context, path string, exited <-chan struct{}) (*monitor, error) {
 	for {
-		mon, err := qmp.NewSocketMonitor("unix", path, 5*time.Second)
+		ref, done, err := socketRef(path)
+		var mon *qmp.SocketMonitor
+		if err == nil {
+			mon, err = qmp.NewSocketMonitor("unix", ref, 5*time.Second)
+			done()
+		}
 		if err == nil {
 			connected := make(chan error, 1)
 			go func() { connected <- mon.Connect() }()

@@ -414,7 +414,12 @@ func (i *instance) Save(ctx context.Context, f *os.File) error {
 func (i *instance) dialAgent(ctx context.Context, exited <-chan struct{}) (net.Conn, error) {
 	var d net.Dialer
 	for {
-		conn, err := d.DialContext(ctx, "unix", i.cfg.AgentSocket)
+		ref, done, err := socketRef(i.cfg.AgentSocket)
+		var conn net.Conn
+		if err == nil {
+			conn, err = d.DialContext(ctx, "unix", ref)
+			done()
+		}
 		if err == nil {
 			return conn, nil
 		}
