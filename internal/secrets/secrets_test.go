@@ -162,7 +162,7 @@ func TestServiceHeaders(t *testing.T) {
 func TestIntercept(t *testing.T) {
 	st := newTestStore(t)
 	mustSet(t, st, "github", "", "ghp_x")
-	if _, err := st.SetCustom(Custom{Env: "MY_TOKEN", Hosts: []string{"API.Example.com.", "b.test:8443"}}, New("v")); err != nil {
+	if _, err := st.SetCustom(Custom{Env: "MY_TOKEN", Hosts: []string{"API.Example.com.", "b.test:8443"}}, New("v-value-1234")); err != nil {
 		t.Fatal(err)
 	}
 	in := NewInjector(st, "sb1", nil, nil)
@@ -530,7 +530,7 @@ func TestConcurrentWriters(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Go(func() {
-			if _, err := st.SetCustom(Custom{Env: "V" + strconv.Itoa(i), Hosts: []string{"x.test"}}, New("v")); err != nil {
+			if _, err := st.SetCustom(Custom{Env: "V" + strconv.Itoa(i), Hosts: []string{"x.test"}}, New("v-value-1234")); err != nil {
 				t.Error(err)
 			}
 		})
@@ -539,5 +539,21 @@ func TestConcurrentWriters(t *testing.T) {
 	ls, err := st.List()
 	if err != nil || len(ls) != 20 {
 		t.Fatalf("List: %d entries, %v", len(ls), err)
+	}
+}
+
+// A custom value too short to be told from ordinary text is refused:
+// its echo could be neither scrubbed nor caught (second outside review).
+func TestShortCustomValueRefused(t *testing.T) {
+	st := newTestStore(t)
+	_, err := st.SetCustom(Custom{Env: "PIN", Hosts: []string{"api.test"}}, New("hunter2"))
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "at least 8 bytes") {
+		t.Fatalf("SetCustom of a 7-byte value: %v", err)
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("the error carries the value: %v", err)
+	}
+	if _, err := st.SetCustom(Custom{Env: "PIN", Hosts: []string{"api.test"}}, New("hunter22")); err != nil {
+		t.Fatalf("SetCustom of an 8-byte value: %v", err)
 	}
 }

@@ -338,6 +338,12 @@ func (s *Store) SetCustom(c Custom, value Secret) (Entry, error) {
 	if err := errors.Join(c.validate(), checkValue(value)); err != nil {
 		return Entry{}, err
 	}
+	// The echo of a shorter value cannot be told from ordinary text, so
+	// it could be neither scrubbed from responses nor caught on its way
+	// elsewhere: refuse it rather than promise what cannot be kept.
+	if n := len(value.Reveal()); n < minValueScan {
+		return Entry{}, fmt.Errorf("%w: the value is %d bytes; a custom secret must be at least %d bytes (or its echo could not be kept out of the sandbox)", ErrInvalid, n, minValueScan)
+	}
 	se := storedEntry{Name: c.Env, Custom: true, Scope: c.Scope, Hosts: c.Hosts}
 	return s.put(se, value)
 }
