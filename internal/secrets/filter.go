@@ -3,6 +3,7 @@ package secrets
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/url"
@@ -62,12 +63,79 @@ func encodedForms(value, repl string) []form {
 	add(value, repl)
 	add(url.QueryEscape(value), url.QueryEscape(repl))
 	add(url.PathEscape(value), url.PathEscape(repl))
+	add(lowerPercent(url.QueryEscape(value)), lowerPercent(url.QueryEscape(repl)))
+	add(lowerPercent(url.PathEscape(value)), lowerPercent(url.PathEscape(repl)))
+	// JSON: "\/" (as PHP writes a slash), and \u00xx escapes as Go's and
+	// .NET's encoders write them, or of every punctuation character.
+	add(strings.ReplaceAll(value, "/", `\/`), strings.ReplaceAll(repl, "/", `\/`))
+	for _, set := range []string{goJSONEscapes, dotnetJSONEscapes, allPunct} {
+		for _, upper := range []bool{false, true} {
+			add(jsonEscape(value, set, upper), jsonEscape(repl, set, upper))
+		}
+	}
+	add(hex.EncodeToString([]byte(value)), hex.EncodeToString([]byte(repl)))
+	add(strings.ToUpper(hex.EncodeToString([]byte(value))), strings.ToUpper(hex.EncodeToString([]byte(repl))))
 	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
 		for k := range 3 {
 			add(base64Inner(enc, value, k), base64Inner(enc, repl, k))
 		}
 	}
 	return out
+}
+
+// lowerPercent writes the hex digits of every %XX escape in lower case.
+func lowerPercent(s string) string {
+	b := []byte(s)
+	for i := 0; i+2 < len(b); i++ {
+		if b[i] == '%' {
+			b[i+1] = lowerHex(b[i+1])
+			b[i+2] = lowerHex(b[i+2])
+			i += 2
+		}
+	}
+	return string(b)
+}
+
+func lowerHex(c byte) byte {
+	if c >= 'A' && c <= 'F' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// Characters JSON encoders write as \u00xx: Go's encoding/json, .NET's
+// System.Text.Json default encoder, and allPunct for every ASCII
+// character that is not a letter or digit.
+const (
+	goJSONEscapes     = "<>&"
+	dotnetJSONEscapes = "<>&'\"+`"
+	allPunct          = "all"
+)
+
+// jsonEscape spells s as JSON string content with the characters of set
+// written as \u00xx (hex digits in upper case when upper).
+func jsonEscape(s, set string, upper bool) string {
+	const lo, up = "0123456789abcdef", "0123456789ABCDEF"
+	digits := lo
+	if upper {
+		digits = up
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		esc := strings.IndexByte(set, c) >= 0
+		if set == allPunct {
+			esc = c < 0x80 && !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z')
+		}
+		if esc {
+			b.WriteString(`\u00`)
+			b.WriteByte(digits[c>>4])
+			b.WriteByte(digits[c&15])
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // base64Inner is the part of the base64 encoding of s, preceded by k
