@@ -39,6 +39,8 @@ const (
 	sysMkdirat      = 258
 	sysOpenat2      = 437
 	sysIoUringSetup = 425
+	sysSetresuid    = 117
+	sysSetresgid    = 119
 
 	auditArchX8664 = 0xc000003e
 	x32Bit         = 0x40000000
@@ -46,6 +48,7 @@ const (
 	retAllow = unix.SECCOMP_RET_ALLOW
 	retEPERM = unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
 	retNOSYS = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
+	retFake  = unix.SECCOMP_RET_ERRNO // errno 0: "succeeded", did nothing
 
 	// offsets into struct seccomp_data
 	offNR   = 0
@@ -74,8 +77,9 @@ func jump(code uint16, k uint32, jt, jf uint8) unix.SockFilter {
 	return unix.SockFilter{Code: code, Jt: jt, Jf: jf, K: k}
 }
 
-// program is the filter's BPF.
-func program() []unix.SockFilter {
+// program is the filter's BPF; with fakeSetID, setresuid and setresgid
+// return success without running.
+func program(fakeSetID bool) []unix.SockFilter {
 	const (
 		ld  = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
 		jeq = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
@@ -94,6 +98,14 @@ func program() []unix.SockFilter {
 		stmt(ret, retNOSYS),
 		jump(jeq, sysIoUringSetup, 0, 1),
 		stmt(ret, retNOSYS),
+	}
+	if fakeSetID {
+		p = append(p,
+			jump(jeq, sysSetresuid, 0, 1),
+			stmt(ret, retFake),
+			jump(jeq, sysSetresgid, 0, 1),
+			stmt(ret, retFake),
+		)
 	}
 	for _, c := range modeCalls {
 		// The low 32 bits of an argument (little endian).
@@ -119,11 +131,11 @@ func program() []unix.SockFilter {
 }
 
 // installFilter loads the filter on this thread (no_new_privs is set).
-func installFilter() error {
+func installFilter(fakeSetID bool) error {
 	if runtime.GOARCH != "amd64" {
 		return fmt.Errorf("the jail's filter is written for amd64, not %s", runtime.GOARCH)
 	}
-	prog := program()
+	prog := program(fakeSetID)
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	if _, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, 0, uintptr(unsafe.Pointer(&fprog))); errno != 0 {
 		return fmt.Errorf("install the seccomp filter: %w", errno)

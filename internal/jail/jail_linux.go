@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -59,6 +60,27 @@ type Spec struct {
 	UID    int   `json:"uid"`
 	GID    int   `json:"gid"`
 	Groups []int `json:"groups,omitempty"`
+	// UserNS, with Root, builds the jail in a user namespace of its own
+	// where UID and GID are the only ids, each mapped to itself: the
+	// program runs as UID with the capabilities Caps inside that
+	// namespace only (they reach no file of another owner), for a file
+	// server that must mount and pivot into the folder it serves. Root
+	// is not needed: an unprivileged user may map its own ids.
+	UserNS bool `json:"userNS,omitempty"`
+	// Caps are the capability numbers the program keeps in its user
+	// namespace (ambient); only with UserNS.
+	Caps []uintptr `json:"caps,omitempty"`
+	// Tmpfs are empty writable folders mounted in the jail (a runtime
+	// folder the program insists on); with Root.
+	Tmpfs []string `json:"tmpfs,omitempty"`
+	// FakeSetID makes setresuid and setresgid succeed without effect: a
+	// file server that takes on each caller's ids stays the one id the
+	// namespace maps, so everything it creates is UID's.
+	FakeSetID bool `json:"fakeSetID,omitempty"`
+	// FDs, set by Command with UserNS when root starts the jail, are
+	// detached copies of each path's mount (open_tree) that the helper
+	// attaches.
+	FDs map[string]int `json:"fds,omitempty"`
 }
 
 // SystemDirs are bound read-only into every jail with a Root: what a
@@ -78,22 +100,84 @@ func Command(spec Spec) (*exec.Cmd, error) {
 	if len(spec.Argv) == 0 || !filepath.IsAbs(spec.Argv[0]) {
 		return nil, fmt.Errorf("jail: the program must be an absolute path, got %q", spec.Argv)
 	}
-	if spec.Root != "" && os.Geteuid() != 0 {
+	if spec.Root != "" && os.Geteuid() != 0 && !spec.UserNS {
 		return nil, errors.New("jail: a jail root needs root")
 	}
-	b, err := json.Marshal(spec)
-	if err != nil {
-		return nil, err
+	if spec.UserNS && spec.Root == "" {
+		return nil, errors.New("jail: a user namespace needs a jail root")
+	}
+	if spec.UserNS && (spec.UID <= 0 || spec.GID <= 0) {
+		return nil, fmt.Errorf("jail: refusing to map uid %d gid %d into a user namespace", spec.UID, spec.GID)
 	}
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("jail: find this program: %w", err)
 	}
+	var files []*os.File
+	path := self
+	if spec.UserNS {
+		// The helper runs as UID, which may not reach this binary nor
+		// the folders to bind (below a home only root enters): it execs
+		// the binary this process opened (descriptor 3) and binds each
+		// path from a descriptor opened here (4 and on); it closes them
+		// all before it runs the program. ExtraFiles the caller adds
+		// come after them.
+		f, err := os.Open(self)
+		if err != nil {
+			return nil, fmt.Errorf("jail: open this program: %w", err)
+		}
+		files = append(files, f)
+		path = "/proc/self/fd/3"
+		spec.FDs = map[string]int{}
+		for _, p := range slices.Concat(spec.ReadOnly, spec.Exec, spec.ReadWrite, spec.Devices) {
+			if os.Geteuid() != 0 {
+				break
+			}
+			p = filepath.Clean(p)
+			if _, ok := spec.FDs[p]; ok {
+				continue
+			}
+			// A detached copy of the mount (open_tree): the helper's mount
+			// namespace may attach it, not a mount of this one.
+			fd, err := unix.OpenTree(unix.AT_FDCWD, p, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+			if err != nil {
+				for _, f := range files {
+					f.Close()
+				}
+				return nil, fmt.Errorf("jail: open %s: %w", p, err)
+			}
+			spec.FDs[p] = 3 + len(files)
+			files = append(files, os.NewFile(uintptr(fd), p))
+		}
+		if os.Geteuid() == 0 {
+			if err := os.Chown(spec.Root, spec.UID, spec.GID); err != nil {
+				return nil, fmt.Errorf("jail: give the jail root to uid %d: %w", spec.UID, err)
+			}
+		}
+	}
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(self, HelperArg)
+	cmd.Path = path
 	cmd.Env = []string{specEnv + "=" + string(b)}
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	cmd.ExtraFiles = files
 	if spec.Root != "" {
 		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET
+	}
+	if spec.UserNS {
+		// The helper starts as UID in the new namespace, already holding
+		// Caps there (ambient, so they survive its exec of the program).
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
+		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: spec.UID, HostID: spec.UID, Size: 1}}
+		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: spec.GID, HostID: spec.GID, Size: 1}}
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = false
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(spec.UID), Gid: uint32(spec.GID), NoSetGroups: true}
+		// CAP_SYS_ADMIN builds the root, CAP_SETPCAP cuts the bounding
+		// set; keepCaps drops both unless listed.
+		cmd.SysProcAttr.AmbientCaps = append([]uintptr{unix.CAP_SYS_ADMIN, unix.CAP_SETPCAP}, spec.Caps...)
 	}
 	return cmd, nil
 }
@@ -109,6 +193,12 @@ func Main() int {
 	if err := json.Unmarshal([]byte(os.Getenv(specEnv)), &spec); err != nil {
 		fmt.Fprintf(os.Stderr, "sbx jail: bad spec: %v\n", err)
 		return 125
+	}
+	if spec.UserNS {
+		unix.CloseOnExec(3) // this binary (Command)
+		for _, fd := range spec.FDs {
+			unix.CloseOnExec(fd)
+		}
 	}
 	if err := enter(spec); err != nil {
 		fmt.Fprintf(os.Stderr, "sbx jail: %v\n", err)
@@ -126,7 +216,11 @@ func enter(spec Spec) error {
 		if err := buildRoot(spec); err != nil {
 			return err
 		}
-		if err := dropIDs(spec); err != nil {
+		if spec.UserNS {
+			if err := keepCaps(spec.Caps); err != nil {
+				return err
+			}
+		} else if err := dropIDs(spec); err != nil {
 			return err
 		}
 	}
@@ -137,7 +231,7 @@ func enter(spec Spec) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("set no_new_privs: %w", err)
 	}
-	return installFilter()
+	return installFilter(spec.FakeSetID)
 }
 
 const (
@@ -174,7 +268,7 @@ func buildRoot(spec Spec) error {
 			}
 			continue
 		}
-		if err := bind(root, d, true, unix.MS_NOSUID|unix.MS_NODEV); err != nil {
+		if err := bind(root, d, true, unix.MS_NOSUID|unix.MS_NODEV, nil); err != nil {
 			return err
 		}
 	}
@@ -190,8 +284,17 @@ func buildRoot(spec Spec) error {
 		if _, err := os.Stat(d); err != nil {
 			continue
 		}
-		if err := bind(root, d, false, unix.MS_NOSUID|unix.MS_NOEXEC); err != nil {
+		if err := bind(root, d, false, unix.MS_NOSUID|unix.MS_NOEXEC, spec.FDs); err != nil {
 			return err
+		}
+	}
+	for _, d := range spec.Tmpfs {
+		t := filepath.Join(root, filepath.Clean(d))
+		if err := os.MkdirAll(t, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount("tmpfs", t, "tmpfs", safeFlags|unix.MS_NOEXEC, "mode=0755,size=1m"); err != nil {
+			return fmt.Errorf("mount %s: %w", d, err)
 		}
 	}
 	for _, d := range []string{"tmp", "proc"} {
@@ -227,7 +330,7 @@ func buildRoot(spec Spec) error {
 		return strings.Count(a.path, "/") - strings.Count(b.path, "/")
 	})
 	for _, e := range entries {
-		if err := bind(root, e.path, e.ro, e.flags); err != nil {
+		if err := bind(root, e.path, e.ro, e.flags, spec.FDs); err != nil {
 			return err
 		}
 	}
@@ -257,8 +360,12 @@ func buildRoot(spec Spec) error {
 // bind mounts host path p at the same path under root, creating the
 // mount point (a folder or an empty file) and its parents, then sets
 // flags (and read-only).
-func bind(root, p string, ro bool, flags uintptr) error {
-	fi, err := os.Stat(p)
+func bind(root, p string, ro bool, flags uintptr, fds map[string]int) error {
+	src := p
+	if fd, ok := fds[p]; ok {
+		src = "/proc/self/fd/" + strconv.Itoa(fd)
+	}
+	fi, err := os.Stat(src)
 	if err != nil {
 		return fmt.Errorf("bind %s: %w", p, err)
 	}
@@ -277,14 +384,60 @@ func bind(root, p string, ro bool, flags uintptr) error {
 		}
 		f.Close()
 	}
-	if err := unix.Mount(p, target, "", bindFlags, ""); err != nil {
+	if fd, ok := fds[p]; ok {
+		if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("bind %s: %w", p, err)
+		}
+	} else if err := unix.Mount(src, target, "", bindFlags, ""); err != nil {
 		return fmt.Errorf("bind %s: %w", p, err)
 	}
 	if ro {
 		flags |= unix.MS_RDONLY
 	}
+	// Keep the flags the host's mount has: in a user namespace they are
+	// locked, and a remount that would clear one (noatime, say) fails.
+	var st unix.Statfs_t
+	if err := unix.Statfs(target, &st); err == nil {
+		for _, f := range [][2]uintptr{
+			{unix.ST_RDONLY, unix.MS_RDONLY}, {unix.ST_NOSUID, unix.MS_NOSUID}, {unix.ST_NODEV, unix.MS_NODEV},
+			{unix.ST_NOEXEC, unix.MS_NOEXEC}, {unix.ST_NOATIME, unix.MS_NOATIME},
+			{unix.ST_NODIRATIME, unix.MS_NODIRATIME}, {unix.ST_RELATIME, unix.MS_RELATIME},
+		} {
+			if uintptr(st.Flags)&f[0] != 0 {
+				flags |= f[1]
+			}
+		}
+	}
 	if err := unix.Mount("", target, "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
 		return fmt.Errorf("bind %s: set flags: %w", p, err)
+	}
+	return nil
+}
+
+// keepCaps leaves the jail's user namespace with only caps: the bounding
+// set and the ambient, inheritable, permitted and effective sets are cut
+// to them (CAP_SYS_ADMIN, which built the root, goes unless listed).
+func keepCaps(caps []uintptr) error {
+	keep := map[uintptr]bool{}
+	for _, c := range caps {
+		keep[c] = true
+	}
+	var data [2]unix.CapUserData
+	for c := uintptr(0); c <= unix.CAP_LAST_CAP; c++ {
+		if keep[c] {
+			data[c/32].Permitted |= 1 << (c % 32)
+			continue
+		}
+		_ = unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_LOWER, c, 0, 0)
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, c, 0, 0, 0); err != nil && err != unix.EINVAL {
+			return fmt.Errorf("drop capability %d: %w", c, err)
+		}
+	}
+	data[0].Effective, data[1].Effective = data[0].Permitted, data[1].Permitted
+	data[0].Inheritable, data[1].Inheritable = data[0].Permitted, data[1].Permitted
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capset: %w", err)
 	}
 	return nil
 }
