@@ -238,12 +238,14 @@ type NetworkSetup struct {
 
 // Workspace is one host directory shared over 9p.
 type Workspace struct {
-	// Tag is the 9p mount tag the VMM gave the share.
+	// Tag is the mount tag the VMM gave the share.
 	Tag string `json:"tag"`
 	// Path is the absolute guest path to mount it at (created if missing).
 	Path string `json:"path"`
 	// ReadOnly mounts the share read-only.
 	ReadOnly bool `json:"read_only,omitempty"`
+	// FS is the share's file system: "9p" (when empty) or "virtiofs".
+	FS string `json:"fs,omitempty"`
 }
 
 // ExecRequest starts a process. Sequence: Request -> Response (OK once the

@@ -70,6 +70,10 @@ type Status struct {
 	KernelRelease string   `json:"kernelRelease,omitempty"`
 	BootID        string   `json:"bootId,omitempty"`
 	VMMPID        int      `json:"vmmPid,omitempty"`
+	// Share is how this boot's workspaces reach the guest ("virtiofs" or
+	// "9p"), ShareWhy why when it is not virtio-fs.
+	Share    string `json:"share,omitempty"`
+	ShareWhy string `json:"shareWhy,omitempty"`
 }
 
 // Port is a published port.

@@ -193,7 +193,14 @@ func (g *Guest) mountWorkspace(ws agentapi.Workspace) error {
 	path := filepath.Clean(ws.Path)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if src, fstype, ok := mountedAt(path); ok && fstype == "9p" {
+	fs := ws.FS
+	if fs == "" {
+		fs = "9p"
+	}
+	if fs != "9p" && fs != "virtiofs" {
+		return fmt.Errorf("mount workspace %q: unknown file system %q", ws.Tag, fs)
+	}
+	if src, fstype, ok := mountedAt(path); ok && (fstype == "9p" || fstype == "virtiofs") {
 		if src == ws.Tag {
 			return nil
 		}
@@ -210,11 +217,15 @@ func (g *Guest) mountWorkspace(ws agentapi.Workspace) error {
 		flags |= unix.MS_RDONLY
 	}
 	start := time.Now()
-	if err := unix.Mount(ws.Tag, path, "9p", flags, NinePOptions); err != nil {
-		return fmt.Errorf("mount workspace %q at %s: %w", ws.Tag, path, err)
+	opts := NinePOptions
+	if fs == "virtiofs" {
+		opts = ""
 	}
-	g.mounted = append(g.mounted, agentapi.Workspace{Tag: ws.Tag, Path: path, ReadOnly: ws.ReadOnly})
-	g.log.Info("mounted workspace", "tag", ws.Tag, "path", path, "read_only", ws.ReadOnly, "duration", time.Since(start))
+	if err := unix.Mount(ws.Tag, path, fs, flags, opts); err != nil {
+		return fmt.Errorf("mount workspace %q at %s (%s): %w", ws.Tag, path, fs, err)
+	}
+	g.mounted = append(g.mounted, agentapi.Workspace{Tag: ws.Tag, Path: path, ReadOnly: ws.ReadOnly, FS: fs})
+	g.log.Info("mounted workspace", "tag", ws.Tag, "path", path, "fs", fs, "read_only", ws.ReadOnly, "duration", time.Since(start))
 	return nil
 }
 

@@ -14,7 +14,8 @@ import (
 )
 
 // BootModules are the modules every sandbox guest loads: the virtio-mmio
-// transport and devices of the microvm machine, 9p for shared folders and
+// transport and devices of the microvm machine, 9p and virtio-fs (which
+// brings fuse) for shared folders and
 // ext4 for the root disk. Nothing else is loaded at boot: the guest's
 // network setup needs no netfilter (the policy is enforced on the host),
 // and overlay is only Docker's (DockerModules). ModuleClosure adds their
@@ -27,6 +28,7 @@ var BootModules = []string{
 	"virtio_rng",
 	"9pnet_virtio",
 	"9p",
+	"virtiofs",
 	"crc32c_generic",
 	"ext4",
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 
@@ -127,6 +128,10 @@ func (e *env) bootAssets(ctx context.Context, want string, cpus int, shared []st
 		}
 		hostsFile = real
 	}
+	fileServer, noFileServer, err := lookupFileServer()
+	if err != nil {
+		return b, "", err
+	}
 	var lim supervisor.Limits
 	for _, k := range []struct {
 		env string
@@ -154,7 +159,41 @@ func (e *env) bootAssets(ctx context.Context, want string, cpus int, shared []st
 		QEMU: q, Kernel: k.Path, KernelRelease: k.Release, Initrd: initrd,
 		Accel: string(accel), TSCkHz: tsc, CPUs: cpus,
 		ConfigDir: e.dirs.Config, CacheDir: e.dirs.Cache, HostsFile: hostsFile, Limits: lim,
+		FileServer: fileServer, NoFileServer: noFileServer,
 	}, qemuVersion, nil
+}
+
+// fileServerPaths are where distributions put virtiofsd when it is not
+// on PATH: the Rust server's packages, and QEMU's own (before 8.0).
+var fileServerPaths = []string{"/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"}
+
+// lookupFileServer finds the virtio-fs server workspaces are served by on
+// cold boots: $SBX_VIRTIOFSD (a path, or "none" for 9p), else virtiofsd
+// on PATH or where distributions install it. Without one it returns ""
+// and why.
+func lookupFileServer() (path, why string, err error) {
+	switch v := paths.Getenv("SBX_VIRTIOFSD"); v {
+	case "none":
+		return "", "SBX_VIRTIOFSD=none", nil
+	case "":
+	default:
+		fi, err := os.Stat(v)
+		if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 || !filepath.IsAbs(v) {
+			return "", "", userErr(nil, "set it to the absolute path of a virtiofsd, to none for 9p shares, or unset it", "SBX_VIRTIOFSD=%q is not an executable file", v)
+		}
+		return v, "", nil
+	}
+	if p, err := exec.LookPath("virtiofsd"); err == nil {
+		if p, err = filepath.Abs(p); err == nil {
+			return p, "", nil
+		}
+	}
+	for _, p := range fileServerPaths {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+			return p, "", nil
+		}
+	}
+	return "", "no virtio-fs server (virtiofsd) on this host: install one (QEMU's package before 8.0, or the virtiofsd package) for faster workspaces", nil
 }
 
 // chooseAccel resolves auto/kvm/tcg with the cached KVM probe.

@@ -25,7 +25,13 @@ type lsEntry struct {
 	MemoryMiB  int                 `json:"memoryMiB"`
 	DiskBytes  int64               `json:"diskBytes"`
 	Ports      []sandbox.Port      `json:"ports"`
-	Created    time.Time           `json:"created"`
+	// Mode is how the workspace is worked on ("direct": the host folder
+	// itself); Share how a running sandbox's workspaces reach its VM
+	// ("virtiofs" or "9p"), ShareWhy why not virtio-fs.
+	Mode     string    `json:"mode"`
+	Share    string    `json:"share,omitempty"`
+	ShareWhy string    `json:"shareWhy,omitempty"`
+	Created  time.Time `json:"created"`
 }
 
 func newLsCmd(e *env) *cobra.Command {
@@ -48,12 +54,16 @@ func newLsCmd(e *env) *cobra.Command {
 				if ports == nil {
 					ports = []sandbox.Port{}
 				}
-				entries = append(entries, lsEntry{
-					Ports: ports,
-					Name:  c.Name, ID: c.ID, Agent: c.Agent, Status: st.Status, Reason: st.Reason,
+				en := lsEntry{
+					Ports: ports, Mode: "direct",
+					Name: c.Name, ID: c.ID, Agent: c.Agent, Status: st.Status, Reason: st.Reason,
 					Workspace: sb.PrimaryWorkspace(), Workspaces: c.Workspaces,
 					CPUs: c.CPUs, MemoryMiB: c.MemoryMiB, DiskBytes: c.DiskBytes, Created: c.Created,
-				})
+				}
+				if st.Status == sandbox.StatusRunning {
+					en.Share, en.ShareWhy = st.Share, st.ShareWhy
+				}
+				entries = append(entries, en)
 			}
 			switch {
 			case asJSON:
@@ -68,13 +78,17 @@ func newLsCmd(e *env) *cobra.Command {
 				}
 			default:
 				tw := tabwriter.NewWriter(e.stdout, 0, 4, 3, ' ', 0)
-				fmt.Fprintln(tw, "SANDBOX\tAGENT\tSTATUS\tWORKSPACE\tPORTS")
+				fmt.Fprintln(tw, "SANDBOX\tAGENT\tSTATUS\tMODE\tWORKSPACE\tPORTS")
 				for _, en := range entries {
 					var ps []string
 					for _, p := range en.Ports {
 						ps = append(ps, p.String())
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", en.Name, en.Agent, en.Status, en.Workspace, strings.Join(ps, ", "))
+					mode := en.Mode
+					if en.Share != "" {
+						mode += " (" + en.Share + ")"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", en.Name, en.Agent, en.Status, mode, en.Workspace, strings.Join(ps, ", "))
 				}
 				tw.Flush()
 			}

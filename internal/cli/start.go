@@ -83,8 +83,16 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, mode start
 		return err
 	}
 	boot.Detached = detached
-	shownPhases, shownNotes := 0, 0
+	shownPhases, shownNotes, shownShare := 0, 0, false
 	progress := func(s controlapi.Status) {
+		if e.debug && !shownShare && s.Share != "" {
+			shownShare = true
+			if s.ShareWhy != "" {
+				fmt.Fprintf(e.stderr, "boot: workspaces over %s: %s\n", s.Share, s.ShareWhy)
+			} else {
+				fmt.Fprintf(e.stderr, "boot: workspaces over %s (%s)\n", s.Share, boot.FileServer)
+			}
+		}
 		for ; e.debug && shownPhases < len(s.Phases); shownPhases++ {
 			p := s.Phases[shownPhases]
 			fmt.Fprintf(e.stderr, "boot: %-18s %6d ms\n", p.Name, p.DurationMS)

@@ -46,6 +46,7 @@ var Knobs = []Knob{
 	{"SBX_KERNEL", "guest kernel (vmlinux or vmlinuz) to use instead of Debian's package"},
 	{"SBX_KERNEL_MODULES", "modules folder (lib/modules/<release>) that goes with SBX_KERNEL"},
 	{"SBX_QEMU", "path of qemu-system-x86_64"},
+	{"SBX_VIRTIOFSD", "path of the virtio-fs server (virtiofsd) workspaces are served by on cold boots, or none for 9p (default: virtiofsd on PATH, /usr/libexec/virtiofsd, /usr/lib/qemu/virtiofsd)"},
 	{"SBX_AGENT", "path of the sbx-agent binary (default: next to the sbx binary)"},
 	{"SBX_HOSTS_FILE", "hosts-format file whose names override upstream DNS for sandboxes (may map to loopback; used by tests)"},
 	{"SBX_DEBUG", "set to 1 to show error causes and boot phases"},

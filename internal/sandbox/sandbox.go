@@ -154,6 +154,10 @@ type State struct {
 	Detached bool      `json:"detached,omitempty"`
 	Changed  time.Time `json:"changed"`
 	Started  time.Time `json:"started,omitzero"`
+	// Share is how the running VM's workspaces are shared ("virtiofs"
+	// or "9p"), ShareWhy why not virtio-fs.
+	Share    string `json:"share,omitempty"`
+	ShareWhy string `json:"shareWhy,omitempty"`
 }
 
 // Sandbox is a sandbox as found on disk.

@@ -38,6 +38,8 @@ func (s *Supervisor) status() controlapi.Status {
 		Accel:         s.boot.Accel,
 		KernelRelease: s.hello.KernelRelease,
 		BootID:        s.hello.BootID,
+		Share:         string(s.share),
+		ShareWhy:      s.shareWhy,
 	}
 	if s.inst != nil {
 		st.VMMPID = s.inst.PID()

@@ -70,6 +70,10 @@ type Boot struct {
 	// Limits bound what one sandbox's guest may hold at once.
 	Limits   Limits `json:"limits,omitzero"`
 	Detached bool   `json:"detached"`
+	// FileServer is the virtio-fs server workspaces are served by on a
+	// cold boot; empty, they are 9p shares, for the reason NoFileServer.
+	FileServer   string `json:"fileServer,omitempty"`
+	NoFileServer string `json:"noFileServer,omitempty"`
 	// Restore, when set, resumes the VM from a snapshot instead of
 	// booting it (the sandbox's first start; its disk is an overlay of
 	// the snapshot's). On failure the supervisor boots cold and says so.
@@ -148,6 +152,9 @@ type Supervisor struct {
 	phases   []controlapi.Phase     // guarded by mu
 	errText  string                 // guarded by mu
 	notes    []string               // guarded by mu; warnings for the starting command
+	share    vm.Transport           // guarded by mu; how this boot's workspaces are shared
+	shareWhy string                 // guarded by mu; why not virtio-fs
+	fsFailed string                 // guarded by mu; why the file server failed this start
 	detached bool                   // guarded by mu
 	sessions int                    // guarded by mu
 	client   *agentclient.Client    // guarded by mu
@@ -381,11 +388,12 @@ func (s *Supervisor) recordRunning() {
 	defer s.stateMu.Unlock()
 	s.mu.Lock()
 	running, detached, started := s.state == "running", s.detached, s.started
+	share, why := string(s.share), s.shareWhy
 	s.mu.Unlock()
 	if !running {
 		return
 	}
-	if err := s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusRunning, PID: os.Getpid(), Detached: detached, Started: started}); err != nil {
+	if err := s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusRunning, PID: os.Getpid(), Detached: detached, Started: started, Share: share, ShareWhy: why}); err != nil {
 		s.log.Error("record state", "err", err)
 	}
 }
@@ -545,7 +553,39 @@ func (s *Supervisor) startVM(ctx context.Context, rt string) (vm.Instance, error
 		s.hello = agentapi.HelloResponse{}
 		s.mu.Unlock()
 	}
+	inst, err := s.bootVM(ctx, rt, nil, docker, dockerDisk)
+	if err == nil || !errors.Is(err, vm.ErrFileServer) || ctx.Err() != nil {
+		return inst, err
+	}
+	// The file server did not start (a host that refuses user
+	// namespaces, a server that does not run here): the same boot with
+	// 9p shares, said.
+	s.log.Warn("virtio-fs file server failed; booting with 9p shares", "component", "supervisor", "err", err)
+	s.addNote("the workspace is shared over 9p, slower: " + err.Error())
+	s.mu.Lock()
+	s.fsFailed = err.Error()
+	s.inst = nil
+	s.client = nil
+	s.hello = agentapi.HelloResponse{}
+	s.mu.Unlock()
 	return s.bootVM(ctx, rt, nil, docker, dockerDisk)
+}
+
+// shareTransport is how this boot's workspaces reach the guest, and why
+// when not over virtio-fs.
+func (s *Supervisor) shareTransport(restore *Restore) (vm.Transport, string) {
+	s.mu.Lock()
+	failed := s.fsFailed
+	s.mu.Unlock()
+	switch {
+	case restore != nil:
+		return vm.Transport9P, "a snapshot start: this QEMU cannot resume a VM with a virtio-fs device (the next start of the sandbox boots cold, with virtio-fs)"
+	case s.boot.FileServer == "":
+		return vm.Transport9P, s.boot.NoFileServer
+	case failed != "":
+		return vm.Transport9P, failed
+	}
+	return vm.TransportVirtioFS, ""
 }
 
 // addNote records a warning the starting command shows.
@@ -561,10 +601,19 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 	cfg := s.sb.Config
 	var ws []agentapi.Workspace
 	var shares []vm.Share
+	transport, why := s.shareTransport(restore)
+	s.mu.Lock()
+	s.share, s.shareWhy = transport, why
+	s.mu.Unlock()
 	for i, w := range cfg.Workspaces {
 		tag := snapshot.ShareTag(i)
-		shares = append(shares, vm.Share{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly})
-		ws = append(ws, agentapi.Workspace{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly})
+		sh := vm.Share{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly}
+		if transport == vm.TransportVirtioFS {
+			sh.Transport = transport
+			sh.Socket = filepath.Join(rt, sandbox.VMMDir, "fs-"+tag+".sock")
+		}
+		shares = append(shares, sh)
+		ws = append(ws, agentapi.Workspace{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly, FS: string(sh.Of())})
 	}
 	dev := snapshot.Devices{
 		Name:        cfg.Name,
@@ -599,6 +648,7 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 		TSCkHz:      s.boot.TSCkHz,
 		Disks:       []vm.Disk{{Path: dev.RootDisk, Format: "qcow2"}},
 		Shares:      shares,
+		FileServer:  s.boot.FileServer,
 		AgentSocket: dev.AgentSocket,
 		Monitor:     dev.Monitor,
 		ConsoleLog:  dev.ConsoleLog,

@@ -39,6 +39,9 @@ var (
 	// ErrRestore says a saved state could not be loaded (another QEMU,
 	// another device set, a damaged file); a cold boot still works.
 	ErrRestore = errors.New("cannot restore the saved vm state")
+	// ErrFileServer says a share's file server could not be started; the
+	// same VM with 9p shares still can be.
+	ErrFileServer = errors.New("the virtio-fs file server did not start")
 )
 
 // Accel is the CPU accelerator.
@@ -66,6 +69,32 @@ type Share struct {
 	Tag      string
 	Path     string
 	ReadOnly bool
+	// Transport is how the guest reaches it; empty is 9p.
+	Transport Transport
+	// Socket, with TransportVirtioFS, is the unix socket the share's
+	// file server (Config.FileServer) listens on for the VMM.
+	Socket string
+}
+
+// Transport is the device a share crosses into the guest by.
+type Transport string
+
+// Transports.
+const (
+	// Transport9P is a virtio-9p device served by the VMM itself.
+	Transport9P Transport = "9p"
+	// TransportVirtioFS is a vhost-user-fs device served by a file
+	// server beside the VMM (virtiofsd), jailed like it; guest RAM is
+	// then shared memory the server maps.
+	TransportVirtioFS Transport = "virtiofs"
+)
+
+// Of is the share's transport, 9p when unset.
+func (s Share) Of() Transport {
+	if s.Transport == "" {
+		return Transport9P
+	}
+	return s.Transport
 }
 
 // Net is a network card connected to a user-mode network stack.
@@ -94,6 +123,10 @@ type Config struct {
 	TCGCacheMiB int
 	Disks       []Disk
 	Shares      []Share
+	// FileServer is the virtio-fs server (virtiofsd) a share with
+	// TransportVirtioFS needs: the backend starts one per such share,
+	// confined like the VMM, before the VMM.
+	FileServer string
 	// Net, if set, gives the VM one network card wired to a user-mode
 	// network listening on a unix socket.
 	Net *Net

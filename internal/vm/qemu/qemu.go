@@ -55,6 +55,22 @@ func (b *Backend) New(_ context.Context, cfg vm.Config, log *slog.Logger) (vm.In
 	if cfg.AgentSocket == "" {
 		return nil, errors.New("qemu: no agent socket in config")
 	}
+	if virtioFS(cfg) {
+		switch {
+		case cfg.FileServer == "":
+			return nil, fmt.Errorf("a virtio-fs share needs a file server: %w", vm.ErrNotSupported)
+		case cfg.RestoreFrom != "":
+			// QEMU 7.2 refuses to load a state with a vhost-user-fs device.
+			return nil, fmt.Errorf("resuming a saved state with a virtio-fs share: %w", vm.ErrNotSupported)
+		case cfg.MemoryFile != "" && !cfg.MemoryShared:
+			return nil, fmt.Errorf("a virtio-fs share with copy-on-write memory: %w", vm.ErrNotSupported)
+		}
+		for _, s := range cfg.Shares {
+			if s.Of() == vm.TransportVirtioFS && s.Socket == "" {
+				return nil, fmt.Errorf("qemu: virtio-fs share %s has no socket", s.Tag)
+			}
+		}
+	}
 	return &instance{binary: b.Binary, cfg: cfg, log: log, waitc: make(chan vm.Exit, 1)}, nil
 }
 
@@ -123,6 +139,15 @@ func machineArgs(cfg vm.Config) []string {
 		a = append(a, "-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg,tb-size="+strconv.Itoa(tb), "-cpu", "max")
 	}
 	a = append(a, "-smp", strconv.Itoa(max(cfg.CPUs, 1)), "-m", strconv.Itoa(cfg.MemoryMiB)+"M")
+	if virtioFS(cfg) {
+		// vhost-user devices are modern virtio only (libvhost-user refuses
+		// legacy), and the file server maps guest RAM: shared memory.
+		a = append(a, "-global", "virtio-mmio.force-legacy=false")
+		if cfg.MemoryFile == "" {
+			a = append(a, "-object", "memory-backend-memfd,id="+memoryBackendID+",size="+strconv.Itoa(cfg.MemoryMiB)+"M,share=on",
+				"-machine", "memory-backend="+memoryBackendID)
+		}
+	}
 	if cfg.MemoryFile != "" {
 		share := "off"
 		if cfg.MemoryShared {
@@ -173,6 +198,11 @@ func diskArgs(cfg vm.Config) []string {
 func shareArgs(cfg vm.Config) []string {
 	var a []string
 	for _, s := range cfg.Shares {
+		if s.Of() == vm.TransportVirtioFS {
+			a = append(a, "-chardev", "socket,id=fs-"+s.Tag+",path="+escape(s.Socket),
+				"-device", "vhost-user-fs-device,chardev=fs-"+s.Tag+",tag="+escape(s.Tag))
+			continue
+		}
 		opts := "local,id=" + s.Tag + ",path=" + escape(s.Path) + ",security_model=none"
 		if s.ReadOnly {
 			opts += ",readonly=on"
@@ -198,6 +228,16 @@ func agentArgs(cfg vm.Config) []string {
 		"-device", "virtio-serial-device,max_ports=2",
 		"-device", "virtserialport,chardev=agent,id=" + agentPortID + ",name=" + AgentPortName,
 	}
+}
+
+// virtioFS reports whether cfg has a virtio-fs share.
+func virtioFS(cfg vm.Config) bool {
+	for _, s := range cfg.Shares {
+		if s.Of() == vm.TransportVirtioFS {
+			return true
+		}
+	}
+	return false
 }
 
 // escape doubles commas, QEMU's escape inside option values.
@@ -254,19 +294,32 @@ func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 	if i.cfg.Monitor != "" {
 		os.Remove(i.cfg.Monitor)
 	}
+	// The file servers listen before QEMU connects to them.
+	servers, err := startFileServers(ctx, i.cfg, stderr)
+	if err != nil {
+		return err
+	}
+	stopServers := func() {
+		for _, f := range servers {
+			f.kill()
+		}
+	}
 	var cmd *exec.Cmd
 	var jl *jailed
 	if i.cfg.Jail != nil {
 		bin, err := exec.LookPath(i.binary)
 		if err != nil {
+			stopServers()
 			return fmt.Errorf("start %s: %w", i.binary, vm.ErrVMMNotFound)
 		}
 		if bin, err = filepath.Abs(bin); err != nil {
+			stopServers()
 			return fmt.Errorf("start qemu: %w", err)
 		}
 		jcfg := i.cfg
 		jcfg.PIDFile = "" // in its own PID namespace QEMU would write its pid there
 		if jl, err = prepareJail(i.cfg, bin, Args(jcfg)); err != nil {
+			stopServers()
 			return fmt.Errorf("start qemu: %w", err)
 		}
 		cmd = jl.cmd
@@ -284,12 +337,17 @@ func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 	if i.cfg.RestoreFrom != "" {
 		f, err := os.Open(i.cfg.RestoreFrom)
 		if err != nil {
+			stopServers()
+			if jl != nil {
+				jl.cleanup()
+			}
 			return fmt.Errorf("%w: %w", vm.ErrRestore, err)
 		}
 		defer f.Close()
 		cmd.ExtraFiles = []*os.File{f} // fd 3: restoreFD
 	}
 	if err := cmd.Start(); err != nil {
+		stopServers()
 		if jl != nil {
 			jl.cleanup()
 		}
@@ -307,6 +365,7 @@ func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 	}
 	go func() {
 		err := cmd.Wait()
+		stopServers()
 		if jl != nil {
 			jl.cleanup()
 		}

@@ -45,7 +45,10 @@ func TestArgsGolden(t *testing.T) {
 	kvm.Shares = nil
 	kvm.Net = nil
 	kvm.Disks = kvm.Disks[:1]
-	for name, cfg := range map[string]vm.Config{"tcg": base, "kvm": kvm, "restore": restore} {
+	vfs := base
+	vfs.FileServer = "/usr/lib/qemu/virtiofsd"
+	vfs.Shares = []vm.Share{{Tag: "ws0", Path: "/home/me/proj", Transport: vm.TransportVirtioFS, Socket: "/run/user/1000/sbx/ab12/fs-ws0.sock"}, {Tag: "ws1", Path: "/home/me/docs,v2", ReadOnly: true}}
+	for name, cfg := range map[string]vm.Config{"tcg": base, "kvm": kvm, "restore": restore, "virtiofs": vfs} {
 		t.Run(name, func(t *testing.T) {
 			got := strings.Join(Args(cfg), "\n") + "\n"
 			path := filepath.Join("testdata", name+".argv")
