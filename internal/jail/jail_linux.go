@@ -55,6 +55,13 @@ type Spec struct {
 	ReadWrite []string `json:"readWrite,omitempty"`
 	// Devices are device nodes bound into /dev (/dev/kvm).
 	Devices []string `json:"devices,omitempty"`
+	// Guarded are the paths among ReadOnly and ReadWrite a guest may
+	// have changed (workspaces): each is bound only while it is its own
+	// real path, no symbolic link anywhere on the way, opened without
+	// following one and mounted from that descriptor onto a target
+	// opened the same way inside the jail, so a workspace turned into a
+	// link (through another, outer workspace) binds nothing else.
+	Guarded []string `json:"guarded,omitempty"`
 	// UID and GID the program runs as (with Root); Groups its only
 	// supplementary groups (the group of /dev/kvm).
 	UID    int   `json:"uid"`
@@ -139,7 +146,16 @@ func Command(spec Spec) (*exec.Cmd, error) {
 			}
 			// A detached copy of the mount (open_tree): the helper's mount
 			// namespace may attach it, not a mount of this one.
-			fd, err := unix.OpenTree(unix.AT_FDCWD, p, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+			var fd int
+			if slices.Contains(spec.Guarded, p) {
+				var pfd int
+				if pfd, err = OpenReal(p); err == nil {
+					fd, err = unix.OpenTree(pfd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE|unix.AT_EMPTY_PATH)
+					unix.Close(pfd)
+				}
+			} else {
+				fd, err = unix.OpenTree(unix.AT_FDCWD, p, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+			}
 			if err != nil {
 				for _, f := range files {
 					f.Close()
@@ -268,7 +284,7 @@ func buildRoot(spec Spec) error {
 			}
 			continue
 		}
-		if err := bind(root, d, true, unix.MS_NOSUID|unix.MS_NODEV, nil); err != nil {
+		if err := bind(root, d, true, unix.MS_NOSUID|unix.MS_NODEV, nil, false); err != nil {
 			return err
 		}
 	}
@@ -284,7 +300,7 @@ func buildRoot(spec Spec) error {
 		if _, err := os.Stat(d); err != nil {
 			continue
 		}
-		if err := bind(root, d, false, unix.MS_NOSUID|unix.MS_NOEXEC, spec.FDs); err != nil {
+		if err := bind(root, d, false, unix.MS_NOSUID|unix.MS_NOEXEC, spec.FDs, false); err != nil {
 			return err
 		}
 	}
@@ -330,7 +346,7 @@ func buildRoot(spec Spec) error {
 		return strings.Count(a.path, "/") - strings.Count(b.path, "/")
 	})
 	for _, e := range entries {
-		if err := bind(root, e.path, e.ro, e.flags, spec.FDs); err != nil {
+		if err := bind(root, e.path, e.ro, e.flags, spec.FDs, slices.Contains(spec.Guarded, e.path)); err != nil {
 			return err
 		}
 	}
@@ -360,7 +376,10 @@ func buildRoot(spec Spec) error {
 // bind mounts host path p at the same path under root, creating the
 // mount point (a folder or an empty file) and its parents, then sets
 // flags (and read-only).
-func bind(root, p string, ro bool, flags uintptr, fds map[string]int) error {
+func bind(root, p string, ro bool, flags uintptr, fds map[string]int, guarded bool) error {
+	if guarded {
+		return bindGuarded(root, p, ro, flags, fds)
+	}
 	src := p
 	if fd, ok := fds[p]; ok {
 		src = "/proc/self/fd/" + strconv.Itoa(fd)
@@ -369,20 +388,9 @@ func bind(root, p string, ro bool, flags uintptr, fds map[string]int) error {
 	if err != nil {
 		return fmt.Errorf("bind %s: %w", p, err)
 	}
-	target := filepath.Join(root, p)
-	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-		return fmt.Errorf("bind %s: %w", p, err)
-	}
-	if fi.IsDir() {
-		if err := os.Mkdir(target, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("bind %s: %w", p, err)
-		}
-	} else {
-		f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o644)
-		if err != nil {
-			return fmt.Errorf("bind %s: %w", p, err)
-		}
-		f.Close()
+	target, err := mountPoint(root, p, fi.IsDir())
+	if err != nil {
+		return err
 	}
 	if fd, ok := fds[p]; ok {
 		if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
@@ -412,6 +420,138 @@ func bind(root, p string, ro bool, flags uintptr, fds map[string]int) error {
 		return fmt.Errorf("bind %s: set flags: %w", p, err)
 	}
 	return nil
+}
+
+// mountPoint makes the mount point of host path p under root (a folder
+// or an empty file) and its parents.
+func mountPoint(root, p string, dir bool) (string, error) {
+	target := filepath.Join(root, p)
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return "", fmt.Errorf("bind %s: %w", p, err)
+	}
+	if dir {
+		if err := os.Mkdir(target, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("bind %s: %w", p, err)
+		}
+	} else {
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			return "", fmt.Errorf("bind %s: %w", p, err)
+		}
+		f.Close()
+	}
+	return target, nil
+}
+
+// bindGuarded binds a guarded path (Spec.Guarded) without following a
+// link on either side: a detached copy of the mount opened from the
+// source's descriptor gets its flags, then is attached onto the mount
+// point's descriptor.
+func bindGuarded(root, p string, ro bool, flags uintptr, fds map[string]int) error {
+	tree, ok := fds[p]
+	if !ok {
+		sfd, err := OpenReal(p)
+		if err != nil {
+			return fmt.Errorf("bind %s: %w", p, err)
+		}
+		tree, err = unix.OpenTree(sfd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE|unix.AT_EMPTY_PATH)
+		unix.Close(sfd)
+		if err != nil {
+			return fmt.Errorf("bind %s: %w", p, err)
+		}
+		defer unix.Close(tree)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(tree, &st); err != nil {
+		return fmt.Errorf("bind %s: %w", p, err)
+	}
+	var attr uint64
+	for _, f := range [][2]uint64{
+		{unix.MS_RDONLY, unix.MOUNT_ATTR_RDONLY}, {unix.MS_NOSUID, unix.MOUNT_ATTR_NOSUID},
+		{unix.MS_NODEV, unix.MOUNT_ATTR_NODEV}, {unix.MS_NOEXEC, unix.MOUNT_ATTR_NOEXEC},
+	} {
+		if uint64(flags)&f[0] != 0 || (ro && f[0] == unix.MS_RDONLY) {
+			attr |= f[1]
+		}
+	}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: attr}); err != nil {
+		return fmt.Errorf("bind %s: set flags: %w", p, err)
+	}
+	// The mount point is reached through binds made before (an outer
+	// workspace), where the guest may have put a link: made and opened
+	// one component at a time, never through a link.
+	tfd, err := guardedMountPoint(root, p, st.Mode&unix.S_IFMT == unix.S_IFDIR)
+	if err != nil {
+		return fmt.Errorf("bind %s: mount point: %w", p, err)
+	}
+	defer unix.Close(tfd)
+	if err := unix.MoveMount(tree, "", tfd, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return fmt.Errorf("bind %s: %w", p, err)
+	}
+	return nil
+}
+
+// guardedMountPoint makes and opens (O_PATH) the mount point of p under
+// root, a folder or an empty file, each component made with mkdirat and
+// opened without following a link.
+func guardedMountPoint(root, p string, dir bool) (int, error) {
+	fd, err := OpenReal(root)
+	if err != nil {
+		return -1, err
+	}
+	parts := strings.Split(strings.Trim(filepath.Clean(p), "/"), "/")
+	for i, c := range parts {
+		last := i == len(parts)-1
+		if last && !dir {
+			f, err := unix.Openat(fd, c, unix.O_CREAT|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0o644)
+			if err != nil {
+				unix.Close(fd)
+				return -1, fmt.Errorf("%s: %w", c, err)
+			}
+			unix.Close(f)
+			nfd, err := unix.Openat(fd, c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			unix.Close(fd)
+			if err != nil {
+				return -1, fmt.Errorf("%s: %w", c, err)
+			}
+			return nfd, nil
+		}
+		if err := unix.Mkdirat(fd, c, 0o755); err != nil && err != unix.EEXIST {
+			unix.Close(fd)
+			return -1, fmt.Errorf("%s: %w", c, err)
+		}
+		nfd, err := unix.Openat(fd, c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		if err != nil {
+			return -1, fmt.Errorf("%s is not a folder (a symbolic link?): %w", c, err)
+		}
+		fd = nfd
+	}
+	return fd, nil
+}
+
+// OpenReal opens path (O_PATH) only if it is its own real path: no
+// component, the last included, is a symbolic link. The caller closes
+// the descriptor.
+func OpenReal(path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		unix.Close(fd)
+		return -1, fmt.Errorf("%s is a symbolic link; not followed", path)
+	}
+	if got, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd)); err != nil || got != filepath.Clean(path) {
+		unix.Close(fd)
+		return -1, fmt.Errorf("%s leads to %q through a symbolic link; not followed", path, got)
+	}
+	return fd, nil
 }
 
 // keepCaps leaves the jail's user namespace with only caps: the bounding

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -35,6 +36,47 @@ type DNSHandler interface {
 	Resolve(ctx context.Context, name string, qtype uint16) (ips []netip.Addr, rcode int)
 }
 
+// DNSFlowCounter is a FlowHandler that also counts the guest's TCP
+// connections to the DNS server, which never reach its TCP method: each
+// takes a flow for as long as it is open, or is closed at once when
+// DNSFlow refuses.
+type DNSFlowCounter interface {
+	DNSFlow() (release func(), ok bool)
+}
+
+// countedListener accepts only the connections its counter lets in.
+type countedListener struct {
+	net.Listener
+	count DNSFlowCounter
+}
+
+func (l *countedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		release, ok := l.count.DNSFlow()
+		if !ok {
+			c.Close()
+			continue
+		}
+		return &countedConn{Conn: c, release: release}, nil
+	}
+}
+
+type countedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
+
 // dnsServer is the DNS server on the gateway, over UDP and TCP.
 type dnsServer struct {
 	udp, tcp *dns.Server
@@ -52,9 +94,13 @@ func startDNS(s *Stack) (*dnsServer, error) {
 		return nil, fmt.Errorf("bind DNS server to %s:%d/tcp: %w", s.cfg.Gateway, DNSPort, err)
 	}
 	h := &dnsMux{s: s}
+	var tcpLn net.Listener = ln
+	if c, ok := s.cfg.Flows.(DNSFlowCounter); ok {
+		tcpLn = &countedListener{Listener: ln, count: c}
+	}
 	d := &dnsServer{
 		udp: &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(h.serveUDP)},
-		tcp: &dns.Server{Listener: ln, Handler: dns.HandlerFunc(h.serveTCP)},
+		tcp: &dns.Server{Listener: tcpLn, Handler: dns.HandlerFunc(h.serveTCP)},
 	}
 	// Wait for both servers to start: ShutdownContext fails on a server
 	// that has not started, and Close must be able to stop them.

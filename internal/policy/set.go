@@ -136,6 +136,11 @@ func (s *Set) IsSpecial(a netip.Addr) bool {
 	if !a.IsValid() {
 		return false
 	}
+	if a.Zone() != "" {
+		// No prefix contains a zoned address, and connect(2) to "::%x"
+		// reaches the host's loopback: special, whatever the address.
+		return true
+	}
 	a = a.Unmap()
 	if a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() ||
 		a.IsInterfaceLocalMulticast() || a.IsMulticast() || a.IsUnspecified() {
@@ -177,6 +182,11 @@ func (s *Set) Evaluate(req Request) Decision {
 			}
 			host = ""
 		}
+	}
+	if ip.Zone() != "" {
+		// Never a destination (IsSpecial): no rule, not even one for
+		// the address, opens it.
+		return Decision{Default: s.def, Reason: "an IPv6 address with a zone is never a destination"}
 	}
 	loopback := loopbackName(host) || (ip.IsValid() && ip.IsLoopback())
 	special := loopback || s.IsSpecial(ip)

@@ -138,7 +138,7 @@ func splitHostPort(hostport string, defaultPort uint16) (string, uint16, error) 
 		host = hostport[1 : len(hostport)-1]
 	}
 	host = strings.ToLower(strings.TrimSuffix(host, "."))
-	if strings.ContainsAny(host, " /\\@[]") {
+	if !ValidHost(host) {
 		return "", 0, fmt.Errorf("invalid host %q", host)
 	}
 	port := defaultPort

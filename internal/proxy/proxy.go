@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sbx-dev/sbx/internal/resolve"
@@ -193,6 +194,31 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
+// ValidHost reports whether host is an IP address without an IPv6 zone
+// (a zone is never a destination: connect(2) to "::%x" reaches the
+// host's loopback, and no prefix contains a zoned address) or a DNS name
+// of letters, digits, '-' and '_' labels, at most 253 bytes.
+func ValidHost(host string) bool {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return ip.Zone() == ""
+	}
+	if host == "" || len(host) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(host, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // resolveTimeout bounds one upstream name lookup.
 const resolveTimeout = 10 * time.Second
 
@@ -200,6 +226,15 @@ const resolveTimeout = 10 * time.Second
 // audits the answer.
 func (p *Proxy) decide(ctx context.Context, host string, port uint16, via, scheme string, req *http.Request) (Target, Decision) {
 	t := Target{Host: host, Port: port, Via: via, Scheme: scheme}
+	if !ValidHost(host) {
+		// A guest's bytes (a TLS server name, a Host header) that name
+		// no host: never looked up nor dialled, and recorded escaped, so
+		// they reach no terminal that shows the log.
+		t.Host = strconv.QuoteToASCII(host)
+		d := Decision{Reason: "not a host name or IP address"}
+		p.audit(t, d, req)
+		return t, d
+	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		t.IPs = []netip.Addr{ip.Unmap()}
 	} else {

@@ -169,7 +169,6 @@ type filterReader struct {
 	chunk   []byte // read buffer
 	buf     []byte // read but not yet handed on
 	out     []byte // ready to hand on
-	keep    int    // longest form - 1
 	err     error  // sticky: source error or block error
 	blocked error  // the block error, once a form was found in block mode
 }
@@ -179,11 +178,7 @@ type filterReader struct {
 func (f *filterReader) Blocked() error { return f.blocked }
 
 func newFilterReader(src io.ReadCloser, forms []form, block bool, found func(int) error) *filterReader {
-	keep := 0
-	for _, f := range forms {
-		keep = max(keep, len(f.enc)-1)
-	}
-	return &filterReader{src: src, close: src.Close, forms: forms, block: block, found: found, keep: keep}
+	return &filterReader{src: src, close: src.Close, forms: forms, block: block, found: found}
 }
 
 func (f *filterReader) Read(p []byte) (int, error) {
@@ -207,6 +202,23 @@ func (f *filterReader) Read(p []byte) (int, error) {
 	n := copy(p, f.out)
 	f.out = f.out[n:]
 	return n, nil
+}
+
+// hold is how many bytes at the end of buf must wait for more: the
+// longest end of buf that begins some form. A match can start nowhere
+// else, so everything before it goes on at once (an interactive stream,
+// a WebSocket or server-sent events, is not held up).
+func (f *filterReader) hold() int {
+	h := 0
+	for _, fm := range f.forms {
+		for k := min(len(fm.enc)-1, len(f.buf)); k > h; k-- {
+			if f.buf[len(f.buf)-k] == fm.enc[0] && bytes.HasSuffix(f.buf, fm.enc[:k]) {
+				h = k
+				break
+			}
+		}
+	}
+	return h
 }
 
 // process moves what is safe from buf to out; at the end (eof) all of it.
@@ -234,7 +246,7 @@ func (f *filterReader) process(eof bool) error {
 	}
 	safe := len(f.buf)
 	if !eof {
-		safe = max(0, len(f.buf)-f.keep)
+		safe -= f.hold()
 	}
 	f.out = append(f.out, f.buf[:safe]...)
 	f.buf = append(f.buf[:0], f.buf[safe:]...)

@@ -99,3 +99,31 @@ func (c *chunked) Read(p []byte) (int, error) {
 	c.b = c.b[k:]
 	return k, nil
 }
+
+// An interactive stream is not held up: bytes that begin no form go on
+// at once, with the source still open; only an end that may begin one
+// waits, and is scrubbed once the rest arrives.
+func TestFilterReleasesWhatBeginsNoForm(t *testing.T) {
+	forms := encodedForms(filterValue, "PH")
+	pr, pw := io.Pipe()
+	f := newFilterReader(pr, forms, false, nil)
+	read := func() string {
+		b := make([]byte, 256)
+		n, _ := f.Read(b)
+		return string(b[:n])
+	}
+	go pw.Write([]byte("ping"))
+	if got := read(); got != "ping" {
+		t.Fatalf("first read %q, want ping", got)
+	}
+	// "s3cr" may begin the value: held until the rest says it does.
+	go pw.Write([]byte("pong " + filterValue[:4]))
+	if got := read(); got != "pong " {
+		t.Fatalf("second read %q, want %q", got, "pong ")
+	}
+	go func() { pw.Write([]byte(filterValue[4:] + " end")); pw.Close() }()
+	rest, _ := io.ReadAll(f)
+	if string(rest) != "PH end" {
+		t.Fatalf("rest %q, want %q", rest, "PH end")
+	}
+}

@@ -377,8 +377,35 @@ func (in *Injector) ModifyResponse(resp *http.Response) error {
 		return nil
 	}
 	body := resp.Body
-	switch enc := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding"))); enc {
-	case "", "identity":
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The body is the upgraded connection (a WebSocket): what the
+		// server sends is scrubbed as it streams; what the guest sends
+		// goes as it is (it holds placeholders, not values).
+		rw, ok := body.(io.ReadWriteCloser)
+		if !ok {
+			body.Close()
+			return fmt.Errorf("response from %s: an upgraded connection that cannot be written", host)
+		}
+		resp.Body = upgraded{Reader: newFilterReader(rw, forms, false, func(int) error {
+			in.log.Warn("secret value in an upgraded stream replaced", "sandbox", in.sandbox, "host", host)
+			return nil
+		}), conn: rw}
+		return nil
+	}
+	// Every coding the response lists, across all its Content-Encoding
+	// fields: one layer is decoded and scanned, more are refused (a body
+	// coded twice would reach the guest still coded, and unscanned).
+	var codings []string
+	for _, v := range resp.Header.Values("Content-Encoding") {
+		for c := range strings.SplitSeq(v, ",") {
+			if c = strings.ToLower(strings.TrimSpace(c)); c != "" && c != "identity" {
+				codings = append(codings, c)
+			}
+		}
+	}
+	enc := strings.Join(codings, ", ")
+	switch enc {
+	case "":
 	case "gzip", "x-gzip":
 		zr, err := gzip.NewReader(body)
 		if err != nil {
@@ -407,6 +434,16 @@ func (in *Injector) ModifyResponse(resp *http.Response) error {
 	})}
 	return nil
 }
+
+// upgraded is the body of a 101 response: reads scrubbed, writes and
+// Close the connection's.
+type upgraded struct {
+	io.Reader
+	conn io.ReadWriteCloser
+}
+
+func (u upgraded) Write(b []byte) (int, error) { return u.conn.Write(b) }
+func (u upgraded) Close() error                { return u.conn.Close() }
 
 // noTrailers drops the response's trailers once its body ends: the
 // transport fills resp.Trailer from the wire as it reads the end of the

@@ -495,6 +495,15 @@ func (n *network) Dropped(f netstack.FlowInfo, proto string) {
 	})
 }
 
+// DNSFlow implements netstack.DNSFlowCounter: a TCP connection to the
+// DNS server is a flow like any other.
+func (n *network) DNSFlow() (func(), bool) {
+	if !n.acquireFlow() {
+		return nil, false
+	}
+	return n.releaseFlow, true
+}
+
 // acquireFlow counts a new guest connection, or refuses it (and says so,
 // at most once a second) when the sandbox has maxFlows open.
 func (n *network) acquireFlow() bool {

@@ -31,9 +31,12 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sbx-dev/sbx/api/agentapi"
 	"github.com/sbx-dev/sbx/api/controlapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
+	"github.com/sbx-dev/sbx/internal/jail"
 	"github.com/sbx-dev/sbx/internal/netstack"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/secrets"
@@ -606,6 +609,14 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 	s.share, s.shareWhy = transport, why
 	s.mu.Unlock()
 	for i, w := range cfg.Workspaces {
+		// The path recorded at create was real; a guest may have turned
+		// it into a link since (through an outer workspace), and the VMM
+		// or the file server would follow it out of the workspace.
+		fd, err := jail.OpenReal(w.Path)
+		if err != nil {
+			return vm.Config{}, nil, fmt.Errorf("workspace %s is not the folder it was when the sandbox was made (%w); check it on the host, or remove the sandbox with `sbx rm`", w.Path, err)
+		}
+		unix.Close(fd)
 		tag := snapshot.ShareTag(i)
 		sh := vm.Share{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly}
 		if transport == vm.TransportVirtioFS {

@@ -99,6 +99,12 @@ func prepareJail(cfg vm.Config, binary string, args []string) (*jailed, error) {
 	}
 	for _, s := range cfg.Shares {
 		// The user's folders: never chowned; the VMM user is their owner.
+		// The guest may have changed them (through another workspace):
+		// guarded.
+		spec.Guarded = append(spec.Guarded, s.Path)
+		if s.Of() == vm.TransportVirtioFS {
+			continue // the file server's, not QEMU's
+		}
 		if s.ReadOnly {
 			spec.ReadOnly = append(spec.ReadOnly, s.Path)
 		} else {

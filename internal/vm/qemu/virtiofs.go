@@ -129,6 +129,7 @@ func startFileServer(ctx context.Context, cfg vm.Config, s vm.Share, stderr io.W
 		// The C server writes its pid file there.
 		Tmpfs: []string{"/var/run/virtiofsd", "/run/virtiofsd"},
 	}
+	spec.Guarded = []string{s.Path}
 	if s.ReadOnly {
 		spec.ReadOnly = append(spec.ReadOnly, s.Path)
 	} else {
