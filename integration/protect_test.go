@@ -15,6 +15,14 @@ import (
 // away) while the rest of the workspace stays writable, and that the host
 // files do not change.
 func TestProtect(t *testing.T) {
+	// A snapshot start shares the workspace over 9p (QEMU serves it), a
+	// cold boot over virtio-fs (the jailed virtiofsd does): the same
+	// protection either way.
+	t.Run("snapshot-9p", func(t *testing.T) { testProtect(t, nil) })
+	t.Run("cold-virtiofs", func(t *testing.T) { testProtect(t, []string{"--cold"}) })
+}
+
+func testProtect(t *testing.T, flags []string) {
 	h := newHarness(t)
 	ws := workspace(t)
 	git := func(args ...string) {
@@ -58,7 +66,7 @@ func TestProtect(t *testing.T) {
 		}
 	}
 
-	h.mustSbx("create", "--protect-defaults", "--protect", "sub/dir", "--name", "t-protect", ws)
+	h.mustSbx(append(append([]string{"create"}, flags...), "--protect-defaults", "--protect", "sub/dir", "--name", "t-protect", ws)...)
 	// The same flags again are fine; other ones are refused.
 	if res := h.sbx("run", "--protect", "sub", "--name", "t-protect", "--", "true"); res.code == 0 || !strings.Contains(res.stderr, "--protect") {
 		t.Errorf("run with another --protect: exit %d, stderr %q; want a refusal", res.code, res.stderr)
@@ -86,7 +94,7 @@ line=$(awk -v w="$W" '$2 == w' /proc/mounts)
 echo "mount: $line"
 set -- $line
 try "umount" umount "$W"
-try "remount" mount -t 9p -o "$4" "$1" "$W"
+try "remount" mount -t "$3" -o "$4" "$1" "$W"
 checks again
 if [ -d $W/.git2 ]; then
 	mkdir -p $W/.git/hooks && echo evil > $W/.git/hooks/pre-commit

@@ -23,6 +23,9 @@ type lsRow struct {
 	Status    string `json:"status"`
 	Reason    string `json:"reason"`
 	Workspace string `json:"workspace"`
+	Mode      string `json:"mode"`
+	Share     string `json:"share"`
+	ShareWhy  string `json:"shareWhy"`
 }
 
 func (h *harness) ls() []lsRow {
