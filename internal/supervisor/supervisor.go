@@ -621,7 +621,9 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 		sh := vm.Share{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly}
 		if transport == vm.TransportVirtioFS {
 			sh.Transport = transport
-			sh.Socket = filepath.Join(rt, sandbox.VMMDir, "fs-"+tag+".sock")
+			// A folder of the file servers' own: a server sees its socket,
+			// not QEMU's agent, monitor and network sockets.
+			sh.Socket = filepath.Join(rt, sandbox.VMMDir, "fs", tag+".sock")
 		}
 		shares = append(shares, sh)
 		ws = append(ws, agentapi.Workspace{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly, FS: string(sh.Of())})

@@ -113,6 +113,9 @@ func startFileServer(ctx context.Context, cfg vm.Config, s vm.Share, stderr io.W
 	}
 	sockDir := filepath.Dir(s.Socket)
 	os.Remove(s.Socket)
+	if err := os.MkdirAll(sockDir, 0o700); err != nil {
+		return nil, err
+	}
 	if os.Geteuid() == 0 {
 		if err := os.Lchown(sockDir, uid, gid); err != nil {
 			return nil, err
