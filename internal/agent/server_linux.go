@@ -272,7 +272,7 @@ func (s *Server) copyIn(stream net.Conn, req *agentapi.CopyInRequest) {
 		err = fmt.Errorf("copy-in destination %q is not an absolute path", req.Path)
 	} else {
 		err = s.whileUp(func() error {
-			return archive.Extract(dr, req.Path, archive.Options{PreserveOwner: os.Getuid() == 0, KeepSetID: true})
+			return archive.Extract(dr, req.Path, archive.Options{PreserveOwner: os.Getuid() == 0, KeepSetID: true, FollowDestLinks: true})
 		})
 	}
 	// Read up to DataEnd even after a failure so the host's writes finish.

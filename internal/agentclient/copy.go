@@ -48,7 +48,12 @@ func CopyIn(ctx context.Context, stream io.ReadWriteCloser, hostSrc, guestDst st
 
 // CopyOut copies guestSrc out of the guest to hostDst with docker cp
 // semantics: inside hostDst if it is an existing directory, else as hostDst
-// (whose parent must exist). The guest is untrusted: extraction is
+// (whose parent must exist). hostDst is opened one component at a time
+// without following symbolic links: a link anywhere in it (the guest can
+// plant one in a shared workspace, say ws/dist -> /root/.ssh) is refused
+// with an error wrapping archive.ErrDestinationLink that names it, and the
+// merge of "dir/." into an existing folder keeps that folder's mode. The
+// guest is untrusted: extraction is
 // confined to the copied tree (see archive.Extract), so entries with
 // absolute or ".." names, a second top-level entry, or paths, hard-link
 // targets or mode changes through a symlink (say "link -> .." then

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -20,7 +22,13 @@ an existing folder puts SRC inside it; otherwise DST names the copy.
 A stopped sandbox is started first. Copying out never follows a symlink
 made in the sandbox to a place outside the copied tree, drops set-uid and
 set-gid bits, and names the copy after SRC (or DST), never after what the
-sandbox's archive calls it.`,
+sandbox's archive calls it. It refuses a host DST that is, or passes
+through, a symbolic link inside a workspace of any sandbox (the sandbox can
+make one, say ws/dist -> /root/.ssh): copy to a real folder; links
+elsewhere on the way (yours) are followed. Merging SANDBOX:/dir/. into
+an existing folder keeps that folder's mode. Copying in reads the folders
+below SRC without following links, so the sandbox cannot swap one for a
+link to a host folder while the copy runs.`,
 		Example: `  sbx cp ./notes.txt shell-proj:/home/agent/
   sbx cp shell-proj:/var/log/dpkg.log ./`,
 		Args: cobra.ExactArgs(2),
@@ -54,6 +62,9 @@ sandbox's archive calls it.`,
 			}
 			defer stream.Close()
 			if srcSB != nil {
+				if dstPath, err = e.hostDest(dstPath); err != nil {
+					return err
+				}
 				err = agentclient.CopyOut(ctx, stream, srcPath, dstPath)
 			} else {
 				err = agentclient.CopyIn(ctx, stream, srcPath, dstPath)
@@ -65,6 +76,71 @@ sandbox's archive calls it.`,
 		},
 	}
 	return cmd
+}
+
+// hostDest is dst with the symbolic links on its way resolved, so the
+// copy (which follows none) lands where the user meant; a link inside a
+// workspace of any sandbox is refused instead: a guest may have made it
+// (ws/dist -> /root/.ssh).
+func (e *env) hostDest(dst string) (string, error) {
+	abs, err := filepath.Abs(dst)
+	if err != nil {
+		return "", userErr(err, "", "destination %s", dst)
+	}
+	var workspaces []string
+	all, _ := e.store.List()
+	for _, sb := range all {
+		for _, w := range sb.Config.Workspaces {
+			workspaces = append(workspaces, w.Path)
+		}
+	}
+	inWorkspace := func(p string) bool {
+		for _, w := range workspaces {
+			if p == w || strings.HasPrefix(p, w+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	// One link at a time, each one's target walked with the same checks.
+	cur, rest, hops := "/", strings.Split(strings.TrimPrefix(abs, "/"), "/"), 0
+	for len(rest) > 0 {
+		c := rest[0]
+		rest = rest[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			cur = filepath.Dir(cur)
+			continue
+		}
+		next := filepath.Join(cur, c)
+		fi, err := os.Lstat(next)
+		if err != nil {
+			// Missing from here on: the copy makes the last one.
+			return filepath.Join(append([]string{next}, rest...)...), nil
+		}
+		if fi.Mode()&os.ModeSymlink == 0 {
+			cur = next
+			continue
+		}
+		if inWorkspace(next) {
+			return "", userErr(nil, "copy to a real folder (a link inside a workspace may have been made by the sandbox)",
+				"destination %s passes through the symbolic link %s, inside a workspace; sbx cp does not follow it", dst, next)
+		}
+		if hops++; hops > 40 {
+			return "", userErr(nil, "", "destination %s: too many symbolic links", dst)
+		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			return "", userErr(err, "", "destination %s: cannot read the link %s", dst, next)
+		}
+		if filepath.IsAbs(target) {
+			cur = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return cur, nil
 }
 
 // splitCpArg parses SANDBOX:/path. A host path is returned with a nil

@@ -5,7 +5,8 @@
 // source, or "." when the source path ends in "/." (meaning "the contents of
 // this directory"). [Extract] places it at a destination: inside the
 // destination if that is an existing directory, otherwise as the
-// destination itself. Extraction goes through an [os.Root], so no entry,
+// destination itself. The destination is opened without following
+// symbolic links, and extraction goes through an [os.Root], so no entry,
 // however crafted (absolute names, "..", symlinks planted by earlier
 // entries), can create, modify or read anything outside the target tree.
 package archive
@@ -22,6 +23,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrUnsafeEntry means an archive entry's name or link target would leave
@@ -33,6 +36,15 @@ var ErrUnsafeEntry = errors.New("archive entry escapes the destination")
 // symlinks. Regular files, directories, symlinks and hard-linked files (as
 // copies) are archived; sockets, devices and FIFOs are skipped. If src ends
 // in "/." the top-level entry is "." and stands for src's contents.
+//
+// src itself is the caller's: the folders leading to it are resolved as
+// usual (its last component is not followed). Everything below it is read
+// relative to its parent folder's descriptor: each folder is opened with
+// openat(O_DIRECTORY|O_NOFOLLOW), each file with openat(O_NOFOLLOW|
+// O_NONBLOCK), and what is archived is what the descriptor is (fstat), so
+// a folder swapped for a symlink while the walk runs (a guest sharing the
+// folder can do that) makes Write fail rather than read where the link
+// leads.
 func Write(w io.Writer, src string) error {
 	contents := src == "." || strings.HasSuffix(src, string(filepath.Separator)+".")
 	clean := filepath.Clean(src)
@@ -48,34 +60,163 @@ func Write(w io.Writer, src string) error {
 		top = "."
 	}
 	tw := tar.NewWriter(w)
-	if !fi.IsDir() {
-		if err := addEntry(tw, clean, top, fi); err != nil {
-			return err
-		}
-		return closeWriter(tw, src)
-	}
-	err = filepath.WalkDir(clean, func(p string, d fs.DirEntry, err error) error {
+	switch {
+	case fi.IsDir():
+		fd, err := unix.Open(clean, openDirFlags, 0)
 		if err != nil {
-			return err
+			return fmt.Errorf("archive %s: %w", src, openErr(clean, err))
 		}
-		rel, err := filepath.Rel(clean, p)
+		d := os.NewFile(uintptr(fd), clean)
+		err = writeDir(tw, d, clean, top)
+		d.Close()
 		if err != nil {
-			return err
+			return fmt.Errorf("archive %s: %w", src, err)
 		}
-		name := top
-		if rel != "." {
-			name = top + "/" + filepath.ToSlash(rel)
-		}
-		info, err := d.Info()
+	case fi.Mode()&fs.ModeSymlink != 0:
+		link, err := os.Readlink(clean)
 		if err != nil {
-			return err
+			return fmt.Errorf("archive %s: read link: %w", src, err)
 		}
-		return addEntry(tw, p, name, info)
-	})
-	if err != nil {
-		return fmt.Errorf("archive %s: %w", src, err)
+		if err := writeHeader(tw, fi, link, clean, top); err != nil {
+			return fmt.Errorf("archive %s: %w", src, err)
+		}
+	case fi.Mode().IsRegular():
+		fd, err := unix.Open(clean, openFileFlags, 0)
+		if err != nil {
+			return fmt.Errorf("archive %s: %w", src, openErr(clean, err))
+		}
+		f := os.NewFile(uintptr(fd), clean)
+		err = writeFile(tw, f, clean, top)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("archive %s: %w", src, err)
+		}
 	}
 	return closeWriter(tw, src)
+}
+
+const (
+	// openDirFlags opens a folder to list it; never through a symlink.
+	openDirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	// openFileFlags opens a file to read it; never through a symlink,
+	// and a FIFO put in its place cannot make the open hang.
+	openFileFlags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_NOCTTY | unix.O_CLOEXEC
+)
+
+// openErr describes a failed open of p, saying so when p was swapped for
+// a symlink (ELOOP from O_NOFOLLOW; ENOTDIR from O_DIRECTORY).
+func openErr(p string, err error) error {
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+		return fmt.Errorf("%s changed while it was being copied (%w); not following it", p, err)
+	}
+	return &fs.PathError{Op: "open", Path: p, Err: err}
+}
+
+// writeDir archives the folder open at d (p on the host, name in the
+// archive) and everything below it, reading every entry relative to d.
+func writeDir(tw *tar.Writer, d *os.File, p, name string) error {
+	fi, err := d.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s changed while it was being copied: not a directory", p)
+	}
+	if err := writeHeader(tw, fi, "", p, name); err != nil {
+		return err
+	}
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return fmt.Errorf("read directory %s: %w", p, err)
+	}
+	slices.Sort(names)
+	dirfd := int(d.Fd())
+	for _, n := range names {
+		if err := writeAt(tw, dirfd, n, p+string(filepath.Separator)+n, name+"/"+n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeAt archives the entry n of the folder open at dirfd (p on the
+// host, name in the archive) as what it is when opened: it is looked at
+// with fstatat(AT_SYMLINK_NOFOLLOW), opened without following a symlink,
+// and its header made from the descriptor's fstat.
+func writeAt(tw *tar.Writer, dirfd int, n, p, name string) error {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "lstat", Path: p, Err: err}
+	}
+	var flags int
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		flags = openDirFlags
+	case unix.S_IFREG:
+		flags = openFileFlags
+	case unix.S_IFLNK:
+		flags = unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	default:
+		return nil // sockets, devices and FIFOs are skipped, never opened
+	}
+	fd, err := unix.Openat(dirfd, n, flags, 0)
+	if err != nil {
+		return openErr(p, err)
+	}
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return writeDir(tw, f, p, name)
+	case unix.S_IFREG:
+		return writeFile(tw, f, p, name)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&fs.ModeSymlink == 0 {
+		return fmt.Errorf("%s changed while it was being copied: no longer a symlink", p)
+	}
+	link, err := readlinkFd(fd)
+	if err != nil {
+		return fmt.Errorf("read link %s: %w", p, err)
+	}
+	return writeHeader(tw, fi, link, p, name)
+}
+
+// readlinkFd reads the target of the symlink open (O_PATH|O_NOFOLLOW) at fd.
+func readlinkFd(fd int) (string, error) {
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		n, err := unix.Readlinkat(fd, "", buf)
+		if err != nil {
+			return "", err
+		}
+		if n < size {
+			return string(buf[:n]), nil
+		}
+	}
+}
+
+// writeFile archives the file open at f (p on the host, name in the
+// archive): what the descriptor is, only if it is a regular file.
+func writeFile(tw *tar.Writer, f *os.File, p, name string) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil // swapped for something else meanwhile: skipped like it
+	}
+	if err := writeHeader(tw, fi, "", p, name); err != nil {
+		return err
+	}
+	n, err := io.CopyN(tw, f, fi.Size())
+	if err != nil {
+		return fmt.Errorf("archive %s: %w (file shrank while copying? %d of %d bytes)", p, err, n, fi.Size())
+	}
+	return nil
 }
 
 func closeWriter(tw *tar.Writer, src string) error {
@@ -85,19 +226,9 @@ func closeWriter(tw *tar.Writer, src string) error {
 	return nil
 }
 
-func addEntry(tw *tar.Writer, p, name string, fi fs.FileInfo) error {
-	var link string
-	switch {
-	case fi.Mode().IsRegular(), fi.IsDir():
-	case fi.Mode()&fs.ModeSymlink != 0:
-		l, err := os.Readlink(p)
-		if err != nil {
-			return fmt.Errorf("read link %s: %w", p, err)
-		}
-		link = l
-	default:
-		return nil
-	}
+// writeHeader writes the header of an entry described by fi (from an
+// fstat or lstat, never a followed path) as name in the archive.
+func writeHeader(tw *tar.Writer, fi fs.FileInfo, link, p, name string) error {
 	hdr, err := tar.FileInfoHeader(fi, link)
 	if err != nil {
 		return fmt.Errorf("tar header for %s: %w", p, err)
@@ -109,18 +240,6 @@ func addEntry(tw *tar.Writer, p, name string, fi fs.FileInfo) error {
 	hdr.Uname, hdr.Gname = "", ""
 	if err := tw.WriteHeader(hdr); err != nil {
 		return fmt.Errorf("write header for %s: %w", p, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil
-	}
-	f, err := os.OpenFile(p, os.O_RDONLY|syscallNoFollow, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", p, err)
-	}
-	defer f.Close()
-	n, err := io.CopyN(tw, f, hdr.Size)
-	if err != nil {
-		return fmt.Errorf("archive %s: %w (file shrank while copying? %d of %d bytes)", p, err, n, hdr.Size)
 	}
 	return nil
 }
@@ -140,6 +259,15 @@ type Options struct {
 	// archive cannot choose to land as .bashrc or .ssh. "." merges the
 	// contents into the destination.
 	Name string
+	// FollowDestLinks resolves the destination path as any path is,
+	// symbolic links included. Without it the destination is opened one
+	// component at a time with O_NOFOLLOW and a symbolic link anywhere in
+	// it (the destination itself or a folder on the way) is refused with
+	// an error wrapping ErrDestinationLink: on the host a link in a
+	// workspace may be the guest's, and would send its files anywhere.
+	// Set it only where the destination's links are no one else's (the
+	// guest's own file system, on copy-in).
+	FollowDestLinks bool
 }
 
 // TopName is the top-level name Write gives the archive of src: "." when
@@ -153,11 +281,17 @@ func TopName(src string) string {
 
 // Extract reads a tar archive from r and places it at dst. The archive
 // must hold a single top-level entry (as [Write] makes): if dst is an
-// existing directory (symlinks to directories count), that entry is
-// created inside it, or, when the entry is ".", its contents are merged
-// into dst; otherwise the entry is created as dst, whose parent directory
-// must exist. Existing files are replaced; an existing directory is merged
-// into, never replaced by a non-directory.
+// existing directory, that entry is created inside it, or, when the entry
+// is ".", its contents are merged into dst (whose own mode, owner and
+// times are kept); otherwise the entry is created as dst, whose parent
+// directory must exist. Existing files are replaced; an existing directory
+// is merged into, never replaced by a non-directory.
+//
+// dst is never resolved through a symbolic link (unless
+// [Options.FollowDestLinks]): it is opened component by component with
+// O_NOFOLLOW from "/" or the current folder, a link anywhere in it is
+// refused with an error wrapping [ErrDestinationLink] that names it, and
+// everything is written through the folder so opened.
 //
 // Extraction is confined to the copied tree: the top-level entry is
 // created first and every later entry goes through an [os.Root] opened at
@@ -171,38 +305,9 @@ func TopName(src string) string {
 // stay. Extract stops at the tar end marker and does not read r beyond it.
 func Extract(r io.Reader, dst string, opts Options) error {
 	dst = filepath.Clean(dst)
-	var (
-		parentDir string // directory holding the top-level entry
-		name      string // the top-level entry's name in parentDir; "" = the archive's own
-	)
-	fi, err := os.Stat(dst)
-	switch {
-	case err == nil && fi.IsDir():
-		parentDir = dst
-		if opts.Name != "" {
-			name = opts.Name
-			if name == ".." || strings.ContainsRune(name, filepath.Separator) {
-				return fmt.Errorf("extract to %s: %q is not a valid name", dst, name)
-			}
-		}
-	case err == nil || errors.Is(err, fs.ErrNotExist):
-		parentDir, name = filepath.Dir(dst), filepath.Base(dst)
-		if name == "." || name == ".." || name == string(filepath.Separator) {
-			return fmt.Errorf("extract to %s: not a valid destination name", dst)
-		}
-		pfi, perr := os.Stat(parentDir)
-		if perr != nil {
-			return fmt.Errorf("extract to %s: parent directory: %w", dst, perr)
-		}
-		if !pfi.IsDir() {
-			return fmt.Errorf("extract to %s: parent %s is not a directory", dst, parentDir)
-		}
-	default:
-		return fmt.Errorf("extract to %s: %w", dst, err)
-	}
-	parent, err := os.OpenRoot(parentDir)
+	parent, name, err := destination(dst, opts)
 	if err != nil {
-		return fmt.Errorf("extract to %s: %w", dst, err)
+		return err
 	}
 	defer parent.Close()
 	x := &extractor{parent: parent, dst: dst, name: name, opts: opts, dirsOK: map[string]bool{".": true}}
@@ -342,6 +447,11 @@ func (x *extractor) topEntry(hdr *tar.Header, tr io.Reader) error {
 			x.tree = x.parent
 		}
 		x.topDone = true
+		if x.tree == x.parent {
+			// Merging into the existing destination folder: it keeps its
+			// own mode, owner and times, whatever the archive says.
+			return nil
+		}
 		x.dirs = append(x.dirs, dirMode{name: ".", mode: x.modeOf(hdr), mtime: hdr.ModTime})
 		return x.chown(x.parent, name, hdr)
 	}

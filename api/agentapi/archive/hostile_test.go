@@ -251,7 +251,7 @@ func TestExtractTopLevelSymlink(t *testing.T) {
 	}
 	// Extracting a directory of that name into the folder holding the link
 	// replaces the link, never follows it. (Naming the link itself as the
-	// destination follows it, as docker cp does: the user chose it.)
+	// destination is refused: see TestExtractRefusesDestinationLinks.)
 	must(t, Extract(makeTar(t, []entry{{name: "new/", typ: tar.TypeDir}, {name: "new/f", typ: tar.TypeReg, body: "x"}}), home, Options{}))
 	if fi, err := os.Lstat(filepath.Join(home, "new")); err != nil || !fi.IsDir() {
 		t.Errorf("new is %v, %v; want a directory", fi.Mode(), err)

@@ -1,5 +1,0 @@
-package archive
-
-import "syscall"
-
-const syscallNoFollow = syscall.O_NOFOLLOW
