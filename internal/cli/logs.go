@@ -56,8 +56,13 @@ func copyFile(w io.Writer, path string) error {
 		return err
 	}
 	defer f.Close()
-	_, err = io.Copy(w, f)
-	return err
+	// The console is the guest's: its bytes reach the terminal only
+	// through terminalWriter (no escape sequences, CRLF read as LF).
+	tw := &terminalWriter{w: w}
+	if _, err := io.Copy(tw, f); err != nil {
+		return err
+	}
+	return tw.Flush()
 }
 
 // follower tails one file, reopening it when a new boot replaces it.
@@ -96,7 +101,10 @@ func (fl *follower) poll(w io.Writer) error {
 			if i < 0 {
 				break
 			}
-			if _, werr := fmt.Fprintf(w, "%s%s\n", fl.prefix, data[:i]); werr != nil {
+			// The line with its \n: a \r before it is dropped, any other
+			// control byte escaped (appendTerminalSafe).
+			line := appendTerminalSafe([]byte(fl.prefix), data[:i+1])
+			if _, werr := w.Write(line); werr != nil {
 				return werr
 			}
 			data = data[i+1:]

@@ -645,7 +645,12 @@ func newPolicyLogCmd(e *env) *cobra.Command {
 					if rule == "" {
 						rule = "-"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", r.Sandbox, r.Target(), r.Path, decision, rule, r.Reason,
+					// Every field comes from the audit log, and the host
+					// from the guest (a TLS server name, a Host header):
+					// escaped, so it cannot reach the terminal as control
+					// bytes or forge rows. --json stays JSON.
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", terminalField(r.Sandbox), terminalField(r.Target()),
+						terminalField(string(r.Path)), decision, terminalField(rule), terminalField(r.Reason),
 						r.LastSeen.Local().Format(time.DateTime), r.Count)
 				}
 				if err := tw.Flush(); err != nil {

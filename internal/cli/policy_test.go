@@ -89,7 +89,9 @@ func TestPolicyPrompt(t *testing.T) {
 	}
 }
 
-func TestPolicyCommands(t *testing.T) {
+// policySandbox makes a policy home with one sandbox "dev" in it.
+func policySandbox(t *testing.T) (paths.Dirs, *sandbox.Sandbox) {
+	t.Helper()
 	dirs := policyHome(t)
 	st := sandbox.NewStore(dirs)
 	sb, err := st.Create(sandbox.Config{ID: "0123456789ab", Name: "dev", Created: time.Now()})
@@ -99,6 +101,11 @@ func TestPolicyCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dirs, sb
+}
+
+func TestPolicyCommands(t *testing.T) {
+	dirs, sb := policySandbox(t)
 
 	if r := runSbx(t, "policy", "init", "deny-all"); r.code != 0 || r.out != "default network policy: deny-all (deny all; allow only what you add)\n" {
 		t.Fatalf("init: %+v", r)

@@ -64,6 +64,11 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, mode start
 	case sandbox.StatusCrashed:
 		fmt.Fprintf(e.stderr, "sbx: sandbox %s had crashed (%s); starting it again\n", sb.Config.Name, st.Reason)
 	}
+	// A workspace holding sbx's own folders is refused at every start,
+	// not only at create: the config may predate the check or be edited.
+	if err := e.checkStateWorkspaces(sb.Config.Workspaces); err != nil {
+		return err
+	}
 	// The workspace baseline of `sbx diff` is read while the start is
 	// prepared, and finished before the VM boots: nothing in the guest
 	// (not even a container Docker restarts at boot) can write before it.

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
 )
 
 // terminated opens CONNECT host:443 and completes TLS (HTTP/1.1) with the

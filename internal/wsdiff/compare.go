@@ -75,11 +75,18 @@ func Compare(old, new *Snapshot) []Change {
 func compareTree(ot, nt *Tree) []Change {
 	var out []Change
 	cx := &treeCtx{root: nt.Root, extra: ot.Extra, old: ot, new: nt}
+	// A root that could not be opened or listed is one unreadable row:
+	// what was below it is unknown, not deleted.
+	gone := rootUnread(nt)
 	i, j := 0, 0
 	for i < len(ot.Entries) || j < len(nt.Entries) {
 		switch {
 		case j >= len(nt.Entries) || (i < len(ot.Entries) && ot.Entries[i].Path < nt.Entries[j].Path):
 			o := &ot.Entries[i]
+			if gone {
+				i++
+				continue
+			}
 			c := Change{Workspace: nt.Root, Path: o.Path, Change: Deleted, Kind: o.Kind.String()}
 			if r := cx.riskyPath(o.Path); r != "" {
 				c.Risky, c.Reason = true, r
@@ -101,7 +108,9 @@ func compareTree(ot, nt *Tree) []Change {
 			j++
 		}
 	}
-	out = append(out, compareSummaries(ot, nt)...)
+	if !gone {
+		out = append(out, compareSummaries(ot, nt)...)
+	}
 	for _, u := range nt.Unread {
 		out = append(out, Change{Workspace: nt.Root, Path: u.Path, Change: Unreadable, Kind: "dir", Risky: true,
 			Reason: u.Why + "; " + reasonFor(ruleUnread)})

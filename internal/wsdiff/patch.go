@@ -90,7 +90,7 @@ func Patch(w io.Writer, base *Snapshot, filesDir string, changes []Change) error
 		if c.Change != Deleted {
 			r, ok := roots[c.Workspace]
 			if !ok {
-				r, _ = os.OpenRoot(c.Workspace)
+				r, _ = openRealRoot(c.Workspace)
 				roots[c.Workspace] = r
 			}
 			data, err := readRooted(r, c.Path)
@@ -157,7 +157,7 @@ func readRooted(r *os.Root, rel string) ([]byte, error) {
 // reading through a gitFS: nothing leads outside the workspace, no FIFO
 // blocks, no hook, filter or fsmonitor runs.
 func openStorage(root string) (*filesystem.Storage, func()) {
-	r, err := os.OpenRoot(root)
+	r, err := openRealRoot(root)
 	if err != nil {
 		return nil, func() {}
 	}

@@ -186,7 +186,9 @@ const (
 // with fstatat(AT_SYMLINK_NOFOLLOW) relative to their folder, folders are
 // opened with O_NOFOLLOW, so a tree changed while it is read cannot lead
 // the walk outside it. Unreadable folders are recorded without children;
-// a root that cannot be opened is an error.
+// so is a root that cannot be opened (gone, not a folder, a symlink, or
+// reached through one inside another root): its tree holds only an Unread
+// row for ".", which Compare reports as a risky change.
 func Take(roots []string, opt Options) (*Snapshot, error) {
 	if opt.MaxCopyBytes == 0 {
 		opt.MaxCopyBytes = DefaultMaxCopyBytes
@@ -200,8 +202,20 @@ func Take(roots []string, opt Options) (*Snapshot, error) {
 		}
 	}
 	s := &Snapshot{Taken: time.Now().UTC()}
-	for _, root := range roots {
-		t, err := takeTree(filepath.Clean(root), opt)
+	clean := make([]string, len(roots))
+	for i, root := range roots {
+		clean[i] = filepath.Clean(root)
+	}
+	for _, root := range clean {
+		fd, why := openRoot(root, clean)
+		if fd < 0 {
+			// The guest may have replaced, removed or locked a root (the
+			// inner one of nested workspaces): that root is one risky row,
+			// the others are still compared.
+			s.Trees = append(s.Trees, &Tree{Root: root, Unread: []Unread{{Path: ".", Why: why}}})
+			continue
+		}
+		t, err := takeTree(root, fd, opt)
 		if err != nil {
 			return nil, fmt.Errorf("snapshot %s: %w", root, err)
 		}

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,11 +59,83 @@ var openDirAt = unix.Openat
 
 const openDir = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
 
-func takeTree(root string, opt Options) (*Tree, error) {
-	fd, err := unix.Open(root, openDir, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: root, Err: err}
+// openRoot opens the workspace root without following a symlink the guest
+// may have made: the root itself is opened with O_NOFOLLOW and, when it
+// lies inside another root of the snapshot (nested workspaces, whose outer
+// one the guest writes), every folder below that outer root is opened
+// with O_NOFOLLOW too. On failure it returns why, in words for the row
+// Compare reports.
+func openRoot(root string, roots []string) (int, string) {
+	outer := ""
+	for _, o := range roots {
+		if o != root && len(o) > len(outer) && strings.HasPrefix(root, strings.TrimSuffix(o, "/")+"/") {
+			outer = o
+		}
 	}
+	if outer == "" {
+		fd, err := unix.Open(root, openDir, 0)
+		if err != nil {
+			var st unix.Stat_t
+			lerr := unix.Lstat(root, &st)
+			return -1, rootWhy(err, lerr, &st, "")
+		}
+		return fd, ""
+	}
+	cur, why := openRoot(outer, roots)
+	if cur < 0 {
+		return -1, "the workspace " + QuotePath(outer) + " it lies in cannot be opened: " + why
+	}
+	rel := strings.TrimPrefix(root, strings.TrimSuffix(outer, "/")+"/")
+	parts := strings.Split(rel, "/")
+	for i, p := range parts {
+		next, err := unix.Openat(cur, p, openDir, 0)
+		if err != nil {
+			var st unix.Stat_t
+			lerr := unix.Fstatat(cur, p, &st, unix.AT_SYMLINK_NOFOLLOW)
+			unix.Close(cur)
+			above := ""
+			if i < len(parts)-1 {
+				above = path.Join(outer, strings.Join(parts[:i+1], "/"))
+			}
+			return -1, rootWhy(err, lerr, &st, above)
+		}
+		unix.Close(cur)
+		cur = next
+	}
+	return cur, ""
+}
+
+// rootWhy words the failure err to open a workspace root; lerr and st are
+// an lstat of the name that failed, above that name when it is a folder
+// above the root rather than the root.
+func rootWhy(err, lerr error, st *unix.Stat_t, above string) string {
+	what := "workspace root"
+	if above != "" {
+		what = "folder " + QuotePath(above) + " above the workspace root"
+	}
+	switch {
+	case lerr == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK:
+		return what + " is now a symbolic link"
+	case errors.Is(err, unix.ENOENT):
+		return what + " is gone"
+	case lerr == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return what + " is not a folder any more (" + kindOf(st.Mode).String() + ")"
+	}
+	return what + " cannot be read: " + errText(err)
+}
+
+// rootUnread reports whether the tree's root could not be opened or
+// listed: what is below it is unknown, not deleted.
+func rootUnread(t *Tree) bool {
+	for _, u := range t.Unread {
+		if u.Path == "." {
+			return true
+		}
+	}
+	return false
+}
+
+func takeTree(root string, fd int, opt Options) (*Tree, error) {
 	w := &walker{opt: opt, t: &Tree{Root: root}, links: map[inodeKey]uint64{}}
 	if bt := opt.Base.Tree(root); bt != nil {
 		w.frozen = true
@@ -461,4 +535,21 @@ func (w *walker) loadIndex(rootFd int) {
 			w.tracked[d] = true
 		}
 	}
+}
+
+// openRealRoot opens the workspace root for reading only while it is its
+// own real path (no symbolic link on the way): one the guest turned into
+// a link since the snapshot is not followed by `sbx diff --patch` or the
+// git storage.
+func openRealRoot(root string) (*os.Root, error) {
+	fd, err := unix.Open(root, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	p := "/proc/self/fd/" + strconv.Itoa(fd)
+	if got, err := os.Readlink(p); err != nil || got != filepath.Clean(root) {
+		return nil, fmt.Errorf("workspace root %s leads to %q through a symbolic link", root, got)
+	}
+	return os.OpenRoot(p)
 }
