@@ -13,18 +13,20 @@ func TestBadInput(t *testing.T) {
 	}
 	h := &harness{t: t, home: t.TempDir()}
 	h.env = append(h.env, "SBX_HOME="+h.home, "PATH=/usr/bin:/bin", "HOME="+h.home)
+	ws := t.TempDir()
 	cases := []struct {
 		args []string
 		want string
 	}{
 		{[]string{"exec", "nope", "true"}, `no sandbox named "nope"`},
 		{[]string{"stop", "nope"}, `no sandbox named "nope"`},
-		{[]string{"run", "--name", "-bad", "shell", "/"}, "invalid sandbox name"},
-		{[]string{"run", "--name", "a", "shell", "/"}, "invalid sandbox name"},
+		{[]string{"run", "--name", "-bad", "shell", ws}, "invalid sandbox name"},
+		{[]string{"run", "--name", "a", "shell", ws}, "invalid sandbox name"},
 		{[]string{"run", "shell", "/does/not/exist"}, "does not exist"},
 		{[]string{"run", "not-an-agent-or-path"}, "is not an agent, a sandbox or a folder"},
-		{[]string{"run", "-m", "lots", "shell", "/"}, "--memory"},
-		{[]string{"run", "--accel", "warp", "shell", "/"}, "--accel"},
+		{[]string{"run", "-m", "lots", "shell", ws}, "--memory"},
+		{[]string{"run", "--accel", "warp", "shell", ws}, "--accel"},
+		{[]string{"run", "shell", "/"}, "holds sbx's state folder"},
 		{[]string{"cp", "a", "b"}, "names a sandbox"},
 		{[]string{"rm"}, "name at least one sandbox"},
 	}
