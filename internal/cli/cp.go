@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -127,6 +128,13 @@ func (e *env) hostDest(dst string) (string, error) {
 		if inWorkspace(next) {
 			return "", userErr(nil, "copy to a real folder (a link inside a workspace may have been made by the sandbox)",
 				"destination %s passes through the symbolic link %s, inside a workspace; sbx cp does not follow it", dst, next)
+		}
+		// As root, only root's own links: a guest may have made one in
+		// a workspace this store does not know (another user's sandbox,
+		// a removed one).
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && os.Geteuid() == 0 && st.Uid != 0 {
+			return "", userErr(nil, "give the destination's real path (sbx cp as root follows only root's symbolic links)",
+				"destination %s passes through the symbolic link %s of uid %d; sbx cp as root does not follow it", dst, next, st.Uid)
 		}
 		if hops++; hops > 40 {
 			return "", userErr(nil, "", "destination %s: too many symbolic links", dst)

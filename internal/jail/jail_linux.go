@@ -84,10 +84,12 @@ type Spec struct {
 	// file server that takes on each caller's ids stays the one id the
 	// namespace maps, so everything it creates is UID's.
 	FakeSetID bool `json:"fakeSetID,omitempty"`
-	// FDs, set by Command with UserNS when root starts the jail, are
-	// detached copies of each path's mount (open_tree) that the helper
-	// attaches.
-	FDs map[string]int `json:"fds,omitempty"`
+	// KeepFDs is how many of the caller's ExtraFiles (descriptors 3 and
+	// on) the program gets; every other inherited descriptor is closed.
+	// Without UserNS only.
+	KeepFDs int `json:"keepFDs,omitempty"`
+	// Stage2 marks the second stage of a UserNS jail (set by the helper).
+	Stage2 bool `json:"stage2,omitempty"`
 }
 
 // SystemDirs are bound read-only into every jail with a Root: what a
@@ -123,53 +125,16 @@ func Command(spec Spec) (*exec.Cmd, error) {
 	var files []*os.File
 	path := self
 	if spec.UserNS {
-		// The helper runs as UID, which may not reach this binary nor
-		// the folders to bind (below a home only root enters): it execs
-		// the binary this process opened (descriptor 3) and binds each
-		// path from a descriptor opened here (4 and on); it closes them
-		// all before it runs the program. ExtraFiles the caller adds
-		// come after them.
+		// The program runs as UID, which may not reach this binary (a
+		// home only root enters): the helper starts its second stage from
+		// the binary this process opened, descriptor 3. ExtraFiles the
+		// caller adds come after it.
 		f, err := os.Open(self)
 		if err != nil {
 			return nil, fmt.Errorf("jail: open this program: %w", err)
 		}
 		files = append(files, f)
 		path = "/proc/self/fd/3"
-		spec.FDs = map[string]int{}
-		for _, p := range slices.Concat(spec.ReadOnly, spec.Exec, spec.ReadWrite, spec.Devices) {
-			if os.Geteuid() != 0 {
-				break
-			}
-			p = filepath.Clean(p)
-			if _, ok := spec.FDs[p]; ok {
-				continue
-			}
-			// A detached copy of the mount (open_tree): the helper's mount
-			// namespace may attach it, not a mount of this one.
-			var fd int
-			if slices.Contains(spec.Guarded, p) {
-				var pfd int
-				if pfd, err = OpenReal(p); err == nil {
-					fd, err = unix.OpenTree(pfd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE|unix.AT_EMPTY_PATH)
-					unix.Close(pfd)
-				}
-			} else {
-				fd, err = unix.OpenTree(unix.AT_FDCWD, p, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
-			}
-			if err != nil {
-				for _, f := range files {
-					f.Close()
-				}
-				return nil, fmt.Errorf("jail: open %s: %w", p, err)
-			}
-			spec.FDs[p] = 3 + len(files)
-			files = append(files, os.NewFile(uintptr(fd), p))
-		}
-		if os.Geteuid() == 0 {
-			if err := os.Chown(spec.Root, spec.UID, spec.GID); err != nil {
-				return nil, fmt.Errorf("jail: give the jail root to uid %d: %w", spec.UID, err)
-			}
-		}
 	}
 	b, err := json.Marshal(spec)
 	if err != nil {
@@ -183,19 +148,24 @@ func Command(spec Spec) (*exec.Cmd, error) {
 	if spec.Root != "" {
 		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET
 	}
-	if spec.UserNS {
-		// The helper starts as UID in the new namespace, already holding
-		// Caps there (ambient, so they survive its exec of the program).
-		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
-		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: spec.UID, HostID: spec.UID, Size: 1}}
-		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: spec.GID, HostID: spec.GID, Size: 1}}
-		cmd.SysProcAttr.GidMappingsEnableSetgroups = false
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(spec.UID), Gid: uint32(spec.GID), NoSetGroups: true}
-		// CAP_SYS_ADMIN builds the root, CAP_SETPCAP cuts the bounding
-		// set; keepCaps drops both unless listed.
-		cmd.SysProcAttr.AmbientCaps = append([]uintptr{unix.CAP_SYS_ADMIN, unix.CAP_SETPCAP}, spec.Caps...)
+	if spec.UserNS && os.Geteuid() != 0 {
+		// A user builds the root in a user namespace of its own, mapping
+		// only itself, with what that takes.
+		userNS(cmd.SysProcAttr, spec, []uintptr{unix.CAP_SYS_ADMIN, unix.CAP_SETPCAP})
 	}
 	return cmd, nil
+}
+
+// userNS makes a process start in a new user namespace where spec's UID
+// and GID are the only ids, each mapped to itself, as UID with caps
+// (ambient, so they survive its exec).
+func userNS(a *syscall.SysProcAttr, spec Spec, caps []uintptr) {
+	a.Cloneflags |= syscall.CLONE_NEWUSER
+	a.UidMappings = []syscall.SysProcIDMap{{ContainerID: spec.UID, HostID: spec.UID, Size: 1}}
+	a.GidMappings = []syscall.SysProcIDMap{{ContainerID: spec.GID, HostID: spec.GID, Size: 1}}
+	a.GidMappingsEnableSetgroups = false
+	a.Credential = &syscall.Credential{Uid: uint32(spec.UID), Gid: uint32(spec.GID), NoSetGroups: true}
+	a.AmbientCaps = caps
 }
 
 // Main is the helper: it builds the jail described by $SBX_JAIL_SPEC and
@@ -210,17 +180,92 @@ func Main() int {
 		fmt.Fprintf(os.Stderr, "sbx jail: bad spec: %v\n", err)
 		return 125
 	}
-	if spec.UserNS {
-		unix.CloseOnExec(3) // this binary (Command)
-		for _, fd := range spec.FDs {
-			unix.CloseOnExec(fd)
-		}
+	if spec.Stage2 {
+		return stage2(spec)
 	}
+	// Nothing the starter left open without close-on-exec reaches the
+	// program (a folder open in the shell that ran sbx would show the
+	// host through /proc/self/fd): only the caller's ExtraFiles, and with
+	// UserNS this binary (descriptor 3), which the second stage gets.
+	keep := 3 + spec.KeepFDs
+	var self *os.File
+	if spec.UserNS {
+		fd, err := unix.FcntlInt(3, unix.F_DUPFD_CLOEXEC, 3)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "sbx jail: %v\n", err)
+			return 125
+		}
+		self, keep = os.NewFile(uintptr(fd), "sbx"), 3
+	}
+	_ = unix.CloseRange(uint(keep), ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 	if err := enter(spec); err != nil {
 		fmt.Fprintf(os.Stderr, "sbx jail: %v\n", err)
 		return 125
 	}
+	if spec.UserNS {
+		return stage1(spec, self)
+	}
 	err := unix.Exec(spec.Argv[0], spec.Argv, spec.Env)
+	fmt.Fprintf(os.Stderr, "sbx jail: exec %s: %v\n", spec.Argv[0], err)
+	return 127
+}
+
+// stage1 runs a UserNS jail's program once its root is built: in a user
+// and mount namespace of its own again, a child of this one, so every
+// mount of the root is copied into it locked (MNT_LOCKED and locked
+// flags): with the capabilities it holds there the program can mount,
+// bind and pivot, but neither remount a read-only bind read-write nor
+// unmount one to see beneath. The helper stays as the jail's first
+// process and exits as the program did.
+func stage1(spec Spec, self *os.File) int {
+	spec.Stage2 = true
+	b, err := json.Marshal(spec)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sbx jail: %v\n", err)
+		return 125
+	}
+	cmd := exec.Command("/proc/self/fd/3", HelperArg)
+	cmd.Env = []string{specEnv + "=" + string(b)}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{self}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
+	// CAP_SETPCAP cuts the bounding set (keepCaps), then goes unless listed.
+	userNS(cmd.SysProcAttr, spec, append(slices.Clone(spec.Caps), unix.CAP_SETPCAP))
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(os.Stderr, "sbx jail: start %s: %v\n", spec.Argv[0], err)
+		return 127
+	}
+	self.Close()
+	err = cmd.Wait()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	if err != nil && cmd.ProcessState == nil {
+		return 125
+	}
+	return cmd.ProcessState.ExitCode()
+}
+
+// stage2 is the program's side of a UserNS jail: already UID in its own
+// user namespace with Caps; it cuts the rest, sets no_new_privs and the
+// filter, and execs the program.
+func stage2(spec Spec) int {
+	unix.CloseOnExec(3) // this binary
+	err := keepCaps(spec.Caps)
+	if err == nil {
+		err = unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0)
+	}
+	if err == nil {
+		err = unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+	}
+	if err == nil {
+		err = installFilter(spec.FakeSetID)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sbx jail: %v\n", err)
+		return 125
+	}
+	err = unix.Exec(spec.Argv[0], spec.Argv, spec.Env)
 	fmt.Fprintf(os.Stderr, "sbx jail: exec %s: %v\n", spec.Argv[0], err)
 	return 127
 }
@@ -232,12 +277,11 @@ func enter(spec Spec) error {
 		if err := buildRoot(spec); err != nil {
 			return err
 		}
-		if spec.UserNS {
-			if err := keepCaps(spec.Caps); err != nil {
+		// A UserNS jail drops to UID in its second stage.
+		if !spec.UserNS {
+			if err := dropIDs(spec); err != nil {
 				return err
 			}
-		} else if err := dropIDs(spec); err != nil {
-			return err
 		}
 	}
 	// Credentials changed: the parent-death signal was cleared.
@@ -246,6 +290,12 @@ func enter(spec Spec) error {
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("set no_new_privs: %w", err)
+	}
+	if spec.UserNS {
+		// The first stage runs nothing but the second, which installs the
+		// filter itself (its FakeSetID would undo the second stage's drop
+		// to UID).
+		return nil
 	}
 	return installFilter(spec.FakeSetID)
 }
@@ -284,7 +334,7 @@ func buildRoot(spec Spec) error {
 			}
 			continue
 		}
-		if err := bind(root, d, true, unix.MS_NOSUID|unix.MS_NODEV, nil, false); err != nil {
+		if err := bind(root, d, true, unix.MS_NOSUID|unix.MS_NODEV, false); err != nil {
 			return err
 		}
 	}
@@ -300,7 +350,7 @@ func buildRoot(spec Spec) error {
 		if _, err := os.Stat(d); err != nil {
 			continue
 		}
-		if err := bind(root, d, false, unix.MS_NOSUID|unix.MS_NOEXEC, spec.FDs, false); err != nil {
+		if err := bind(root, d, false, unix.MS_NOSUID|unix.MS_NOEXEC, false); err != nil {
 			return err
 		}
 	}
@@ -309,7 +359,9 @@ func buildRoot(spec Spec) error {
 		if err := os.MkdirAll(t, 0o755); err != nil {
 			return err
 		}
-		if err := unix.Mount("tmpfs", t, "tmpfs", safeFlags|unix.MS_NOEXEC, "mode=0755,size=1m"); err != nil {
+		// The program's to write: it runs as UID.
+		opts := fmt.Sprintf("mode=0755,size=1m,uid=%d,gid=%d", spec.UID, spec.GID)
+		if err := unix.Mount("tmpfs", t, "tmpfs", safeFlags|unix.MS_NOEXEC, opts); err != nil {
 			return fmt.Errorf("mount %s: %w", d, err)
 		}
 	}
@@ -346,7 +398,7 @@ func buildRoot(spec Spec) error {
 		return strings.Count(a.path, "/") - strings.Count(b.path, "/")
 	})
 	for _, e := range entries {
-		if err := bind(root, e.path, e.ro, e.flags, spec.FDs, slices.Contains(spec.Guarded, e.path)); err != nil {
+		if err := bind(root, e.path, e.ro, e.flags, slices.Contains(spec.Guarded, e.path)); err != nil {
 			return err
 		}
 	}
@@ -376,15 +428,11 @@ func buildRoot(spec Spec) error {
 // bind mounts host path p at the same path under root, creating the
 // mount point (a folder or an empty file) and its parents, then sets
 // flags (and read-only).
-func bind(root, p string, ro bool, flags uintptr, fds map[string]int, guarded bool) error {
+func bind(root, p string, ro bool, flags uintptr, guarded bool) error {
 	if guarded {
-		return bindGuarded(root, p, ro, flags, fds)
+		return bindGuarded(root, p, ro, flags)
 	}
-	src := p
-	if fd, ok := fds[p]; ok {
-		src = "/proc/self/fd/" + strconv.Itoa(fd)
-	}
-	fi, err := os.Stat(src)
+	fi, err := os.Stat(p)
 	if err != nil {
 		return fmt.Errorf("bind %s: %w", p, err)
 	}
@@ -392,11 +440,7 @@ func bind(root, p string, ro bool, flags uintptr, fds map[string]int, guarded bo
 	if err != nil {
 		return err
 	}
-	if fd, ok := fds[p]; ok {
-		if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-			return fmt.Errorf("bind %s: %w", p, err)
-		}
-	} else if err := unix.Mount(src, target, "", bindFlags, ""); err != nil {
+	if err := unix.Mount(p, target, "", bindFlags, ""); err != nil {
 		return fmt.Errorf("bind %s: %w", p, err)
 	}
 	if ro {
@@ -447,20 +491,17 @@ func mountPoint(root, p string, dir bool) (string, error) {
 // link on either side: a detached copy of the mount opened from the
 // source's descriptor gets its flags, then is attached onto the mount
 // point's descriptor.
-func bindGuarded(root, p string, ro bool, flags uintptr, fds map[string]int) error {
-	tree, ok := fds[p]
-	if !ok {
-		sfd, err := OpenReal(p)
-		if err != nil {
-			return fmt.Errorf("bind %s: %w", p, err)
-		}
-		tree, err = unix.OpenTree(sfd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE|unix.AT_EMPTY_PATH)
-		unix.Close(sfd)
-		if err != nil {
-			return fmt.Errorf("bind %s: %w", p, err)
-		}
-		defer unix.Close(tree)
+func bindGuarded(root, p string, ro bool, flags uintptr) error {
+	sfd, err := OpenReal(p)
+	if err != nil {
+		return fmt.Errorf("bind %s: %w", p, err)
 	}
+	tree, err := unix.OpenTree(sfd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE|unix.AT_EMPTY_PATH)
+	unix.Close(sfd)
+	if err != nil {
+		return fmt.Errorf("bind %s: %w", p, err)
+	}
+	defer unix.Close(tree)
 	var st unix.Stat_t
 	if err := unix.Fstat(tree, &st); err != nil {
 		return fmt.Errorf("bind %s: %w", p, err)

@@ -35,6 +35,9 @@ func (j *jailed) cleanup() {
 func prepareJail(cfg vm.Config, binary string, args []string) (*jailed, error) {
 	j := cfg.Jail
 	spec := jail.Spec{Argv: append([]string{binary}, args...), Env: []string{"PATH=/usr/bin:/bin"}, UID: j.UID, GID: j.GID}
+	if cfg.RestoreFrom != "" {
+		spec.KeepFDs = 1 // the saved state, restoreFD
+	}
 	if !j.NewRoot {
 		cmd, err := jail.Command(spec)
 		return &jailed{cmd: cmd}, err
