@@ -14,6 +14,7 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/sbx-agent ./cmd/sbx-agent
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/sbx ./cmd/sbx
+	ln -sf sbx $(BIN)/git-remote-sbx
 
 # deps installs the Debian/Ubuntu packages sbx needs, only those missing.
 deps:
@@ -39,6 +40,7 @@ run: deps build
 
 install: build
 	install -m 0755 $(BIN)/sbx $(BIN)/sbx-agent /usr/local/bin/
+	ln -sf sbx /usr/local/bin/git-remote-sbx
 
 # test: unit tests with -race and the fuzz targets' seed corpora (which
 # `go test` runs as ordinary tests), then the VM tests (real QEMU, TCG

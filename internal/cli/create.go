@@ -49,6 +49,8 @@ type createFlags struct {
 	protect           []string
 	protectDefaults   bool
 	cold              bool
+	clone             bool
+	cloneUntracked    bool
 }
 
 func (f *createFlags) register(cmd *cobra.Command) {
@@ -67,6 +69,8 @@ func (f *createFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.noGitIdentity, "no-git-identity", false, "do not set the host's git user.name and user.email in the sandbox")
 	fl.StringArrayVar(&f.protect, "protect", nil, "keep this path of the workspace read-only for the agent, enforced on the host (repeatable)")
 	fl.BoolVar(&f.protectDefaults, "protect-defaults", false, "keep .git/hooks and .git/config read-only for the agent")
+	fl.BoolVar(&f.clone, "clone", false, "clone mode: the agent works in a clone of the repository on the VM's own disk; the host repository is shared read-only (fixed at create; see docs/clone.md)")
+	fl.BoolVar(&f.cloneUntracked, "clone-untracked", false, "with --clone, also copy the untracked files git does not ignore (.env and the like are left out otherwise)")
 	fl.BoolVar(&f.cold, "cold", false, "boot the kernel instead of resuming the template's pre-booted snapshot (a new sandbox's first start)")
 }
 
@@ -377,6 +381,17 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target, name strin
 	default:
 		errs = append(errs, fmt.Errorf("--accel %q: use auto, kvm or tcg", f.accel))
 	}
+	var cl *sandbox.Clone
+	if f.cloneUntracked && !f.clone {
+		errs = append(errs, errors.New("--clone-untracked needs --clone"))
+	}
+	if f.clone {
+		ws, c, err := e.cloneWorkspaces(cmd.Context(), f, t)
+		if err != nil {
+			return sandbox.Config{}, err
+		}
+		t.workspaces, cl = ws, c
+	}
 	protect, perrs := resolveProtectFlags(f.protect, t.workspaces)
 	errs = append(errs, perrs...)
 	if (len(protect) > 0 || f.protectDefaults) && os.Geteuid() != 0 {
@@ -404,6 +419,7 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target, name strin
 		DockerDiskBytes: dockerDisk,
 		Protect:         protect,
 		ProtectDefaults: f.protectDefaults,
+		Clone:           cl,
 	}
 	// What would fail every start (a hard-linked protected file, a default
 	// path that is a symlink, ...) is refused now.
@@ -529,7 +545,18 @@ func (e *env) checkSameFlags(cmd *cobra.Command, f *createFlags, t target, sb *s
 	if fl.Changed("protect-defaults") && f.protectDefaults != c.ProtectDefaults {
 		bad = append(bad, fmt.Sprintf("--protect-defaults (sandbox has %t)", c.ProtectDefaults))
 	}
-	if t.explicitPaths && !sameWorkspaces(t.workspaces, c.Workspaces) {
+	if fl.Changed("clone") && f.clone != (c.Clone != nil) {
+		mode := "direct"
+		if c.Clone != nil {
+			mode = "clone"
+		}
+		bad = append(bad, "--clone (the mode is fixed at create; sandbox is in "+mode+" mode)")
+	}
+	if c.Clone != nil {
+		if t.explicitPaths && (len(t.workspaces) != 1 || t.workspaces[0].Path != c.Workspaces[0].Path) {
+			bad = append(bad, "workspace paths (sandbox is a clone of "+c.Workspaces[0].Path+")")
+		}
+	} else if t.explicitPaths && !sameWorkspaces(t.workspaces, c.Workspaces) {
 		bad = append(bad, "workspace paths (sandbox has "+describeWorkspaces(c.Workspaces)+")")
 	}
 	if len(bad) > 0 {

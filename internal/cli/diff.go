@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sbx-dev/sbx/internal/clone"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/wsdiff"
 )
@@ -56,6 +57,10 @@ unreadable, risky.`,
 			sb, err := e.diffSandbox(args)
 			if err != nil {
 				return err
+			}
+			if sb.Config.Clone != nil {
+				return userErr(nil, "bring its branches home with `git fetch "+clone.HostRemote(sb.Config.Name)+"` in the repository, then `git diff` or `git log` them there (refs/sandboxes/"+sb.Config.Name+"/*); `sbx exec "+sb.Config.Name+" git status` shows what it left uncommitted",
+					"sandbox %s is in clone mode: its work is in its own clone, not in the host folder, and sbx diff does not read it yet", sb.Config.Name)
 			}
 			which, since := wsdiff.StartFile, "started"
 			if sinceCreate {

@@ -60,6 +60,9 @@ func newLsCmd(e *env) *cobra.Command {
 					Workspace: sb.PrimaryWorkspace(), Workspaces: c.Workspaces,
 					CPUs: c.CPUs, MemoryMiB: c.MemoryMiB, DiskBytes: c.DiskBytes, Created: c.Created,
 				}
+				if c.Clone != nil {
+					en.Mode = "clone"
+				}
 				if st.Status == sandbox.StatusRunning {
 					en.Share, en.ShareWhy = st.Share, st.ShareWhy
 				}

@@ -85,6 +85,7 @@ func (e *env) removeSandbox(ctx context.Context, sb *sandbox.Sandbox, force bool
 		return userErr(err, "", "cannot remove sandbox %s", sb.Config.Name)
 	}
 	e.releaseLeases(sb.Config)
+	e.forgetClone(ctx, sb.Config)
 	// Sandbox-scoped secrets and rules are keyed by the sandbox id and go
 	// with it.
 	if _, err := e.secretStore().RemoveSandbox(sb.Config.ID); err != nil {

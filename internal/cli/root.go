@@ -96,6 +96,8 @@ traffic the policy allows (see ` + "`sbx policy`" + `) cross between it and the 
 		newPortsCmd(e),
 		newSecretCmd(e),
 		newTemplateCmd(e),
+		newFetchIntoCmd(e),
+		newGitRemoteCmd(e),
 	)
 	root.InitDefaultCompletionCmd()
 	return root, &e.debug

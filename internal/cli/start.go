@@ -30,6 +30,14 @@ const (
 // ensureRunning starts sb unless its VM runs, as mode says. A crashed
 // sandbox is recovered by a fresh start.
 func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, mode startMode) error {
+	if err := e.ensureStarted(ctx, sb, mode); err != nil {
+		return err
+	}
+	// A clone mode sandbox's clone is made on its first run.
+	return e.ensureClone(ctx, sb)
+}
+
+func (e *env) ensureStarted(ctx context.Context, sb *sandbox.Sandbox, mode startMode) error {
 	unlock, err := e.lockSandbox(sb)
 	if err != nil {
 		return err

@@ -74,6 +74,35 @@ const (
 type Workspace struct {
 	Path     string `json:"path"`
 	ReadOnly bool   `json:"readOnly,omitempty"`
+	// Mount, when set, is where the guest mounts it instead of Path (the
+	// source repository of a clone mode sandbox).
+	Mount string `json:"mount,omitempty"`
+}
+
+// GuestPath is where the guest mounts w.
+func (w Workspace) GuestPath() string {
+	if w.Mount != "" {
+		return w.Mount
+	}
+	return w.Path
+}
+
+// Clone is a clone mode sandbox's setup (internal/clone): its one
+// workspace is the host repository, shared read-only at a Mount of its
+// own, and the agent works in a clone at the repository's path on the
+// VM's disk.
+type Clone struct {
+	// Untracked copies the untracked files git does not ignore.
+	Untracked bool `json:"untracked,omitempty"`
+	// Remotes are the host repository's forge remotes, added to the
+	// clone.
+	Remotes []Remote `json:"remotes,omitempty"`
+}
+
+// Remote is a git remote.
+type Remote struct {
+	Name string `json:"name"`
+	URL  string `json:"url"`
 }
 
 // TemplateRef names the root image a sandbox's disk is backed by.
@@ -117,6 +146,8 @@ type Config struct {
 	// ProtectDefaults is set, so a repository made later is covered.
 	Protect         []string `json:"protect,omitempty"`
 	ProtectDefaults bool     `json:"protectDefaults,omitempty"`
+	// Clone, when set, makes this a clone mode sandbox (see Clone).
+	Clone *Clone `json:"clone,omitempty"`
 	// Snapshot is the key of the snapshot whose disk backs the sandbox's
 	// disk (see package snapshot); its first start resumes that snapshot.
 	// Empty for sandboxes created with --cold.

@@ -626,7 +626,7 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 			sh.Socket = filepath.Join(rt, sandbox.VMMDir, "fs", tag+".sock")
 		}
 		shares = append(shares, sh)
-		ws = append(ws, agentapi.Workspace{Tag: tag, Path: w.Path, ReadOnly: w.ReadOnly, FS: string(sh.Of())})
+		ws = append(ws, agentapi.Workspace{Tag: tag, Path: w.GuestPath(), ReadOnly: w.ReadOnly, FS: string(sh.Of())})
 	}
 	dev := snapshot.Devices{
 		Name:        cfg.Name,

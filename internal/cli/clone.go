@@ -1,0 +1,211 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/api/agentapi"
+	"github.com/sbx-dev/sbx/internal/agentclient"
+	"github.com/sbx-dev/sbx/internal/clone"
+	"github.com/sbx-dev/sbx/internal/safefile"
+	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/supervisor"
+)
+
+// ClonedFile, in a clone mode sandbox's folder, records that its clone
+// was made.
+const ClonedFile = "cloned"
+
+// cloneWorkspaces turns a clone mode target into its one workspace (the
+// host repository, read-only, mounted at clone.GuestSource) and setup.
+func (e *env) cloneWorkspaces(ctx context.Context, f *createFlags, t target) ([]sandbox.Workspace, *sandbox.Clone, error) {
+	if len(t.workspaces) != 1 || t.workspaces[0].ReadOnly {
+		return nil, nil, userErr(nil, "give one repository folder", "--clone takes exactly one writable workspace, the repository (got %s)", describeWorkspaces(t.workspaces))
+	}
+	if len(f.protect) > 0 || f.protectDefaults {
+		return nil, nil, userErr(nil, "leave --protect out: in clone mode the host repository is read-only to the sandbox", "--clone with --protect")
+	}
+	src, err := clone.Check(ctx, t.workspaces[0].Path)
+	if err != nil {
+		hint := "run sbx without --clone to work on the folder itself"
+		switch {
+		case errors.Is(err, clone.ErrNotTop):
+			hint = "give the top folder of the work tree (`git rev-parse --show-toplevel`)"
+		case errors.Is(err, clone.ErrBare):
+			hint = "clone it into a work tree first (`git clone BARE DIR`), and give DIR"
+		case errors.Is(err, clone.ErrWorktree):
+			hint = "give the main work tree of the repository (`git worktree list`)"
+		case errors.Is(err, clone.ErrDirtyIndex):
+			hint = "commit or unstage (`git restore --staged .`) what is staged: the clone gets commits only"
+		case errors.Is(err, clone.ErrNoCommit):
+			hint = "make a first commit: the clone gets commits only"
+		}
+		return nil, nil, userErr(nil, hint, "cannot use --clone: %v", err)
+	}
+	c := &sandbox.Clone{Untracked: f.cloneUntracked}
+	for _, r := range src.Remotes {
+		c.Remotes = append(c.Remotes, sandbox.Remote{Name: r.Name, URL: r.URL})
+	}
+	return []sandbox.Workspace{{Path: src.Root, ReadOnly: true, Mount: clone.GuestSource}}, c, nil
+}
+
+// guestRun runs argv in sb's guest as user with no stdin and returns its
+// exit code; output goes to stdout and stderr.
+func (e *env) guestRun(ctx context.Context, sb *sandbox.Sandbox, user string, argv []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	stream, err := supervisor.Client(e.store, sb).OpenStream(ctx, false)
+	if err != nil {
+		return 0, userErr(err, "check it with `sbx ls`", "cannot reach sandbox %s", sb.Config.Name)
+	}
+	st, err := agentclient.Exec(ctx, stream, agentapi.ExecRequest{Argv: argv, User: user, Dir: "/"}, agentclient.ExecIO{Stdin: stdin, Stdout: stdout, Stderr: stderr})
+	if err != nil {
+		return 0, userErr(err, "see `sbx logs "+sb.Config.Name+"`", "sandbox %s: %s", sb.Config.Name, argv[0])
+	}
+	return st.Code, nil
+}
+
+// ensureClone makes a clone mode sandbox's clone on its first run (the VM
+// is running): the repository's path made in the guest for the agent
+// user, the clone, the forge remotes; then the host repository gets the
+// remote sandbox-NAME.
+func (e *env) ensureClone(ctx context.Context, sb *sandbox.Sandbox) error {
+	c := sb.Config.Clone
+	if c == nil {
+		return nil
+	}
+	if _, err := os.Stat(sb.Path(ClonedFile)); err == nil {
+		return nil
+	}
+	unlock, err := safefile.Lock(ctx, sb.Path(ClonedFile+".lock"))
+	if err != nil {
+		return userErr(err, "", "sandbox %s: cannot lock its clone setup", sb.Config.Name)
+	}
+	defer unlock()
+	if _, err := os.Stat(sb.Path(ClonedFile)); err == nil {
+		return nil
+	}
+	dest := sb.Config.Workspaces[0].Path
+	fmt.Fprintf(e.stderr, "sbx: cloning %s into sandbox %s\n", dest, sb.Config.Name)
+	var out strings.Builder
+	mk := fmt.Sprintf("rm -rf %[1]q && mkdir -p %[1]q && chown %[2]s:%[2]s %[1]q", dest, "agent")
+	if code, err := e.guestRun(ctx, sb, "root", []string{"sh", "-c", mk}, nil, &out, &out); err != nil || code != 0 {
+		return userErr(err, "see `sbx logs "+sb.Config.Name+"`", "sandbox %s: cannot make %s in the guest: %s", sb.Config.Name, dest, strings.TrimSpace(out.String()))
+	}
+	src := clone.Source{Root: dest}
+	for _, r := range c.Remotes {
+		src.Remotes = append(src.Remotes, clone.Remote{Name: r.Name, URL: r.URL})
+	}
+	out.Reset()
+	if code, err := e.guestRun(ctx, sb, "agent", []string{"sh", "-c", clone.Script(dest, src, c.Untracked)}, nil, &out, &out); err != nil || code != 0 {
+		return userErr(err, "see the message above; `sbx rm "+sb.Config.Name+"` and create it again",
+			"sandbox %s: the clone failed: %s", sb.Config.Name, strings.TrimSpace(out.String()))
+	}
+	if err := clone.AddHostRemote(ctx, dest, sb.Config.Name); err != nil {
+		fmt.Fprintf(e.stderr, "sbx: warning: the host repository did not get the remote %s: %v\n", clone.HostRemote(sb.Config.Name), err)
+	}
+	return sandbox.WriteFileAtomic(sb.Path(ClonedFile), nil, 0o600)
+}
+
+// newFetchIntoCmd is `sbx fetch-into NAME [REF]`.
+func newFetchIntoCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "fetch-into SANDBOX [REF]",
+		Short: "Bring new commits of the host repository into a clone mode sandbox",
+		Long: `Fetch the host repository's branches (or REF) into the clone of a
+sandbox made with --clone, as the remote "` + clone.SourceRemote + `" there
+(refs/remotes/` + clone.SourceRemote + `/*): the agent merges or rebases them as it
+likes. The other way, git fetch sandbox-NAME in the host repository brings
+the agent's branches home into refs/sandboxes/NAME/*.`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sb, err := e.store.Get(args[0])
+			if err != nil {
+				return userErr(nil, "list sandboxes with `sbx ls`", "no sandbox named %q", args[0])
+			}
+			if sb.Config.Clone == nil {
+				return userErr(nil, "it shares the host folder itself: host commits are there already", "sandbox %s is not in clone mode", sb.Config.Name)
+			}
+			ref := ""
+			if len(args) == 2 {
+				ref = args[1]
+				if strings.HasPrefix(ref, "-") {
+					return userErr(nil, "give a branch, tag or refspec", "REF %q looks like an option", ref)
+				}
+			}
+			ctx := cmd.Context()
+			if err := e.ensureRunning(ctx, sb, startInBackground); err != nil {
+				return err
+			}
+			if err := e.ensureClone(ctx, sb); err != nil {
+				return err
+			}
+			code, err := e.guestRun(ctx, sb, "agent", []string{"sh", "-c", clone.FetchScript(sb.Config.Workspaces[0].Path, ref)}, nil, e.stdout, e.stderr)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return &UserError{Msg: fmt.Sprintf("git fetch in sandbox %s failed (exit %d)", sb.Config.Name, code), Code: code}
+			}
+			return nil
+		},
+	}
+}
+
+// newGitRemoteCmd is the remote helper git runs as git-remote-sbx
+// (cmd/sbx maps that name here): `git fetch sandbox-NAME` with the URL
+// sbx::NAME connects to git upload-pack in the sandbox's clone.
+func newGitRemoteCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:    "git-remote REMOTE SANDBOX",
+		Short:  "git remote helper for sbx::SANDBOX (run by git as git-remote-sbx)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sb, err := e.store.Get(args[1])
+			if err != nil {
+				return userErr(nil, "the sandbox was removed; its fetched branches stay in refs/sandboxes/", "no sandbox named %q", args[1])
+			}
+			if sb.Config.Clone == nil {
+				return userErr(nil, "", "sandbox %s is not in clone mode", sb.Config.Name)
+			}
+			ctx := cmd.Context()
+			return clone.ServeHelper(e.stdin, e.stdout, func(service string, stdin io.Reader, stdout io.Writer) error {
+				if err := e.ensureRunning(ctx, sb, startInBackground); err != nil {
+					return err
+				}
+				if err := e.ensureClone(ctx, sb); err != nil {
+					return err
+				}
+				argv := []string{"git", "-c", "safe.directory=*", "upload-pack", "--strict", filepath.Join(sb.Config.Workspaces[0].Path, ".git")}
+				if v := os.Getenv("GIT_PROTOCOL"); v != "" {
+					argv = append([]string{"env", "GIT_PROTOCOL=" + v}, argv...)
+				}
+				code, err := e.guestRun(ctx, sb, "agent", argv, stdin, stdout, e.stderr)
+				if err != nil {
+					return err
+				}
+				if code != 0 {
+					return fmt.Errorf("git upload-pack in sandbox %s exited %d", sb.Config.Name, code)
+				}
+				return nil
+			})
+		},
+	}
+}
+
+// forgetClone removes a removed clone mode sandbox's remote from the host
+// repository; the branches fetched from it stay.
+func (e *env) forgetClone(ctx context.Context, cfg sandbox.Config) {
+	if cfg.Clone == nil || len(cfg.Workspaces) == 0 {
+		return
+	}
+	if err := clone.RemoveHostRemote(ctx, cfg.Workspaces[0].Path, cfg.Name); err != nil {
+		fmt.Fprintf(e.stderr, "sbx: warning: remote %s left in %s: %v\n", clone.HostRemote(cfg.Name), filepath.Clean(cfg.Workspaces[0].Path), err)
+	}
+}

@@ -1,0 +1,261 @@
+// Package clone is the clone mode of a sandbox: the host repository is
+// shared read-only with the guest (at GuestSource), and the agent works in
+// a clone of it on the VM's own disk, at the repository's host path, so it
+// runs at disk speed and never reaches the host's .git (hooks, config).
+//
+// The host brings the agent's commits home with git itself: a remote
+// sandbox-NAME whose URL is sbx::NAME makes git run the remote helper
+// git-remote-sbx (the sbx binary under that name), which connects git's
+// fetch to `git upload-pack` in the guest through the sandbox's own
+// channel (no network port); fetched branches land in
+// refs/sandboxes/NAME/*, and stay there after the sandbox is removed.
+// New host commits reach the clone with `sbx fetch-into`, which fetches
+// from the read-only share in the guest.
+//
+// Host-side git runs only read commands on the user's own repository,
+// with hooks, fsmonitor and pagers off; the guest's git never runs on the
+// host.
+package clone
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+)
+
+// GuestSource is where the host repository is mounted, read-only, in the
+// guest.
+const GuestSource = "/run/sbx/source"
+
+// SourceRemote is the clone's remote for the host repository (the
+// read-only share).
+const SourceRemote = "sbx-host"
+
+// Errors Check returns; each message says what to do.
+var (
+	ErrNotGit     = errors.New("not a git repository")
+	ErrNotTop     = errors.New("not the top folder of a git work tree")
+	ErrBare       = errors.New("a bare repository")
+	ErrWorktree   = errors.New("a linked worktree")
+	ErrDirtyIndex = errors.New("the index has staged changes")
+	ErrNoCommit   = errors.New("the repository has no commit yet")
+)
+
+// Remote is one remote of the host repository.
+type Remote struct {
+	Name string `json:"name"`
+	URL  string `json:"url"`
+}
+
+// Source is a host repository checked for clone mode.
+type Source struct {
+	// Root is the work tree's top folder (a real path).
+	Root string `json:"root"`
+	// Remotes are its forge remotes (not local paths), copied into the
+	// clone.
+	Remotes []Remote `json:"remotes,omitempty"`
+}
+
+// git runs a read-only git command on the user's repository: no hooks,
+// no fsmonitor, no pager, no prompts, whoever owns it.
+func git(ctx context.Context, dir string, args ...string) (string, error) {
+	full := append([]string{"-c", "safe.directory=*", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
+		"--no-pager", "-C", dir}, args...)
+	cmd := exec.CommandContext(ctx, "git", full...)
+	cmd.Env = append(cmd.Environ(), "GIT_TERMINAL_PROMPT=0", "GIT_OPTIONAL_LOCKS=0")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return out.String(), fmt.Errorf("git %s: exit %d: %s", strings.Join(args, " "), ee.ExitCode(), strings.TrimSpace(errb.String()))
+		}
+		return "", fmt.Errorf("git: %w (is git installed?)", err)
+	}
+	return out.String(), nil
+}
+
+// Check says whether dir can be a clone mode workspace: the top folder of
+// a work tree (not bare, not a linked worktree) with at least one commit
+// and nothing staged; it returns its real path and forge remotes.
+func Check(ctx context.Context, dir string) (Source, error) {
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return Source{}, err
+	}
+	if out, err := git(ctx, real, "rev-parse", "--is-bare-repository"); err != nil {
+		return Source{}, fmt.Errorf("%s: %w", real, ErrNotGit)
+	} else if strings.TrimSpace(out) == "true" {
+		return Source{}, fmt.Errorf("%s: %w", real, ErrBare)
+	}
+	out, err := git(ctx, real, "rev-parse", "--is-bare-repository", "--is-inside-work-tree", "--git-dir", "--git-common-dir", "--show-toplevel")
+	if err != nil {
+		return Source{}, fmt.Errorf("%s: %w", real, ErrNotGit)
+	}
+	f := strings.Split(strings.TrimSpace(out), "\n")
+	if len(f) < 5 || f[1] != "true" {
+		return Source{}, fmt.Errorf("%s: %w", real, ErrNotGit)
+	}
+	abs := func(p string) string {
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(real, p)
+		}
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return r
+		}
+		return filepath.Clean(p)
+	}
+	if abs(f[2]) != abs(f[3]) {
+		return Source{}, fmt.Errorf("%s: %w", real, ErrWorktree)
+	}
+	if top := abs(f[4]); top != real {
+		return Source{}, fmt.Errorf("%s: %w (the top is %s)", real, ErrNotTop, top)
+	}
+	if _, err := git(ctx, real, "rev-parse", "--verify", "-q", "HEAD"); err != nil {
+		return Source{}, fmt.Errorf("%s: %w", real, ErrNoCommit)
+	}
+	if _, err := git(ctx, real, "diff", "--cached", "--quiet", "--no-ext-diff"); err != nil {
+		return Source{}, fmt.Errorf("%s: %w", real, ErrDirtyIndex)
+	}
+	s := Source{Root: real}
+	cfg, _ := git(ctx, real, "config", "--get-regexp", `^remote\..*\.url$`)
+	for l := range strings.Lines(cfg) {
+		k, v, ok := strings.Cut(strings.TrimSpace(l), " ")
+		if !ok {
+			continue
+		}
+		name := strings.TrimSuffix(strings.TrimPrefix(k, "remote."), ".url")
+		if ForgeURL(v) && validRemoteName(name) {
+			s.Remotes = append(s.Remotes, Remote{Name: name, URL: v})
+		}
+	}
+	return s, nil
+}
+
+var remoteName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+func validRemoteName(n string) bool { return remoteName.MatchString(n) && n != SourceRemote }
+
+// scpLike is git's user@host:path form.
+var scpLike = regexp.MustCompile(`^[A-Za-z0-9._~-]+(@[A-Za-z0-9._~-]+)?:[^/]`)
+
+// ForgeURL reports whether a remote URL names another machine (https,
+// ssh, git, or scp-like user@host:path), not a local path or file://.
+func ForgeURL(u string) bool {
+	if strings.Contains(u, "::") {
+		return false // <transport>::<address>: ext::, fd:: and helpers
+	}
+	if i := strings.Index(u, "://"); i > 0 {
+		switch strings.ToLower(u[:i]) {
+		case "https", "http", "ssh", "git", "git+ssh", "ssh+git":
+			return true
+		}
+		return false
+	}
+	return !strings.HasPrefix(u, "/") && !strings.HasPrefix(u, ".") && scpLike.MatchString(u)
+}
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// Script is the guest shell script, run as the agent user, that makes the
+// clone at dest from the share: committed history only (--no-local: no
+// hard links or copied files from the host's .git), the host's forge
+// remotes, and with untracked the untracked files git does not ignore.
+func Script(dest string, s Source, untracked bool) string {
+	return script(GuestSource, dest, s, untracked)
+}
+
+func script(src, dest string, s Source, untracked bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "set -e\nsrc=%s\ndest=%s\n", shellQuote(src), shellQuote(dest))
+	fmt.Fprintf(&b, "git -c safe.directory='*' clone -q --no-local --origin %s \"$src\" \"$dest\"\n", SourceRemote)
+	for _, r := range s.Remotes {
+		fmt.Fprintf(&b, "git -C \"$dest\" remote add %s %s\n", shellQuote(r.Name), shellQuote(r.URL))
+	}
+	if untracked {
+		b.WriteString("cd \"$src\" && git -c safe.directory='*' ls-files -z --others --exclude-standard | tar --null -T - -cf - | tar -C \"$dest\" -xf -\n")
+	}
+	return b.String()
+}
+
+// FetchScript is the guest shell script that fetches new host commits
+// into the clone at dest: ref, or every branch, from the share into
+// refs/remotes/sbx-host/.
+func FetchScript(dest, ref string) string {
+	args := ""
+	if ref != "" {
+		args = " " + shellQuote(ref)
+	}
+	return fmt.Sprintf("set -e\ngit -c safe.directory='*' -C %s fetch %s%s\n", shellQuote(dest), SourceRemote, args)
+}
+
+// HostRemote is the name of the host repository's remote for sandbox name.
+func HostRemote(name string) string { return "sandbox-" + name }
+
+// AddHostRemote adds (or sets again) the remote sandbox-NAME to the host
+// repository: URL sbx::NAME, fetching branches into refs/sandboxes/NAME/.
+func AddHostRemote(ctx context.Context, repo, name string) error {
+	r := "remote." + HostRemote(name)
+	if _, err := git(ctx, repo, "config", r+".url", "sbx::"+name); err != nil {
+		return err
+	}
+	_, err := git(ctx, repo, "config", "--replace-all", r+".fetch", "+refs/heads/*:refs/sandboxes/"+name+"/*")
+	return err
+}
+
+// RemoveHostRemote removes the remote of sandbox name from the host
+// repository; the refs it fetched stay.
+func RemoveHostRemote(ctx context.Context, repo, name string) error {
+	_, err := git(ctx, repo, "config", "--remove-section", "remote."+HostRemote(name))
+	if err != nil && strings.Contains(err.Error(), "no such section") {
+		return nil
+	}
+	return err
+}
+
+// ErrPushRefused is what the helper says to a push.
+var ErrPushRefused = errors.New("pushing into a sandbox is not supported: bring host commits in with `sbx fetch-into`")
+
+// ServeHelper speaks git's remote helper protocol on in and out with the
+// "connect" capability: git asks to connect to git-upload-pack, and
+// connect joins the rest of in and out to that service in the sandbox.
+func ServeHelper(in io.Reader, out io.Writer, connect func(service string, stdin io.Reader, stdout io.Writer) error) error {
+	br := bufio.NewReader(in)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			if errors.Is(err, io.EOF) && line == "" {
+				return nil
+			}
+			return err
+		}
+		line = strings.TrimSuffix(line, "\n")
+		switch {
+		case line == "capabilities":
+			if _, err := io.WriteString(out, "connect\n\n"); err != nil {
+				return err
+			}
+		case strings.HasPrefix(line, "connect "):
+			service := strings.TrimPrefix(line, "connect ")
+			if service != "git-upload-pack" {
+				return ErrPushRefused
+			}
+			if _, err := io.WriteString(out, "\n"); err != nil {
+				return err
+			}
+			return connect(service, br, out)
+		case line == "":
+			return nil
+		default:
+			return fmt.Errorf("git remote helper: unsupported command %q", line)
+		}
+	}
+}

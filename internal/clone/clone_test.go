@@ -1,0 +1,145 @@
+package clone
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.invalid")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+func repo(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	run(t, dir, "git", "init", "-q", "-b", "main")
+	if err := os.WriteFile(filepath.Join(dir, "a.txt"), []byte("a\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, dir, "git", "add", "a.txt")
+	run(t, dir, "git", "commit", "-qm", "first")
+	return dir
+}
+
+func TestCheck(t *testing.T) {
+	ok := repo(t)
+	run(t, ok, "git", "remote", "add", "origin", "https://example.invalid/o/r.git")
+	run(t, ok, "git", "remote", "add", "fork", "git@example.invalid:me/r.git")
+	run(t, ok, "git", "remote", "add", "local", "/srv/mirror/r.git")
+	run(t, ok, "git", "remote", "add", "file", "file:///srv/r.git")
+	run(t, ok, "git", "remote", "add", "rel", "../other")
+	s, err := Check(t.Context(), ok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range s.Remotes {
+		names = append(names, r.Name)
+	}
+	slices.Sort(names)
+	if strings.Join(names, ",") != "fork,origin" {
+		t.Errorf("forge remotes: %v, want fork and origin", s.Remotes)
+	}
+
+	bare := t.TempDir()
+	run(t, bare, "git", "init", "-q", "--bare")
+	wt := filepath.Join(t.TempDir(), "wt")
+	run(t, ok, "git", "worktree", "add", "-q", wt)
+	sub := filepath.Join(ok, "sub")
+	os.Mkdir(sub, 0o755)
+	empty := t.TempDir()
+	run(t, empty, "git", "init", "-q")
+	dirty := repo(t)
+	os.WriteFile(filepath.Join(dirty, "a.txt"), []byte("staged\n"), 0o644)
+	run(t, dirty, "git", "add", "a.txt")
+	for dir, want := range map[string]error{
+		t.TempDir(): ErrNotGit, bare: ErrBare, wt: ErrWorktree, sub: ErrNotTop, empty: ErrNoCommit, dirty: ErrDirtyIndex,
+	} {
+		if _, err := Check(t.Context(), dir); !errors.Is(err, want) {
+			t.Errorf("Check(%s) = %v, want %v", dir, err, want)
+		}
+	}
+	// Unstaged changes and untracked files are fine.
+	os.WriteFile(filepath.Join(ok, "a.txt"), []byte("edited\n"), 0o644)
+	if _, err := Check(t.Context(), ok); err != nil {
+		t.Errorf("unstaged change: %v", err)
+	}
+}
+
+func TestForgeURL(t *testing.T) {
+	for u, want := range map[string]bool{
+		"https://example.invalid/r.git": true, "ssh://git@example.invalid/r": true, "git://example.invalid/r": true,
+		"git@example.invalid:o/r.git": true, "example.invalid:o/r": true,
+		"/srv/r.git": false, "./r": false, "../r": false, "file:///srv/r": false, "ext::sh -c x": false,
+		"c:/x": false, "fd::3": false,
+	} {
+		if got := ForgeURL(u); got != want {
+			t.Errorf("ForgeURL(%q) = %v, want %v", u, got, want)
+		}
+	}
+}
+
+// The script makes a clone with the history, the forge remotes, the
+// untracked files only when asked, and no file from the source's .git.
+func TestScript(t *testing.T) {
+	src := repo(t)
+	run(t, src, "git", "config", "core.hooksPath", "/dev/null")
+	os.WriteFile(filepath.Join(src, ".git", "hooks", "post-checkout"), []byte("#!/bin/sh\ntouch \"$GIT_DIR/../HOOK-RAN\"\n"), 0o755)
+	os.WriteFile(filepath.Join(src, "untracked.env"), []byte("SECRET=1\n"), 0o600)
+	s := Source{Root: src, Remotes: []Remote{{"origin", "https://example.invalid/o/r.git"}}}
+	for _, untracked := range []bool{false, true} {
+		dest := filepath.Join(t.TempDir(), "clone")
+		run(t, "/", "sh", "-c", script(src, dest, s, untracked))
+		if got := run(t, dest, "git", "log", "--format=%s"); got != "first\n" {
+			t.Errorf("history: %q", got)
+		}
+		remotes := run(t, dest, "git", "remote", "-v")
+		if !strings.Contains(remotes, "origin\thttps://example.invalid/o/r.git") || !strings.Contains(remotes, SourceRemote+"\t"+src) {
+			t.Errorf("remotes:\n%s", remotes)
+		}
+		_, err := os.Stat(filepath.Join(dest, "untracked.env"))
+		if untracked != (err == nil) {
+			t.Errorf("untracked=%v: untracked.env present: %v", untracked, err == nil)
+		}
+		if _, err := os.Stat(filepath.Join(dest, ".git", "hooks", "post-checkout")); err == nil {
+			t.Error("the source's hook was copied into the clone")
+		}
+		if _, err := os.Stat(filepath.Join(dest, "HOOK-RAN")); err == nil {
+			t.Error("a hook ran")
+		}
+	}
+}
+
+func TestServeHelper(t *testing.T) {
+	in := strings.NewReader("capabilities\nconnect git-upload-pack\nPACKDATA")
+	var out bytes.Buffer
+	var got string
+	err := ServeHelper(in, &out, func(service string, stdin io.Reader, stdout io.Writer) error {
+		b, _ := io.ReadAll(stdin)
+		got = service + ":" + string(b)
+		io.WriteString(stdout, "REPLY")
+		return nil
+	})
+	if err != nil || got != "git-upload-pack:PACKDATA" || out.String() != "connect\n\n\nREPLY" {
+		t.Errorf("err %v, service saw %q, git saw %q", err, got, out.String())
+	}
+	err = ServeHelper(strings.NewReader("capabilities\nconnect git-receive-pack\n"), io.Discard, nil)
+	if !errors.Is(err, ErrPushRefused) {
+		t.Errorf("push: %v", err)
+	}
+}
