@@ -72,25 +72,39 @@ echo`, dir)
 	own := "/home/agent/own-disk"
 	guestScript(b, h, name, fmt.Sprintf("set -e; mkdir -p %[1]s; cp -a %[2]q/repo %[2]q/pylib %[1]s/; find %[1]s/pylib -name __pycache__ -prune -exec rm -rf {} +", own, ws))
 	disk := parse(guestScript(b, h, name, work(own)))
-	b.Logf("9p %+v; virtio-fs %+v; guest disk %+v", p9, vfs, disk)
+	h.mustSbx("stop", name)
+
+	// Clone mode: a clone of the same repository (the build's sources
+	// committed to it first), in a sandbox of its own.
+	repo := filepath.Join(ws, "repo")
+	hostScript(b, fmt.Sprintf(`set -e; mv %[1]q/pylib %[2]q/pylib; cd %[2]q; find pylib -name __pycache__ -prune -exec rm -rf {} +
+git -c safe.directory='*' add -A pylib; git -c safe.directory='*' -c user.name=b -c user.email=b@example.invalid commit -qm pylib
+if [ "$(id -u)" = 0 ]; then chown -R %[3]d:%[3]d .; fi`, ws, repo, wantUID()))
+	h.mustSbx("create", "--clone", "-t", "agents", "--name", "cloned", repo)
+	inClone := strings.NewReplacer("-C repo", "-C .", "nothere repo", "nothere .").Replace(work(repo))
+	cl := parse(guestScript(b, h, "cloned", inClone))
+	h.mustSbx("stop", "cloned")
+	b.Logf("9p %+v; virtio-fs %+v; clone %+v; guest disk %+v", p9, vfs, cl, disk)
 
 	for _, m := range []struct {
 		what string
 		get  func(figures) time.Duration
 		aim  string
 	}{
-		{"`git status`, 10,000 files", func(f figures) time.Duration { return f.status }, "virtio-fs <= 3x"},
+		{"`git status`, 10,000 files", func(f figures) time.Duration { return f.status }, "virtio-fs <= 3x, clone mode <= 1.2x"},
 		{"create + stat 1,000 files", func(f figures) time.Duration { return f.small }, ""},
 		{"`grep -r` over 10,000 files", func(f figures) time.Duration { return f.grep }, ""},
-		{"build: byte-compile 10 Python packages", func(f figures) time.Duration { return f.build }, "virtio-fs <= 3x"},
+		{"build: byte-compile 10 Python packages", func(f figures) time.Duration { return f.build }, "virtio-fs <= 3x, clone mode <= 1.2x"},
 	} {
 		for _, t := range []struct {
 			name string
 			f    figures
-		}{{"9p", p9}, {"virtio-fs", vfs}} {
+		}{{"9p", p9}, {"virtio-fs", vfs}, {"clone mode", cl}} {
 			aim := ""
-			if strings.HasPrefix(m.aim, t.name) {
-				aim = strings.TrimSpace(strings.TrimPrefix(m.aim, t.name))
+			for _, a := range strings.Split(m.aim, ", ") {
+				if strings.HasPrefix(a, t.name+" ") {
+					aim = strings.TrimPrefix(a, t.name+" ")
+				}
 			}
 			report(b, benchResult{
 				Name: "workspace over " + t.name + ": " + m.what, Unit: "ms", Value: ms(m.get(t.f)),
@@ -98,5 +112,4 @@ echo`, dir)
 			})
 		}
 	}
-	h.mustSbx("stop", name)
 }
