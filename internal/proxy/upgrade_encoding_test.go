@@ -38,16 +38,12 @@ func (e *reviewEnv) terminated(t *testing.T, host string) (*tls.Conn, *bufio.Rea
 	return tc, bufio.NewReader(tc)
 }
 
-// Found by the third outside review; fails on the code before its fix.
-// On a connection the proxy terminates because a secret is sent
-// to its host, the injector's ModifyResponse swaps the 101 response's body
-// (the upgraded connection) for a read-only filter, so
-// httputil.ReverseProxy refuses the upgrade ("101 switching protocols
-// response with non-writable body", 502) and never closes the upstream
-// connection it was handed. WebSocket to any host with a secret is broken
-// (docs/proxy.md says it works on terminated TLS), and every attempt leaves
-// one upgraded host-side connection open until a GC finalizer closes it.
-func TestUpgradeToSecretHostScrubbed(t *testing.T) {
+// Found by the third outside review, and again by the fourth: an
+// upgraded stream from a host with secrets cannot be scanned (its
+// messages may be compressed or fragmented, its status line is the
+// server's), so the upgrade is refused, and the upstream connection it
+// was handed is closed, not left open.
+func TestUpgradeToSecretHostRefused(t *testing.T) {
 	var open atomic.Int64
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		conn, brw, err := http.NewResponseController(w).Hijack()
@@ -57,54 +53,33 @@ func TestUpgradeToSecretHostScrubbed(t *testing.T) {
 		open.Add(1)
 		defer open.Add(-1)
 		defer conn.Close()
-		fmt.Fprint(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		// The upgraded stream quotes what the request carried.
+		fmt.Fprintf(brw, "HTTP/1.1 101 Switching for %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", r.Header.Get("X-Token"))
 		fmt.Fprintf(brw, "you sent %s;", r.Header.Get("X-Token"))
 		brw.Flush()
-		_, _ = io.Copy(conn, brw) // echo until the proxy closes
+		_, _ = io.Copy(io.Discard, brw)
 	})
 	e := newReviewEnv(t, handler, false)
-	const value = reviewValue
-	placeholder := e.custom(t, value)
+	placeholder := e.custom(t, reviewValue)
 	tc, br := e.terminated(t, "api.test")
-	const attempts = 20
-	var status int
-	for range attempts {
+	for range 5 {
 		fmt.Fprintf(tc, "GET /ws HTTP/1.1\r\nHost: api.test\r\nX-Token: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", placeholder)
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Fatalf("read response: %v", err)
 		}
-		status = resp.StatusCode
-		if status == http.StatusSwitchingProtocols {
-			break // upgrade works: the bug is gone
-		}
-		io.Copy(io.Discard, resp.Body)
+		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
+		if resp.StatusCode == http.StatusSwitchingProtocols || strings.Contains(resp.Status+string(b), reviewValue) {
+			t.Fatalf("upgrade to a host with a secret: %q %q", resp.Status, b)
+		}
 	}
-	if status != http.StatusSwitchingProtocols {
-		t.Fatalf("WebSocket upgrade to a host with a secret answered %d, want 101", status)
+	deadline := time.Now().Add(5 * time.Second)
+	for open.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
 	}
-	// The stream goes both ways, and what the server quotes is scrubbed.
-	buf := make([]byte, 256)
-	n, _ := io.ReadAtLeast(br, buf, len("you sent ;"))
-	got := string(buf[:n])
-	for !strings.HasSuffix(got, ";") && n > 0 {
-		n, _ = br.Read(buf)
-		got += string(buf[:n])
+	if n := open.Load(); n > 0 {
+		t.Errorf("%d upgraded upstream connections left open", n)
 	}
-	if strings.Contains(got, value) || !strings.HasPrefix(got, "you sent ") {
-		t.Errorf("the upgraded stream brought the guest %q", got)
-	}
-	fmt.Fprint(tc, "ping")
-	if n, _ := io.ReadFull(br, buf[:4]); string(buf[:n]) != "ping" {
-		t.Errorf("the upgraded stream does not echo the guest's bytes: %q", buf[:n])
-	}
-	time.Sleep(200 * time.Millisecond)
-	// Not asserted (the net.Conn finalizer closes them at the next GC):
-	// each refused upgrade leaves its upstream connection open until then.
-	t.Logf("upgraded upstream connections still open: %d", open.Load())
-	tc.Close()
 }
 
 // Found by the third outside review; fails on the code before its fix.

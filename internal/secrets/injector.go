@@ -267,6 +267,12 @@ func (in *Injector) ModifyRequest(r *http.Request) error {
 		return nil
 	}
 	clear := r.URL.Scheme != "https"
+	if !clear && s.appliesTo(host) {
+		// Partial answers are refused from such hosts (ModifyResponse):
+		// ask for the whole body.
+		r.Header.Del("Range")
+		r.Header.Del("If-Range")
+	}
 	var forms []form
 	var formOf []needle // formOf[i] is the secret forms[i] spells
 	var placeholders []needle
@@ -365,6 +371,11 @@ func (in *Injector) ModifyResponse(resp *http.Response) error {
 		return nil
 	}
 	for k, vs := range resp.Header {
+		if nameHasForm(k, forms) {
+			delete(resp.Header, k)
+			in.log.Warn("response header named after a secret value dropped", "sandbox", in.sandbox, "host", host)
+			continue
+		}
 		for i, v := range vs {
 			if out, changed := scrubString(v, forms); changed {
 				vs[i] = out
@@ -378,19 +389,16 @@ func (in *Injector) ModifyResponse(resp *http.Response) error {
 	}
 	body := resp.Body
 	if resp.StatusCode == http.StatusSwitchingProtocols {
-		// The body is the upgraded connection (a WebSocket): what the
-		// server sends is scrubbed as it streams; what the guest sends
-		// goes as it is (it holds placeholders, not values).
-		rw, ok := body.(io.ReadWriteCloser)
-		if !ok {
-			body.Close()
-			return fmt.Errorf("response from %s: an upgraded connection that cannot be written", host)
-		}
-		resp.Body = upgraded{Reader: newFilterReader(rw, forms, false, func(int) error {
-			in.log.Warn("secret value in an upgraded stream replaced", "sandbox", in.sandbox, "host", host)
-			return nil
-		}), conn: rw}
-		return nil
+		// An upgraded stream (a WebSocket) cannot be scanned: its
+		// messages may be compressed (permessage-deflate) or cut into
+		// fragments with frame headers between them.
+		body.Close()
+		return refusedError(fmt.Sprintf("upgrade refused: %s switched protocols (WebSocket), and sbx cannot scan such a stream for the secrets it sends there", host))
+	}
+	if resp.StatusCode == http.StatusPartialContent {
+		// Pieces of an echo, each too short to match, make it whole.
+		body.Close()
+		return refusedError(fmt.Sprintf("response refused: %s answered with part of a body (206), which sbx cannot scan whole for the secrets it sends there", host))
 	}
 	// Every coding the response lists, across all its Content-Encoding
 	// fields: one layer is decoded and scanned, more are refused (a body
@@ -435,15 +443,17 @@ func (in *Injector) ModifyResponse(resp *http.Response) error {
 	return nil
 }
 
-// upgraded is the body of a 101 response: reads scrubbed, writes and
-// Close the connection's.
-type upgraded struct {
-	io.Reader
-	conn io.ReadWriteCloser
+// nameHasForm reports whether a header name spells a form, whatever
+// its case (names are canonicalised on the way).
+func nameHasForm(name string, forms []form) bool {
+	l := strings.ToLower(name)
+	for _, f := range forms {
+		if len(f.enc) > 0 && strings.Contains(l, strings.ToLower(string(f.enc))) {
+			return true
+		}
+	}
+	return false
 }
-
-func (u upgraded) Write(b []byte) (int, error) { return u.conn.Write(b) }
-func (u upgraded) Close() error                { return u.conn.Close() }
 
 // noTrailers drops the response's trailers once its body ends: the
 // transport fills resp.Trailer from the wire as it reads the end of the
