@@ -93,8 +93,7 @@ func (e *env) ensureClone(ctx context.Context, sb *sandbox.Sandbox) error {
 	dest := sb.Config.Workspaces[0].Path
 	fmt.Fprintf(e.stderr, "sbx: cloning %s into sandbox %s\n", dest, sb.Config.Name)
 	var out strings.Builder
-	mk := fmt.Sprintf("rm -rf %[1]q && mkdir -p %[1]q && chown %[2]s:%[2]s %[1]q", dest, "agent")
-	if code, err := e.guestRun(ctx, sb, "root", []string{"sh", "-c", mk}, nil, &out, &out); err != nil || code != 0 {
+	if code, err := e.guestRun(ctx, sb, "root", []string{"sh", "-c", clone.PrepareScript(dest, "agent")}, nil, &out, &out); err != nil || code != 0 {
 		return userErr(err, "see `sbx logs "+sb.Config.Name+"`", "sandbox %s: cannot make %s in the guest: %s", sb.Config.Name, dest, strings.TrimSpace(out.String()))
 	}
 	src := clone.Source{Root: dest}

@@ -165,6 +165,13 @@ func ForgeURL(u string) bool {
 // shellQuote quotes s for sh.
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
+// PrepareScript is the guest shell script, run as root, that makes dest
+// an empty folder of the agent user (what a failed clone left is
+// removed first).
+func PrepareScript(dest, user string) string {
+	return fmt.Sprintf("set -e\nrm -rf %[1]s\nmkdir -p %[1]s\nchown %[2]s:%[2]s %[1]s\n", shellQuote(dest), shellQuote(user))
+}
+
 // Script is the guest shell script, run as the agent user, that makes the
 // clone at dest from the share: committed history only (--no-local: no
 // hard links or copied files from the host's .git), the host's forge

@@ -103,7 +103,10 @@ func TestScript(t *testing.T) {
 	os.WriteFile(filepath.Join(src, "untracked.env"), []byte("SECRET=1\n"), 0o600)
 	s := Source{Root: src, Remotes: []Remote{{"origin", "https://example.invalid/o/r.git"}}}
 	for _, untracked := range []bool{false, true} {
-		dest := filepath.Join(t.TempDir(), "clone")
+		// A path the shell must not expand.
+		dest := filepath.Join(t.TempDir(), "it's $(touch x) `y`", "clone")
+		user := run(t, "/", "id", "-un")
+		run(t, "/", "sh", "-c", PrepareScript(dest, strings.TrimSpace(user)))
 		run(t, "/", "sh", "-c", script(src, dest, s, untracked))
 		if got := run(t, dest, "git", "log", "--format=%s"); got != "first\n" {
 			t.Errorf("history: %q", got)

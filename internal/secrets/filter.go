@@ -206,8 +206,8 @@ func (f *filterReader) Read(p []byte) (int, error) {
 
 // hold is how many bytes at the end of buf must wait for more: the
 // longest end of buf that begins some form. A match can start nowhere
-// else, so everything before it goes on at once (an interactive stream,
-// a WebSocket or server-sent events, is not held up).
+// else, so everything before it goes on at once (a stream such as
+// server-sent events is not held up).
 func (f *filterReader) hold() int {
 	h := 0
 	for _, fm := range f.forms {
