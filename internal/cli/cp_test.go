@@ -25,16 +25,7 @@ func TestHostDest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	dirs := paths.Dirs{Data: filepath.Join(base, "data"), Config: filepath.Join(base, "config"), Cache: filepath.Join(base, "cache"), Runtime: filepath.Join(base, "run")}
-	st := sandbox.NewStore(dirs)
-	sb, err := st.Create(sandbox.Config{ID: "0123456789ab", Name: "dev", Created: time.Now(), Workspaces: []sandbox.Workspace{{Path: ws}}})
-	if err == nil {
-		err = st.Commit(sb)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{dirs: dirs, store: st, log: slog.New(slog.DiscardHandler)}
+	e := storeEnv(t, filepath.Join(base, "store"), ws)
 	must := func(err error) {
 		if err != nil {
 			t.Fatal(err)
@@ -57,5 +48,60 @@ func TestHostDest(t *testing.T) {
 		case want != "" && (err != nil || got != want):
 			t.Errorf("hostDest(%s) = %q, %v; want %q", dst, got, err, want)
 		}
+	}
+}
+
+// storeEnv is an env on a store in dir holding one sandbox on the
+// workspaces ws (none without them).
+func storeEnv(t *testing.T, dir string, ws ...string) *env {
+	t.Helper()
+	dirs := paths.Dirs{Data: filepath.Join(dir, "data"), Config: filepath.Join(dir, "config"), Cache: filepath.Join(dir, "cache"), Runtime: filepath.Join(dir, "run")}
+	st := sandbox.NewStore(dirs)
+	if len(ws) > 0 {
+		var w []sandbox.Workspace
+		for _, p := range ws {
+			w = append(w, sandbox.Workspace{Path: p})
+		}
+		sb, err := st.Create(sandbox.Config{ID: "0123456789ab", Name: "dev", Created: time.Now(), Workspaces: w})
+		if err == nil {
+			err = st.Commit(sb)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return &env{dirs: dirs, store: st, log: slog.New(slog.DiscardHandler)}
+}
+
+// Found by the fourth outside review; fails on the code before its fix.
+// hostDest knows only the workspaces of the store it runs with. `sbx` and
+// `sudo sbx` keep separate stores, and a removed sandbox's workspace
+// leaves no trace: a link the guest of the user's own sandbox planted in
+// its workspace (proj/dist -> /etc/cron.d) was followed by `sudo sbx cp
+// R:/out/job ~/proj/dist/`. As root, only root's links are followed.
+func TestHostDestRefusesGuestLinkOfAnotherStore(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the refusal is of root following a user's link")
+	}
+	base := t.TempDir()
+	ws := filepath.Join(base, "proj")
+	victim := filepath.Join(base, "etc-cron.d")
+	for _, d := range []string{ws, victim} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	storeEnv(t, filepath.Join(base, "user"), ws) // the guest's sandbox, in the user's store
+	link := filepath.Join(ws, "dist")
+	if err := os.Symlink(victim, link); err != nil {
+		t.Fatal(err)
+	}
+	// The guest's link is the workspace user's on the host.
+	if err := os.Lchown(link, 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	e := storeEnv(t, filepath.Join(base, "root")) // `sudo sbx cp`: root's store
+	if got, err := e.hostDest(link + "/"); err == nil || strings.HasPrefix(got, victim) {
+		t.Errorf("hostDest(%s/) = %q, %v: followed a link of uid 1000 as root", link, got, err)
 	}
 }
