@@ -29,6 +29,18 @@ func TestVirtioFS(t *testing.T) {
 	if os.Getuid() == 0 {
 		os.Chown(hostFile, wantUID(), wantUID())
 	}
+	// A file the user made set-uid on the host: a guest write, even by
+	// root, clears the bit (the server has no CAP_FSETID).
+	suidFile := filepath.Join(ws, "suid-tool")
+	if err := os.WriteFile(suidFile, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if os.Getuid() == 0 {
+		os.Chown(suidFile, wantUID(), wantUID())
+	}
+	if err := os.Chmod(suidFile, 0o755|os.ModeSetuid|os.ModeSetgid); err != nil {
+		t.Fatal(err)
+	}
 	h.mustSbx("run", "-d", "--cold", "--name", "vfs", "shell", ws)
 	row := h.status("vfs")
 	if row.Share != "virtiofs" || row.Mode != "direct" {
@@ -61,6 +73,7 @@ sudo sh -c 'echo r > byroot'
 sudo chown 0:0 renamed 2>/dev/null && echo chown-ok || echo chown-refused
 sudo chmod 4755 byroot 2>/dev/null && echo setuid-ok || echo setuid-refused
 sudo mknod dev c 1 3 2>/dev/null && echo mknod-ok || echo mknod-refused
+sudo sh -c 'echo "echo x" >> suid-tool'
 sync`
 	out := h.mustSbx("exec", "vfs", "bash", "-c", script, "bash", ws).stdout
 	for _, want := range []string{"chown-refused", "setuid-refused", "mknod-refused"} {
@@ -92,7 +105,7 @@ sync`
 			t.Errorf("symlink %s on the host: %q %v, want %q", link, got, err, want)
 		}
 	}
-	for _, name := range []string{"big", "renamed", "byroot", "sub", "sub/rel"} {
+	for _, name := range []string{"big", "renamed", "byroot", "sub", "sub/rel", "suid-tool"} {
 		fi, err := os.Lstat(filepath.Join(ws, name))
 		if err != nil {
 			t.Errorf("%s: %v", name, err)

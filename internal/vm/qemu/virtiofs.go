@@ -28,14 +28,19 @@ import (
 // uid, the workspace owner's. Its set-id calls are no-ops, so everything
 // it creates is that uid's whoever asks in the guest; a chown to any
 // other id fails (unmapped), set-id modes and devices are refused by the
-// filter and the namespace. A read-only share is bound read-only.
+// filter and the namespace. It runs without CAP_FSETID (-o modcaps=-fsetid),
+// so the host kernel clears the set-id bits of a file the guest writes,
+// truncates or chowns (one the user made set-uid on the host included):
+// with the capability, even guest root's writes kept them. A read-only
+// share is bound read-only.
 
 // fileServerCaps are what virtiofsd keeps in its namespace: it drops to
-// this set itself (chown, dac_override, fowner, fsetid, setgid, setuid,
-// mknod, setfcap) after building its sandbox (sys_admin), and changes
-// its bounding set (setpcap).
+// this set itself (chown, dac_override, fowner, setgid, setuid, mknod,
+// setfcap; fsetid taken out by its modcaps option) after building its
+// sandbox (sys_admin), and changes its bounding set (setpcap). CAP_FSETID
+// is never given: it would keep set-id bits through writes.
 var fileServerCaps = []uintptr{
-	unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH, unix.CAP_FOWNER, unix.CAP_FSETID,
+	unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH, unix.CAP_FOWNER,
 	unix.CAP_SETGID, unix.CAP_SETUID, unix.CAP_SETPCAP, unix.CAP_SYS_ADMIN, unix.CAP_MKNOD, unix.CAP_SETFCAP,
 }
 
@@ -70,10 +75,10 @@ func rustStyle(bin string) bool {
 // fileServerArgs is the server's argv for share s.
 func fileServerArgs(bin string, rust bool, s vm.Share) []string {
 	if rust {
-		return []string{bin, "--socket-path=" + s.Socket, "--shared-dir=" + s.Path, "--cache=auto", "--sandbox=namespace"}
+		return []string{bin, "--socket-path=" + s.Socket, "--shared-dir=" + s.Path, "--cache=auto", "--sandbox=namespace", "--modcaps=-fsetid"}
 	}
 	return []string{bin, "--socket-path=" + s.Socket, "-o", "source=" + s.Path, "-o", "cache=auto",
-		"-o", "sandbox=namespace", "-o", "no_xattr", "-o", "no_posix_lock", "-o", "no_flock"}
+		"-o", "sandbox=namespace", "-o", "no_xattr", "-o", "no_posix_lock", "-o", "no_flock", "-o", "modcaps=-fsetid"}
 }
 
 // startFileServers starts a server for each virtio-fs share of cfg and
