@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +16,8 @@ import (
 // .git through the read-only share (root in the guest included, remount
 // tried); `git fetch sandbox-NAME` on the host brings the agent's branch
 // home through the remote helper, `sbx fetch-into` brings a new host
-// commit in, and `sbx rm` keeps the fetched refs.
+// commit in, and `sbx rm` keeps the fetched refs; `sbx diff` lists what the
+// agent committed and left uncommitted, risky paths flagged.
 func TestCloneMode(t *testing.T) {
 	h := newHarness(t)
 	repo := workspace(t)
@@ -78,7 +81,41 @@ mount -o remount,rw /run/sbx/source 2>/dev/null; echo evil >> /run/sbx/source/.g
 	}
 
 	// The agent's branch comes home.
-	h.mustSbx("exec", "cl", "sh", "-c", `cd "$1" && git checkout -qb work && echo x > agent.txt && git add agent.txt && git -c user.name=a -c user.email=a@example.invalid commit -qm "by the agent"`, "sh", repo)
+	h.mustSbx("exec", "cl", "sh", "-c", `cd "$1" && git checkout -qb work && echo x > agent.txt && mkdir -p .github/workflows && echo "on: push" > .github/workflows/ci.yml &&
+git add -A && git -c user.name=a -c user.email=a@example.invalid commit -qm "by the agent" &&
+echo edited >> README && echo n > notes.txt && printf '#!/bin/sh\n' > run.sh && chmod +x run.sh`, "sh", repo)
+
+	// sbx diff: what it committed (by the host's git, nothing written to
+	// the repository) and what it left uncommitted or untracked.
+	refsBefore := hostGit("for-each-ref")
+	var changes []struct {
+		Path, Change, State, Ref string
+		Risky                    bool
+	}
+	if err := json.Unmarshal([]byte(h.mustSbx("diff", "cl", "--json").stdout), &changes); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"agent.txt": "committed work added false", ".github/workflows/ci.yml": "committed work added true",
+		"README": "uncommitted work modified false", "notes.txt": "untracked work added false", "run.sh": "untracked work added true"}
+	for _, c := range changes {
+		got := fmt.Sprintf("%s %s %s %v", c.State, c.Ref, c.Change, c.Risky)
+		if w, ok := want[c.Path]; !ok || w != got {
+			t.Errorf("sbx diff: %s %s, want %q", c.Path, got, w)
+		}
+		delete(want, c.Path)
+	}
+	if len(want) > 0 {
+		t.Errorf("sbx diff lacks %v", want)
+	}
+	if p := h.mustSbx("diff", "cl", "--patch").stdout; !strings.Contains(p, "+on: push") || !strings.Contains(p, "+edited") || !strings.Contains(p, "untracked file: notes.txt") {
+		t.Errorf("sbx diff --patch:\n%s", p)
+	}
+	if got := hostGit("for-each-ref"); got != refsBefore {
+		t.Errorf("sbx diff changed the host's refs:\n%s", got)
+	}
+	if res := h.sbx("diff", "cl", "--since-create"); res.code == 0 || !strings.Contains(res.stderr, "clone mode") {
+		t.Errorf("diff --since-create in clone mode: exit %d %q", res.code, res.stderr)
+	}
 	hostGit("fetch", "-q", "sandbox-cl")
 	if got := hostGit("log", "-1", "--format=%s", "refs/sandboxes/cl/work"); strings.TrimSpace(got) != "by the agent" {
 		t.Errorf("fetched branch: %q", got)

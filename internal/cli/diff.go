@@ -15,7 +15,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sbx-dev/sbx/internal/clone"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/wsdiff"
 )
@@ -48,7 +47,17 @@ shows), else against the commit HEAD named at the start for tracked files.
 No git program runs on the workspace (its hooks and filters are the
 agent's). Paths and link targets are quoted when they hold control
 characters or invalid UTF-8. Folders the walk cannot read are listed as
-unreadable, risky.`,
+unreadable, risky.
+
+In clone mode (--clone) the work is in the sandbox's own clone: sbx diff
+starts the sandbox if needed and lists, per branch, what the agent
+committed (fetched through the sandbox's channel into a throwaway
+repository and compared by the host's git with the host branch of the
+same name, else the host's HEAD; nothing is written to your repository),
+then what it left uncommitted or untracked in the clone (as git status in
+the guest reports it). Risky paths are flagged by the same table. On a
+terminal, --patch shows guest-written text with control characters
+escaped.`,
 		Example: `  sbx diff                     # the sandbox of the current folder
   sbx diff myproj --json | jq '.[] | select(.risky)'
   sbx diff --patch`,
@@ -59,8 +68,11 @@ unreadable, risky.`,
 				return err
 			}
 			if sb.Config.Clone != nil {
-				return userErr(nil, "bring its branches home with `git fetch "+clone.HostRemote(sb.Config.Name)+"` in the repository, then `git diff` or `git log` them there (refs/sandboxes/"+sb.Config.Name+"/*); `sbx exec "+sb.Config.Name+" git status` shows what it left uncommitted",
-					"sandbox %s is in clone mode: its work is in its own clone, not in the host folder, and sbx diff does not read it yet", sb.Config.Name)
+				if sinceCreate || unreviewed {
+					return userErr(nil, "use `sbx diff "+sb.Config.Name+"` (with --json or --patch): a clone is compared with the host branches it forked from",
+						"sandbox %s is in clone mode: --since-create and --unreviewed compare workspace snapshots, which clone mode does not take", sb.Config.Name)
+				}
+				return e.cloneDiff(cmd.Context(), sb, asJSON, patch)
 			}
 			which, since := wsdiff.StartFile, "started"
 			if sinceCreate {
@@ -91,14 +103,11 @@ unreadable, risky.`,
 			}
 			switch {
 			case patch:
-				return wsdiff.Patch(e.stdout, base, filepath.Join(dir, wsdiff.FilesDir), changes)
+				w, flush := e.patchWriter()
+				defer flush()
+				return wsdiff.Patch(w, base, filepath.Join(dir, wsdiff.FilesDir), changes)
 			case asJSON:
-				if changes == nil {
-					changes = []wsdiff.Change{}
-				}
-				enc := json.NewEncoder(e.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(changes)
+				return e.changesJSON(changes)
 			}
 			if len(changes) == 0 {
 				if unreviewed {
@@ -125,6 +134,17 @@ unreadable, risky.`,
 	cmd.Flags().BoolVar(&patch, "patch", false, "print a unified diff of changed text files")
 	cmd.Flags().BoolVar(&unreviewed, "unreviewed", false, "list what changed after the last printed summary and before the last start (absorbed into its baseline)")
 	return cmd
+}
+
+// changesJSON prints changes as `sbx diff --json` does: an array, empty
+// when nothing changed.
+func (e *env) changesJSON(changes []wsdiff.Change) error {
+	if changes == nil {
+		changes = []wsdiff.Change{}
+	}
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(changes)
 }
 
 // diffSandbox is the named sandbox, else the one whose primary workspace

@@ -34,6 +34,11 @@ type Change struct {
 	Summary  string `json:"summary,omitempty"`
 	Files    int64  `json:"files,omitempty"`
 	OldFiles int64  `json:"oldFiles,omitempty"`
+	// In clone mode (FromGit): State is committed (on branch Ref, against
+	// the host branch it forked from), uncommitted (the clone's work tree
+	// and index against its HEAD, on branch Ref) or untracked.
+	State string `json:"state,omitempty"`
+	Ref   string `json:"ref,omitempty"`
 }
 
 // Change kinds.
