@@ -82,7 +82,7 @@ mount -o remount,rw /run/sbx/source 2>/dev/null; echo evil >> /run/sbx/source/.g
 
 	// The agent's branch comes home.
 	h.mustSbx("exec", "cl", "sh", "-c", `cd "$1" && git checkout -qb work && echo x > agent.txt && mkdir -p .github/workflows && echo "on: push" > .github/workflows/ci.yml &&
-git add -A && git -c user.name=a -c user.email=a@example.invalid commit -qm "by the agent" &&
+git add -A && git -c user.name=a -c user.email=a@example.invalid commit -qm "by the agent" && git tag main && git tag v9 &&
 echo edited >> README && echo n > notes.txt && printf '#!/bin/sh\n' > run.sh && chmod +x run.sh`, "sh", repo)
 
 	// sbx diff: what it committed (by the host's git, nothing written to
@@ -117,6 +117,10 @@ echo edited >> README && echo n > notes.txt && printf '#!/bin/sh\n' > run.sh && 
 		t.Errorf("diff --since-create in clone mode: exit %d %q", res.code, res.stderr)
 	}
 	hostGit("fetch", "-q", "sandbox-cl")
+	// No tag comes along (a tag main would shadow the branch main).
+	if tags := hostGit("tag", "-l"); tags != "" {
+		t.Errorf("the fetch brought the guest's tags: %q", tags)
+	}
 	if got := hostGit("log", "-1", "--format=%s", "refs/sandboxes/cl/work"); strings.TrimSpace(got) != "by the agent" {
 		t.Errorf("fetched branch: %q", got)
 	}

@@ -135,6 +135,24 @@ sync`
 	}
 	h.mustSbx("stop", "vfs")
 
+	// A server inside a workspace (the guest could rewrite it, and sbx
+	// ran it as root before any jail) is refused with why: the fifth
+	// review's finding.
+	tools := filepath.Join(ws, "tools")
+	os.Mkdir(tools, 0o755)
+	planted := filepath.Join(tools, "virtiofsd")
+	if b, err := os.ReadFile("/usr/lib/qemu/virtiofsd"); err == nil {
+		os.WriteFile(planted, b, 0o755)
+	} else {
+		os.WriteFile(planted, []byte("#!/bin/sh\n"), 0o755)
+	}
+	h.env = append(slices.Clip(h.env), "SBX_VIRTIOFSD="+planted)
+	res := h.sbx("run", "-d", "vfs")
+	h.env = saved
+	if res.code == 0 || !strings.Contains(res.stderr, "inside the workspace") {
+		t.Errorf("a virtiofsd in the workspace: exit %d, %q; want a refusal", res.code, res.stderr)
+	}
+
 	// A snapshot start: 9p, said, and its next start is virtio-fs.
 	ws2 := workspace(t)
 	h.mustSbx("run", "-d", "--name", "snap", "shell", ws2)

@@ -302,14 +302,18 @@ func (s *Server) copyOut(stream net.Conn, req *agentapi.CopyOutRequest) {
 		s.respondErr(stream, errStopping.code, errStopping)
 		return
 	}
-	if _, err := os.Lstat(strings.TrimSuffix(req.Path, "/.")); err != nil {
+	src, err := archive.FollowParents(req.Path)
+	if err == nil {
+		_, err = os.Lstat(strings.TrimSuffix(src, "/."))
+	}
+	if err != nil {
 		s.respondErr(stream, codeOf(err), fmt.Errorf("could not find the file %s in the guest: %w", req.Path, err))
 		return
 	}
 	s.respond(stream, agentapi.Response{OK: true})
 	fw := agentapi.NewFrameWriter(stream)
 	dw := agentapi.NewDataWriter(fw)
-	if err := archive.Write(dw, req.Path); err != nil {
+	if err := archive.Write(dw, src); err != nil {
 		s.log.Warn("copy-out", "path", req.Path, "err", err)
 		_ = fw.WriteJSON(agentapi.FrameError, agentapi.ErrorInfo{Code: codeOf(err), Message: err.Error()})
 		return

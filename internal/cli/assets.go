@@ -45,23 +45,51 @@ func agentBinary() (string, error) {
 	return p, nil
 }
 
-func (e *env) qemu(ctx context.Context) (string, string, error) {
+func (e *env) qemu(ctx context.Context, shared []string) (string, string, error) {
+	avoid := e.allWorkspaces(shared)
 	if p := paths.Getenv("SBX_QEMU"); p != "" {
-		return p, "", nil
+		real, err := hostcheck.Program(p, avoid)
+		if err != nil {
+			return "", "", userErr(nil, programHint, "SBX_QEMU refused: %v", err)
+		}
+		return real, "", nil
 	}
-	path, version, err := hostcheck.QEMU(ctx)
+	path, version, err := hostcheck.QEMU(ctx, avoid)
+	if errors.Is(err, hostcheck.ErrUntrusted) {
+		return "", "", userErr(nil, programHint, "the QEMU on PATH is refused: %v", err)
+	}
 	if err != nil {
 		return "", "", userErr(err, "install it: apt-get install qemu-system-x86 (or run `make deps`)", "QEMU is not installed")
 	}
 	return path, version, nil
 }
 
+// programHint is the hint of a refused QEMU, qemu-img or virtiofsd.
+const programHint = "use the system's copy (apt-get install qemu-system-x86 qemu-utils), or one in a folder only you (as root: only root) can write, outside every workspace; fix PATH if a workspace's folder is on it"
+
 func (e *env) qemuImg(ctx context.Context) (string, error) {
-	p, err := hostcheck.QEMUImg(ctx)
+	p, err := hostcheck.QEMUImg(ctx, e.allWorkspaces(nil))
+	if errors.Is(err, hostcheck.ErrUntrusted) {
+		return "", userErr(nil, programHint, "the qemu-img on PATH is refused: %v", err)
+	}
 	if err != nil {
 		return "", userErr(err, "install it: apt-get install qemu-utils (or run `make deps`)", "qemu-img is not installed")
 	}
 	return p, nil
+}
+
+// allWorkspaces are the workspaces of every sandbox in the store, and
+// extra: where a guest can write as the workspace owner, so where no
+// program sbx runs may lie.
+func (e *env) allWorkspaces(extra []string) []string {
+	out := append([]string(nil), extra...)
+	all, _ := e.store.List()
+	for _, sb := range all {
+		for _, w := range sb.Config.Workspaces {
+			out = append(out, w.Path)
+		}
+	}
+	return out
 }
 
 // bootSpec resolves what a start of sb needs: QEMU, kernel, initramfs,
@@ -92,7 +120,7 @@ func (e *env) bootSpec(ctx context.Context, sb *sandbox.Sandbox) (supervisor.Boo
 // may lie.
 func (e *env) bootAssets(ctx context.Context, want string, cpus int, shared []string) (supervisor.Boot, string, error) {
 	var b supervisor.Boot
-	q, qemuVersion, err := e.qemu(ctx)
+	q, qemuVersion, err := e.qemu(ctx, shared)
 	if err != nil {
 		return b, "", err
 	}
@@ -128,7 +156,7 @@ func (e *env) bootAssets(ctx context.Context, want string, cpus int, shared []st
 		}
 		hostsFile = real
 	}
-	fileServer, noFileServer, err := lookupFileServer()
+	fileServer, noFileServer, err := lookupFileServer(e.allWorkspaces(shared))
 	if err != nil {
 		return b, "", err
 	}
@@ -170,8 +198,12 @@ var fileServerPaths = []string{"/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofs
 // lookupFileServer finds the virtio-fs server workspaces are served by on
 // cold boots: $SBX_VIRTIOFSD (a path, or "none" for 9p), else virtiofsd
 // on PATH or where distributions install it. Without one it returns ""
-// and why.
-func lookupFileServer() (path, why string, err error) {
+// and why. One hostcheck.Program refuses (inside a workspace in avoid,
+// or writable by others) is an error, not a fallback.
+func lookupFileServer(avoid []string) (path, why string, err error) {
+	refused := func(p string, err error) (string, string, error) {
+		return "", "", userErr(nil, programHint+"; or SBX_VIRTIOFSD=none for 9p", "the virtio-fs server %s is refused: %v", p, err)
+	}
 	switch v := paths.Getenv("SBX_VIRTIOFSD"); v {
 	case "none":
 		return "", "SBX_VIRTIOFSD=none", nil
@@ -181,16 +213,26 @@ func lookupFileServer() (path, why string, err error) {
 		if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 || !filepath.IsAbs(v) {
 			return "", "", userErr(nil, "set it to the absolute path of a virtiofsd, to none for 9p shares, or unset it", "SBX_VIRTIOFSD=%q is not an executable file", v)
 		}
-		return v, "", nil
+		real, err := hostcheck.Program(v, avoid)
+		if err != nil {
+			return refused(v, err)
+		}
+		return real, "", nil
 	}
 	if p, err := exec.LookPath("virtiofsd"); err == nil {
-		if p, err = filepath.Abs(p); err == nil {
-			return p, "", nil
+		real, err := hostcheck.Program(p, avoid)
+		if err != nil {
+			return refused(p, err)
 		}
+		return real, "", nil
 	}
 	for _, p := range fileServerPaths {
 		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
-			return p, "", nil
+			real, err := hostcheck.Program(p, avoid)
+			if err != nil {
+				return refused(p, err)
+			}
+			return real, "", nil
 		}
 	}
 	return "", "no virtio-fs server (virtiofsd) on this host: install one (QEMU's package before 8.0, or the virtiofsd package) for faster workspaces", nil

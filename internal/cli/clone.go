@@ -144,7 +144,10 @@ the agent's branches home into refs/sandboxes/NAME/*.`,
 			if err := e.ensureClone(ctx, sb); err != nil {
 				return err
 			}
-			code, err := e.guestRun(ctx, sb, "agent", []string{"sh", "-c", clone.FetchScript(sb.Config.Workspaces[0].Path, ref)}, nil, e.stdout, e.stderr)
+			out, errw := &terminalWriter{w: e.stdout}, &terminalWriter{w: e.stderr}
+			defer out.Flush()
+			defer errw.Flush()
+			code, err := e.guestRun(ctx, sb, "agent", []string{"sh", "-c", clone.FetchScript(sb.Config.Workspaces[0].Path, ref)}, nil, out, errw)
 			if err != nil {
 				return err
 			}
@@ -185,7 +188,10 @@ func newGitRemoteCmd(e *env) *cobra.Command {
 				if v := os.Getenv("GIT_PROTOCOL"); v != "" {
 					argv = append([]string{"env", "GIT_PROTOCOL=" + v}, argv...)
 				}
-				code, err := e.guestRun(ctx, sb, "agent", argv, stdin, stdout, e.stderr)
+				// What the guest's git says reaches the terminal escaped.
+				tw := &terminalWriter{w: e.stderr}
+				defer tw.Flush()
+				code, err := e.guestRun(ctx, sb, "agent", argv, stdin, stdout, tw)
 				if err != nil {
 					return err
 				}

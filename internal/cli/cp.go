@@ -29,7 +29,9 @@ make one, say ws/dist -> /root/.ssh): copy to a real folder; links
 elsewhere on the way (yours) are followed. Merging SANDBOX:/dir/. into
 an existing folder keeps that folder's mode. Copying in reads the folders
 below SRC without following links, so the sandbox cannot swap one for a
-link to a host folder while the copy runs.`,
+link to a host folder while the copy runs; the folders on the way to SRC
+are resolved like DST's (a link in a workspace refused), and SRC itself,
+when a link, is copied as a link.`,
 		Example: `  sbx cp ./notes.txt shell-proj:/home/agent/
   sbx cp shell-proj:/var/log/dpkg.log ./`,
 		Args: cobra.ExactArgs(2),
@@ -68,6 +70,9 @@ link to a host folder while the copy runs.`,
 				}
 				err = agentclient.CopyOut(ctx, stream, srcPath, dstPath)
 			} else {
+				if srcPath, err = e.hostSource(srcPath); err != nil {
+					return err
+				}
 				err = agentclient.CopyIn(ctx, stream, srcPath, dstPath)
 			}
 			if err != nil {
@@ -83,10 +88,32 @@ link to a host folder while the copy runs.`,
 // copy (which follows none) lands where the user meant; a link inside a
 // workspace of any sandbox is refused instead: a guest may have made it
 // (ws/dist -> /root/.ssh).
-func (e *env) hostDest(dst string) (string, error) {
+func (e *env) hostDest(dst string) (string, error) { return e.hostPath(dst, "destination", false) }
+
+// hostSource is src with the symbolic links of its folders resolved as
+// hostDest does (a link in a workspace refused); src itself, when a link,
+// is copied as a link.
+func (e *env) hostSource(src string) (string, error) {
+	if src == "." || strings.HasSuffix(src, "/.") {
+		p, err := e.hostPath(src, "source", false)
+		return strings.TrimSuffix(p, "/") + "/.", err
+	}
+	return e.hostPath(src, "source", true)
+}
+
+// hostPath resolves p one link at a time (keepLast: not its last
+// component); what is "destination" or "source", for messages.
+func (e *env) hostPath(dst, what string, keepLast bool) (string, error) {
 	abs, err := filepath.Abs(dst)
 	if err != nil {
-		return "", userErr(err, "", "destination %s", dst)
+		return "", userErr(err, "", "%s %s", what, dst)
+	}
+	if keepLast {
+		if abs == "/" {
+			return abs, nil
+		}
+		dir, err := e.hostPath(filepath.Dir(abs), what, false)
+		return filepath.Join(dir, filepath.Base(abs)), err
 	}
 	var workspaces []string
 	all, _ := e.store.List()
@@ -126,22 +153,22 @@ func (e *env) hostDest(dst string) (string, error) {
 			continue
 		}
 		if inWorkspace(next) {
-			return "", userErr(nil, "copy to a real folder (a link inside a workspace may have been made by the sandbox)",
-				"destination %s passes through the symbolic link %s, inside a workspace; sbx cp does not follow it", dst, next)
+			return "", userErr(nil, "give the real path (a link inside a workspace may have been made by the sandbox)",
+				"%s %s passes through the symbolic link %s, inside a workspace; sbx cp does not follow it", what, dst, next)
 		}
 		// As root, only root's own links: a guest may have made one in
 		// a workspace this store does not know (another user's sandbox,
 		// a removed one).
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && os.Geteuid() == 0 && st.Uid != 0 {
-			return "", userErr(nil, "give the destination's real path (sbx cp as root follows only root's symbolic links)",
-				"destination %s passes through the symbolic link %s of uid %d; sbx cp as root does not follow it", dst, next, st.Uid)
+			return "", userErr(nil, "give the "+what+"'s real path (sbx cp as root follows only root's symbolic links)",
+				"%s %s passes through the symbolic link %s of uid %d; sbx cp as root does not follow it", what, dst, next, st.Uid)
 		}
 		if hops++; hops > 40 {
-			return "", userErr(nil, "", "destination %s: too many symbolic links", dst)
+			return "", userErr(nil, "", "%s %s: too many symbolic links", what, dst)
 		}
 		target, err := os.Readlink(next)
 		if err != nil {
-			return "", userErr(err, "", "destination %s: cannot read the link %s", dst, next)
+			return "", userErr(err, "", "%s %s: cannot read the link %s", what, dst, next)
 		}
 		if filepath.IsAbs(target) {
 			cur = "/"

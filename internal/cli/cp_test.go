@@ -105,3 +105,41 @@ func TestHostDestRefusesGuestLinkOfAnotherStore(t *testing.T) {
 		t.Errorf("hostDest(%s/) = %q, %v: followed a link of uid 1000 as root", link, got, err)
 	}
 }
+
+// Found by the fifth outside review; fails on the code before its fix.
+// `sbx cp ws/dist/key box:/tmp/` as root sent /root/secret/key into the
+// guest through the guest's link ws/dist -> /root/secret. The folders on
+// the way to a source are resolved like a destination's; the source
+// itself, a link, is copied as a link.
+func TestHostSource(t *testing.T) {
+	base := t.TempDir()
+	ws := filepath.Join(base, "ws")
+	real := filepath.Join(base, "real")
+	secret := filepath.Join(base, "secret")
+	for _, d := range []string{ws, real, secret} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := storeEnv(t, filepath.Join(base, "store"), ws)
+	for link, target := range map[string]string{filepath.Join(base, "mine"): real, filepath.Join(ws, "dist"): secret} {
+		if err := os.Symlink(target, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for src, want := range map[string]string{
+		filepath.Join(base, "mine", "f"):   filepath.Join(real, "f"),
+		filepath.Join(base, "mine") + "/.": real + "/.",
+		filepath.Join(ws, "dist"):          filepath.Join(ws, "dist"), // the link itself
+		filepath.Join(ws, "dist", "key"):   "",
+		filepath.Join(ws, "dist") + "/.":   "",
+	} {
+		got, err := e.hostSource(src)
+		switch {
+		case want == "" && (err == nil || !strings.Contains(err.Error(), "inside a workspace")):
+			t.Errorf("hostSource(%s) = %q, %v; want a refusal", src, got, err)
+		case want != "" && (err != nil || got != want):
+			t.Errorf("hostSource(%s) = %q, %v; want %q", src, got, err, want)
+		}
+	}
+}

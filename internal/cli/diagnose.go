@@ -82,13 +82,13 @@ func (e *env) diagnose(ctx context.Context) []check {
 	add := func(c check) { out = append(out, c) }
 	add(check{Name: "platform", OK: runtime.GOOS == "linux" && runtime.GOARCH == "amd64", Detail: runtime.GOOS + "/" + runtime.GOARCH, Fix: ""})
 
-	qemu, qver, qerr := hostcheck.QEMU(ctx)
+	qemu, qver, qerr := hostcheck.QEMU(ctx, e.allWorkspaces(nil))
 	if qerr != nil {
 		add(check{Name: "qemu", Detail: qerr.Error(), Fix: "apt-get install qemu-system-x86 (or `make deps`)"})
 	} else {
 		add(check{Name: "qemu", OK: true, Detail: qemu + " " + qver})
 	}
-	if p, err := hostcheck.QEMUImg(ctx); err != nil {
+	if p, err := hostcheck.QEMUImg(ctx, e.allWorkspaces(nil)); err != nil {
 		add(check{Name: "qemu-img", Detail: err.Error(), Fix: "apt-get install qemu-utils"})
 	} else {
 		add(check{Name: "qemu-img", OK: true, Detail: p})

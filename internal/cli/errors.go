@@ -43,6 +43,13 @@ func Render(w io.Writer, err error, debug bool) int {
 	if err == nil {
 		return 0
 	}
+	// A message may carry what a guest wrote (a command's output, a
+	// name): its control characters are shown escaped.
+	if _, ok := w.(*terminalWriter); !ok {
+		tw := &terminalWriter{w: w}
+		defer tw.Flush()
+		w = tw
+	}
 	if ee, ok := errors.AsType[*ExitError](err); ok {
 		return ee.Code
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/sbx-dev/sbx/internal/paths"
@@ -82,5 +83,15 @@ func TestCheckStateWorkspaces(t *testing.T) {
 		if (err != nil) != bad {
 			t.Errorf("%s: err %v, want refused %v", ws, err, bad)
 		}
+	}
+}
+
+// Found by the fifth outside review: a message carrying guest output (a
+// failed clone's git output) reached the terminal with its escapes.
+func TestRenderEscapes(t *testing.T) {
+	var out strings.Builder
+	Render(&out, userErr(nil, "hint\x1b[2J", "clone failed: \x1b]0;PWNED\a"), false)
+	if strings.ContainsAny(out.String(), "\x1b\a") || !strings.Contains(out.String(), `\x1b]0;PWNED\a`) {
+		t.Errorf("rendered %q", out.String())
 	}
 }

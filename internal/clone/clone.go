@@ -213,13 +213,19 @@ func FetchScript(dest, ref string) string {
 func HostRemote(name string) string { return "sandbox-" + name }
 
 // AddHostRemote adds (or sets again) the remote sandbox-NAME to the host
-// repository: URL sbx::NAME, fetching branches into refs/sandboxes/NAME/.
+// repository: URL sbx::NAME, fetching branches into refs/sandboxes/NAME/
+// and no tags.
 func AddHostRemote(ctx context.Context, repo, name string) error {
 	r := "remote." + HostRemote(name)
 	if _, err := git(ctx, repo, "config", r+".url", "sbx::"+name); err != nil {
 		return err
 	}
-	_, err := git(ctx, repo, "config", "--replace-all", r+".fetch", "+refs/heads/*:refs/sandboxes/"+name+"/*")
+	if _, err := git(ctx, repo, "config", "--replace-all", r+".fetch", "+refs/heads/*:refs/sandboxes/"+name+"/*"); err != nil {
+		return err
+	}
+	// No tags: git would otherwise follow the guest's tags into the
+	// host's refs/tags (a tag "main" shadows the branch main).
+	_, err := git(ctx, repo, "config", r+".tagOpt", "--no-tags")
 	return err
 }
 

@@ -112,15 +112,15 @@ var qemuVersionRE = regexp.MustCompile(`version ([0-9][0-9.]*)`)
 
 // QEMU finds qemu-system-x86_64 on PATH and returns its path and version
 // (e.g. "7.2.19"). A missing binary gives an error wrapping ErrNotFound
-// with the command that installs it.
-func QEMU(ctx context.Context) (path, version string, err error) {
-	return findVersioned(ctx, "qemu-system-x86_64", "qemu-system-x86")
+// with the command that installs it; one Program refuses (avoid are the
+// workspaces) is not run.
+func QEMU(ctx context.Context, avoid []string) (path, version string, err error) {
+	return findVersioned(ctx, "qemu-system-x86_64", "qemu-system-x86", avoid)
 }
 
-// QEMUImg finds qemu-img on PATH and checks that it runs. A missing binary
-// gives an error wrapping ErrNotFound with the command that installs it.
-func QEMUImg(ctx context.Context) (path string, err error) {
-	p, _, err := findVersioned(ctx, "qemu-img", "qemu-utils")
+// QEMUImg finds qemu-img on PATH and checks that it runs, as QEMU does.
+func QEMUImg(ctx context.Context, avoid []string) (path string, err error) {
+	p, _, err := findVersioned(ctx, "qemu-img", "qemu-utils", avoid)
 	return p, err
 }
 
@@ -164,10 +164,13 @@ func runQEMUVersion(ctx context.Context, path string) (string, error) {
 	return string(m[1]), nil
 }
 
-func findVersioned(ctx context.Context, prog, debPkg string) (string, string, error) {
+func findVersioned(ctx context.Context, prog, debPkg string, avoid []string) (string, string, error) {
 	p, err := exec.LookPath(prog)
 	if err != nil {
 		return "", "", fmt.Errorf("%w: %s is not installed (Debian/Ubuntu: apt-get install %s)", ErrNotFound, prog, debPkg)
+	}
+	if p, err = Program(p, avoid); err != nil {
+		return "", "", err
 	}
 	v, err := QEMUVersion(ctx, p)
 	return p, v, err

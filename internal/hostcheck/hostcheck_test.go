@@ -112,7 +112,7 @@ func TestDiskFree(t *testing.T) {
 
 func TestQEMUMissingHint(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
-	_, _, err := QEMU(t.Context())
+	_, _, err := QEMU(t.Context(), nil)
 	if err == nil || !strings.Contains(err.Error(), "apt-get install qemu-system-x86") {
 		t.Errorf("QEMU() with empty PATH = %v; want an install hint", err)
 	}

@@ -65,7 +65,7 @@ func KVMUsable(ctx context.Context, cacheDir, qemu, kernelPath, initrdPath strin
 	f.Close()
 	var qver string
 	if qemu == "" {
-		qemu, qver, err = QEMU(ctx)
+		qemu, qver, err = QEMU(ctx, nil)
 	} else {
 		qver, err = QEMUVersion(ctx, qemu)
 	}

@@ -31,6 +31,29 @@ import (
 // the destination tree.
 var ErrUnsafeEntry = errors.New("archive entry escapes the destination")
 
+// FollowParents is src with the symbolic links on the way to it resolved
+// (its folders; all of it for "DIR/." or "."), for a caller that means to
+// follow them: Write follows none. The guest's copy-out uses it; the host
+// resolves its own way (a link in a workspace is refused).
+func FollowParents(src string) (string, error) {
+	clean := filepath.Clean(src)
+	if src == "." || strings.HasSuffix(src, string(filepath.Separator)+".") {
+		real, err := filepath.EvalSymlinks(clean)
+		if err != nil {
+			return "", err
+		}
+		return strings.TrimSuffix(real, string(filepath.Separator)) + string(filepath.Separator) + ".", nil
+	}
+	if clean == "/" || clean == "." {
+		return clean, nil
+	}
+	real, err := filepath.EvalSymlinks(filepath.Dir(clean))
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(real, filepath.Base(clean)), nil
+}
+
 // Write writes a tar archive of src to w. Directories are walked without
 // following symlinks; symlinks (including src itself) are archived as
 // symlinks. Regular files, directories, symlinks and hard-linked files (as
@@ -59,10 +82,21 @@ func Write(w io.Writer, src string) error {
 		}
 		top = "."
 	}
+	// The folders on the way are opened one at a time, never through a
+	// symbolic link: a guest may make one in a workspace (ws/dist ->
+	// /root/secret) or swap a folder for one while the copy starts.
+	pfd, last, err := walkParent(clean, true)
+	if err != nil {
+		return fmt.Errorf("archive %s: %w", src, err)
+	}
+	defer unix.Close(pfd)
+	if last == "" {
+		last = "."
+	}
 	tw := tar.NewWriter(w)
 	switch {
 	case fi.IsDir():
-		fd, err := unix.Open(clean, openDirFlags, 0)
+		fd, err := unix.Openat(pfd, last, openDirFlags, 0)
 		if err != nil {
 			return fmt.Errorf("archive %s: %w", src, openErr(clean, err))
 		}
@@ -73,7 +107,7 @@ func Write(w io.Writer, src string) error {
 			return fmt.Errorf("archive %s: %w", src, err)
 		}
 	case fi.Mode()&fs.ModeSymlink != 0:
-		link, err := os.Readlink(clean)
+		link, err := readlinkAt(pfd, last)
 		if err != nil {
 			return fmt.Errorf("archive %s: read link: %w", src, err)
 		}
@@ -81,7 +115,7 @@ func Write(w io.Writer, src string) error {
 			return fmt.Errorf("archive %s: %w", src, err)
 		}
 	case fi.Mode().IsRegular():
-		fd, err := unix.Open(clean, openFileFlags, 0)
+		fd, err := unix.Openat(pfd, last, openFileFlags, 0)
 		if err != nil {
 			return fmt.Errorf("archive %s: %w", src, openErr(clean, err))
 		}
@@ -186,10 +220,14 @@ func writeAt(tw *tar.Writer, dirfd int, n, p, name string) error {
 }
 
 // readlinkFd reads the target of the symlink open (O_PATH|O_NOFOLLOW) at fd.
-func readlinkFd(fd int) (string, error) {
+func readlinkFd(fd int) (string, error) { return readlinkAt(fd, "") }
+
+// readlinkAt reads the target of the symlink name in the folder open at
+// dirfd ("": the symlink open at dirfd).
+func readlinkAt(dirfd int, name string) (string, error) {
 	for size := 256; ; size *= 2 {
 		buf := make([]byte, size)
-		n, err := unix.Readlinkat(fd, "", buf)
+		n, err := unix.Readlinkat(dirfd, name, buf)
 		if err != nil {
 			return "", err
 		}

@@ -21,9 +21,13 @@ var ErrDestinationLink = errors.New("symbolic link in the destination")
 // symbolic link at link.
 type linkError struct {
 	dst, link string
+	source    bool // on the way to Write's source
 }
 
 func (e *linkError) Error() string {
+	if e.source {
+		return fmt.Sprintf("source %s: %s is a symbolic link; sbx cp does not follow links on the way to what it copies in (one in a workspace may have been made by the sandbox): give the real path", e.dst, e.link)
+	}
 	if e.dst == e.link {
 		return fmt.Sprintf("destination %s is a symbolic link; sbx cp does not follow links in the destination (one in a workspace may have been made by the sandbox): copy to a real folder", e.dst)
 	}
@@ -97,14 +101,22 @@ func destination(dst string, opts Options) (*os.Root, string, error) {
 // the folder holding dst's last component, and returns it with that
 // component ("" when dst has none: "/", "." or ".." only). A relative dst
 // starts at the current folder.
-func openParent(dst string) (int, string, error) {
+func openParent(dst string) (int, string, error) { return walkParent(dst, false) }
+
+// walkParent is openParent for a destination or, with source, for
+// Write's source (messages say which).
+func walkParent(dst string, source bool) (int, string, error) {
+	verb := "extract to"
+	if source {
+		verb = "copy"
+	}
 	start, rest := ".", dst
 	if filepath.IsAbs(dst) {
 		start, rest = "/", strings.TrimLeft(dst, "/")
 	}
 	fd, err := unix.Open(start, openPathFlags, 0)
 	if err != nil {
-		return -1, "", fmt.Errorf("extract to %s: %w", dst, &fs.PathError{Op: "open", Path: start, Err: err})
+		return -1, "", fmt.Errorf("%s %s: %w", verb, dst, &fs.PathError{Op: "open", Path: start, Err: err})
 	}
 	if rest == "." || rest == "" {
 		return fd, "", nil
@@ -124,6 +136,11 @@ func openParent(dst string) (int, string, error) {
 	for _, c := range comps {
 		walked = filepath.Join(walked, c)
 		next, err := openStep(fd, c, walked, dst)
+		if le, ok := err.(*linkError); ok {
+			le.source = source
+		} else if err != nil && source {
+			err = errors.New(strings.Replace(err.Error(), "extract to ", "copy ", 1))
+		}
 		unix.Close(fd)
 		if err != nil {
 			return -1, "", err

@@ -171,10 +171,9 @@ func consoleArgs(cfg vm.Config) []string {
 	if cfg.ConsoleLog == "" {
 		return []string{"-serial", "null"}
 	}
-	opts := "file,id=console,path=" + escape(cfg.ConsoleLog)
-	if cfg.ConsoleAppend {
-		opts += ",append=on"
-	}
+	// Always appending (Start truncates it unless ConsoleAppend), so
+	// capConsole can cut the file while QEMU writes it.
+	opts := "file,id=console,path=" + escape(cfg.ConsoleLog) + ",append=on"
 	return []string{"-chardev", opts, "-serial", "chardev:console"}
 }
 
@@ -294,6 +293,11 @@ func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 	if i.cfg.Monitor != "" {
 		os.Remove(i.cfg.Monitor)
 	}
+	if i.cfg.ConsoleLog != "" && !i.cfg.ConsoleAppend {
+		if err := truncateConsole(i.cfg.ConsoleLog); err != nil {
+			return fmt.Errorf("start qemu: console log: %w", err)
+		}
+	}
 	// The file servers listen before QEMU connects to them.
 	servers, err := startFileServers(ctx, i.cfg, stderr)
 	if err != nil {
@@ -362,6 +366,9 @@ func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 	exited := make(chan struct{})
 	if jl != nil && i.cfg.PIDFile != "" {
 		_ = os.WriteFile(i.cfg.PIDFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
+	}
+	if i.cfg.ConsoleLog != "" {
+		go capConsole(i.cfg.ConsoleLog, consoleMax, time.Second, exited)
 	}
 	go func() {
 		err := cmd.Wait()
