@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/url"
 	"strings"
+	"sync"
+	"time"
 )
 
 // BlockedError is why the proxy refused to send a request: it carried the
@@ -171,6 +173,25 @@ type filterReader struct {
 	out     []byte // ready to hand on
 	err     error  // sticky: source error or block error
 	blocked error  // the block error, once a form was found in block mode
+
+	// Block mode (a guest's request) holds back a fixed amount, the
+	// longest form less one byte, whatever the bytes are: holding only
+	// an end that begins a form told an observing server, byte by byte,
+	// which guesses began a value (the fifth review read a secret back
+	// that way). So that a streamed body is not held up forever, what is
+	// held goes on after blockIdle without more data.
+	fixedHold int
+	pump      chan chunkResult // the source's reads, in block mode
+	done      chan struct{}    // closed by Close: the pump stops
+	closeOnce sync.Once
+}
+
+// blockIdle is how long a request body's held bytes wait for more.
+const blockIdle = 200 * time.Millisecond
+
+type chunkResult struct {
+	data []byte
+	err  error
 }
 
 // Blocked is the error that ended the stream because a form was found
@@ -178,7 +199,13 @@ type filterReader struct {
 func (f *filterReader) Blocked() error { return f.blocked }
 
 func newFilterReader(src io.ReadCloser, forms []form, block bool, found func(int) error) *filterReader {
-	return &filterReader{src: src, close: src.Close, forms: forms, block: block, found: found}
+	f := &filterReader{src: src, close: src.Close, forms: forms, block: block, found: found, done: make(chan struct{})}
+	if block {
+		for _, fm := range forms {
+			f.fixedHold = max(f.fixedHold, len(fm.enc)-1)
+		}
+	}
+	return f
 }
 
 func (f *filterReader) Read(p []byte) (int, error) {
@@ -186,11 +213,14 @@ func (f *filterReader) Read(p []byte) (int, error) {
 		if f.err != nil {
 			return 0, f.err
 		}
-		if f.chunk == nil {
-			f.chunk = make([]byte, 32<<10)
+		data, err, idle := f.next()
+		if idle {
+			// Nothing more came: what was held goes on, whatever it is.
+			f.out = append(f.out, f.buf...)
+			f.buf = f.buf[:0]
+			continue
 		}
-		n, err := f.src.Read(f.chunk)
-		f.buf = append(f.buf, f.chunk[:n]...)
+		f.buf = append(f.buf, data...)
 		if err != nil {
 			f.err = err
 		}
@@ -198,17 +228,67 @@ func (f *filterReader) Read(p []byte) (int, error) {
 			f.err, f.blocked = ferr, ferr
 			f.buf = nil
 		}
+		if f.err != nil {
+			f.stopPump()
+		}
 	}
 	n := copy(p, f.out)
 	f.out = f.out[n:]
 	return n, nil
 }
 
-// hold is how many bytes at the end of buf must wait for more: the
-// longest end of buf that begins some form. A match can start nowhere
+// next is the source's next read; in block mode, with bytes held, idle
+// when none came within blockIdle.
+func (f *filterReader) next() (data []byte, err error, idle bool) {
+	if f.chunk == nil {
+		f.chunk = make([]byte, 32<<10)
+	}
+	if !f.block {
+		n, err := f.src.Read(f.chunk)
+		return f.chunk[:n], err, false
+	}
+	if f.pump == nil {
+		f.pump = make(chan chunkResult)
+		go func() {
+			for {
+				buf := make([]byte, 32<<10)
+				n, err := f.src.Read(buf)
+				select {
+				case f.pump <- chunkResult{buf[:n], err}:
+				case <-f.done:
+					return
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	var idleC <-chan time.Time
+	if len(f.buf) > 0 {
+		t := time.NewTimer(blockIdle)
+		defer t.Stop()
+		idleC = t.C
+	}
+	select {
+	case r := <-f.pump:
+		return r.data, r.err, false
+	case <-idleC:
+		return nil, nil, true
+	case <-f.done:
+		return nil, io.ErrClosedPipe, false
+	}
+}
+
+// hold is how many bytes at the end of buf must wait for more: in block
+// mode a fixed amount (fixedHold); else the longest end of buf that
+// begins some form. A match can start nowhere
 // else, so everything before it goes on at once (a stream such as
 // server-sent events is not held up).
 func (f *filterReader) hold() int {
+	if f.block {
+		return min(f.fixedHold, len(f.buf))
+	}
 	h := 0
 	for _, fm := range f.forms {
 		for k := min(len(fm.enc)-1, len(f.buf)); k > h; k-- {
@@ -253,7 +333,13 @@ func (f *filterReader) process(eof bool) error {
 	return nil
 }
 
-func (f *filterReader) Close() error { return f.close() }
+func (f *filterReader) Close() error {
+	f.stopPump()
+	return f.close()
+}
+
+// stopPump lets the pump go once its read returns.
+func (f *filterReader) stopPump() { f.closeOnce.Do(func() { close(f.done) }) }
 
 // findForm reports the first form in s, or -1.
 func findForm(s string, forms []form) int {
