@@ -203,14 +203,3 @@ func newGitRemoteCmd(e *env) *cobra.Command {
 		},
 	}
 }
-
-// forgetClone removes a removed clone mode sandbox's remote from the host
-// repository; the branches fetched from it stay.
-func (e *env) forgetClone(ctx context.Context, cfg sandbox.Config) {
-	if cfg.Clone == nil || len(cfg.Workspaces) == 0 {
-		return
-	}
-	if err := clone.RemoveHostRemote(ctx, cfg.Workspaces[0].Path, cfg.Name); err != nil {
-		fmt.Fprintf(e.stderr, "sbx: warning: remote %s left in %s: %v\n", clone.HostRemote(cfg.Name), filepath.Clean(cfg.Workspaces[0].Path), err)
-	}
-}

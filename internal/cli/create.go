@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/internal/disk"
+	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/snapshot"
@@ -239,7 +239,7 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 		return nil, false, err
 	}
 	e.warnTemplateAgent(tmpl, t.agent)
-	qemuImg, err := e.qemuImg(cmd.Context())
+	qemuImg, err := e.manager().QEMUImg(cmd.Context())
 	if err != nil {
 		return nil, false, err
 	}
@@ -250,7 +250,7 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 		if !tmpl.Docker {
 			probe.DockerDiskBytes = 0
 		}
-		if snap, err = e.prepareSnapshot(cmd.Context(), probe, tmpl); err != nil {
+		if snap, err = e.manager().PrepareSnapshot(cmd.Context(), probe, tmpl); err != nil {
 			return nil, false, err
 		}
 	}
@@ -400,7 +400,7 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target, name strin
 	if err := errors.Join(errs...); err != nil {
 		return sandbox.Config{}, userErr(nil, "see `sbx "+cmd.Name()+" --help`", "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
-	uid, gid := guestIDs()
+	uid, gid := lifecycle.GuestIDs()
 	cfg := sandbox.Config{
 		ID:         sandbox.NewID(),
 		MachineID:  sandbox.NewMachineID(),
@@ -488,21 +488,6 @@ func (e *env) defaultName(t target) (string, error) {
 		return "", userErr(nil, "choose one with --name", "no free default name for %s", t.workspaces[0].Path)
 	}
 	return name, nil
-}
-
-// guestIDs are the uid and gid the guest user takes: the caller's, or for
-// root the sudo caller's, else 1000.
-func guestIDs() (int, int) {
-	uid, gid := os.Getuid(), os.Getgid()
-	if uid != 0 {
-		return uid, gid
-	}
-	u, err1 := strconv.Atoi(os.Getenv("SUDO_UID"))
-	g, err2 := strconv.Atoi(os.Getenv("SUDO_GID"))
-	if err1 == nil && err2 == nil && u > 0 {
-		return u, g
-	}
-	return 1000, 1000
 }
 
 // checkSameFlags rejects creation flags given again with other values for

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sbx-dev/sbx/internal/bootassets"
 	"github.com/sbx-dev/sbx/internal/hostcheck"
+	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/template"
@@ -82,25 +83,25 @@ func (e *env) diagnose(ctx context.Context) []check {
 	add := func(c check) { out = append(out, c) }
 	add(check{Name: "platform", OK: runtime.GOOS == "linux" && runtime.GOARCH == "amd64", Detail: runtime.GOOS + "/" + runtime.GOARCH, Fix: ""})
 
-	qemu, qver, qerr := hostcheck.QEMU(ctx, e.allWorkspaces(nil))
+	qemu, qver, qerr := hostcheck.QEMU(ctx, e.manager().AllWorkspaces(nil))
 	if qerr != nil {
 		add(check{Name: "qemu", Detail: qerr.Error(), Fix: "apt-get install qemu-system-x86 (or `make deps`)"})
 	} else {
 		add(check{Name: "qemu", OK: true, Detail: qemu + " " + qver})
 	}
-	if p, err := hostcheck.QEMUImg(ctx, e.allWorkspaces(nil)); err != nil {
+	if p, err := hostcheck.QEMUImg(ctx, e.manager().AllWorkspaces(nil)); err != nil {
 		add(check{Name: "qemu-img", Detail: err.Error(), Fix: "apt-get install qemu-utils"})
 	} else {
 		add(check{Name: "qemu-img", OK: true, Detail: p})
 	}
 
-	k, kerr := bootassets.CachedKernel(e.dirs.Cache, kernelOptions(e))
+	k, kerr := bootassets.CachedKernel(e.dirs.Cache, e.manager().KernelOptions())
 	if kerr != nil {
 		add(check{Name: "kernel", Detail: kerr.Error(), Fix: "`sbx run` downloads Debian's linux-image-amd64 on first use (needs `apt-get update`)"})
 	} else {
 		add(check{Name: "kernel", OK: true, Detail: k.Release + " (" + k.Source + ") " + k.Path})
 	}
-	agent, aerr := agentBinary()
+	agent, aerr := lifecycle.AgentBinary()
 	if aerr != nil {
 		add(check{Name: "guest agent", Detail: aerr.Error(), Fix: "`make build` puts sbx-agent next to sbx"})
 	} else {

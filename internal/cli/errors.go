@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/sbx-dev/sbx/internal/lifecycle"
 )
 
 // UserError is a failure a user can act on: what happened (Msg), what to do
@@ -77,6 +79,18 @@ func Render(w io.Writer, err error, debug bool) int {
 		}
 		if ue.Code != 0 {
 			code = ue.Code
+		}
+		return code
+	}
+	if le, ok := lifecycle.AsError(err); ok {
+		// The lifecycle's errors carry their message and hint; every
+		// code exits 1.
+		fmt.Fprintf(w, "sbx: %s\n", le.Error())
+		if le.Hint != "" {
+			fmt.Fprintf(w, "hint: %s\n", le.Hint)
+		}
+		if debug && le.Err != nil {
+			fmt.Fprintf(w, "cause: %v\n", le.Err)
 		}
 		return code
 	}

@@ -86,7 +86,7 @@ list the published ports.`,
 // published.
 func (e *env) changePorts(cmd *cobra.Command, sb *sandbox.Sandbox, pub, unpub []sandbox.Port) ([]sandbox.Port, error) {
 	ctx := cmd.Context()
-	unlock, err := e.lockSandbox(sb)
+	unlock, err := e.lockSandbox(ctx, sb)
 	if err != nil {
 		return nil, err
 	}

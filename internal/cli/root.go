@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/internal/hostcheck"
+	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
@@ -30,8 +31,8 @@ type env struct {
 	log    *slog.Logger
 	// cold is run's and create's --cold: no snapshot start.
 	cold bool
-	// warnedTCG is set once the TCG warning was printed.
-	warnedTCG bool
+	// mgr is the lifecycle of store (manager()).
+	mgr *lifecycle.Manager
 }
 
 // Streams are the process's standard streams, passed in so tests can

@@ -4,15 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/internal/sandbox"
-	"github.com/sbx-dev/sbx/internal/supervisor"
 )
-
-const stopTimeout = 90 * time.Second
 
 func newStopCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
@@ -30,7 +26,7 @@ only if it does not finish within 30 seconds. The disk is kept, so the next
 					errs = append(errs, err)
 					continue
 				}
-				if err := e.stopSandbox(cmd.Context(), sb); err != nil {
+				if err := e.manager().Stop(cmd.Context(), sb); err != nil {
 					errs = append(errs, err)
 					continue
 				}
@@ -42,38 +38,9 @@ only if it does not finish within 30 seconds. The disk is kept, so the next
 	return cmd
 }
 
-// stopSandbox shuts sb down if it runs and waits for its supervisor to exit.
-// A crashed sandbox is marked stopped.
-func (e *env) stopSandbox(ctx context.Context, sb *sandbox.Sandbox) error {
-	unlock, err := e.lockSandbox(sb)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	return e.stopLocked(ctx, sb)
-}
-
-// stopLocked is stopSandbox for a caller that holds the sandbox lock.
+// stopLocked stops sb for a caller that holds its lock.
 func (e *env) stopLocked(ctx context.Context, sb *sandbox.Sandbox) error {
-	st, err := e.store.Status(sb)
-	if err != nil {
-		return err
-	}
-	switch st.Status {
-	case sandbox.StatusStopped:
-		return nil
-	case sandbox.StatusCrashed:
-		return e.store.SetState(sb, sandbox.State{Status: sandbox.StatusStopped})
-	}
-	ctx, cancel := context.WithTimeout(ctx, stopTimeout)
-	defer cancel()
-	if err := supervisor.Client(e.store, sb).Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		e.log.Debug("stop request", "sandbox", sb.Config.Name, "err", err)
-	}
-	if err := supervisor.WaitGone(ctx, st.PID, sb.Config.ID); err != nil {
-		return userErr(err, "see `sbx logs "+sb.Config.Name+"`", "sandbox %s did not stop within %s", sb.Config.Name, stopTimeout)
-	}
-	return nil
+	return e.manager().StopLocked(ctx, sb)
 }
 
 // joinUserErrs joins per-sandbox errors; Render prints each on its own.

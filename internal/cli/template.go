@@ -328,7 +328,7 @@ func (e *env) saveTemplate(ctx context.Context, sbName, name, out string) error 
 		}
 	}
 	// The sandbox lock keeps it from starting while its disk is read.
-	unlock, err := e.lockSandbox(sb)
+	unlock, err := e.lockSandbox(ctx, sb)
 	if err != nil {
 		return err
 	}

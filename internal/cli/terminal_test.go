@@ -2,11 +2,13 @@ package cli
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
@@ -92,6 +94,15 @@ func TestRenderEscapes(t *testing.T) {
 	var out strings.Builder
 	Render(&out, userErr(nil, "hint\x1b[2J", "clone failed: \x1b]0;PWNED\a"), false)
 	if strings.ContainsAny(out.String(), "\x1b\a") || !strings.Contains(out.String(), `\x1b]0;PWNED\a`) {
+		t.Errorf("rendered %q", out.String())
+	}
+}
+
+// A lifecycle error renders its message and hint like a UserError.
+func TestRenderLifecycleError(t *testing.T) {
+	var out strings.Builder
+	Render(&out, fmt.Errorf("wrapped: %w", &lifecycle.Error{Code: lifecycle.Failed, Msg: "sandbox x did not stop", Hint: "see `sbx logs x`"}), false)
+	if out.String() != "sbx: sandbox x did not stop\nhint: see `sbx logs x`\n" {
 		t.Errorf("rendered %q", out.String())
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sbx-dev/sbx/internal/paths"
@@ -277,7 +278,12 @@ func (s *Store) LockStore() (func(), error) {
 // Lock takes the exclusive lock of one sandbox, waiting for other sbx
 // commands that hold it. The returned func releases it.
 func (s *Store) Lock(sb *Sandbox) (func(), error) {
-	return safefile.Lock(context.Background(), sb.Path(LockFile))
+	return s.LockContext(context.Background(), sb)
+}
+
+// LockContext is Lock that gives up, with ctx's error, when ctx ends.
+func (s *Store) LockContext(ctx context.Context, sb *Sandbox) (func(), error) {
+	return safefile.Lock(ctx, sb.Path(LockFile))
 }
 
 // TryLock is Lock without waiting: it returns ErrBusy when another command
@@ -499,10 +505,28 @@ func (s *Store) Status(sb *Sandbox) (State, error) {
 	return st, nil
 }
 
-// SupervisorAlive reports whether pid is a live `sbx supervise id` process.
+// inProcess are the sandboxes whose supervisor runs in this process
+// (RunsInProcess): tests of the lifecycle, which run supervisors with a
+// fake VM in the test binary.
+var inProcess sync.Map // id -> struct{}
+
+// RunsInProcess records that sandbox id's supervisor runs in this
+// process, so SupervisorAlive knows it while it lasts; call the returned
+// func when it has stopped.
+func RunsInProcess(id string) func() {
+	inProcess.Store(id, struct{}{})
+	return func() { inProcess.Delete(id) }
+}
+
+// SupervisorAlive reports whether pid is a live `sbx supervise id` process
+// (or this process, running id's supervisor: RunsInProcess).
 func SupervisorAlive(pid int, id string) bool {
 	if pid <= 0 {
 		return false
+	}
+	if pid == os.Getpid() {
+		_, ok := inProcess.Load(id)
+		return ok
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {

@@ -31,15 +31,7 @@ func Client(store *sandbox.Store, sb *sandbox.Sandbox) *controlapi.Client {
 // while the sandbox boots. On failure the returned error says why and names
 // the log to read.
 func Launch(ctx context.Context, store *sandbox.Store, sb *sandbox.Sandbox, boot Boot, progress func(controlapi.Status)) error {
-	boot.Version = BootVersion
-	data, err := json.MarshalIndent(boot, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := sandbox.WriteFileAtomic(sb.Path(sandbox.BootFile), append(data, '\n'), 0o600); err != nil {
-		return err
-	}
-	if _, err := store.Dirs().EnsureRuntimeDir(sb.Config.ID); err != nil {
+	if err := WriteBoot(store, sb, boot); err != nil {
 		return err
 	}
 	exe, err := os.Executable()
@@ -75,7 +67,35 @@ func Launch(ctx context.Context, store *sandbox.Store, sb *sandbox.Sandbox, boot
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	err = WaitUp(ctx, store, sb, exited, progress)
+	switch {
+	case err == nil:
+		_ = cmd.Process.Release()
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+	}
+	return err
+}
 
+// WriteBoot writes boot as sb's boot.json, which the supervisor reads
+// (New), and makes sb's runtime folder.
+func WriteBoot(store *sandbox.Store, sb *sandbox.Sandbox, boot Boot) error {
+	boot.Version = BootVersion
+	data, err := json.MarshalIndent(boot, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := sandbox.WriteFileAtomic(sb.Path(sandbox.BootFile), append(data, '\n'), 0o600); err != nil {
+		return err
+	}
+	_, err = store.Dirs().EnsureRuntimeDir(sb.Config.ID)
+	return err
+}
+
+// WaitUp waits for sb's starting supervisor to report running (nil), to
+// fail or exit (exited receives) with ErrStartFailed, or for ctx to end;
+// progress gets each new phase.
+func WaitUp(ctx context.Context, store *sandbox.Store, sb *sandbox.Sandbox, exited <-chan error, progress func(controlapi.Status)) error {
 	client := Client(store, sb)
 	var last controlapi.Status
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -85,7 +105,6 @@ func Launch(ctx context.Context, store *sandbox.Store, sb *sandbox.Sandbox, boot
 		case <-exited:
 			return fmt.Errorf("%w: %s", ErrStartFailed, lastFailure(store, sb))
 		case <-ctx.Done():
-			_ = cmd.Process.Signal(syscall.SIGTERM)
 			return ctx.Err()
 		case <-tick.C:
 		}
@@ -99,7 +118,6 @@ func Launch(ctx context.Context, store *sandbox.Store, sb *sandbox.Sandbox, boot
 		last = st
 		switch st.State {
 		case "running":
-			_ = cmd.Process.Release()
 			return nil
 		case "failed":
 			return fmt.Errorf("%w: %s", ErrStartFailed, st.Error)

@@ -1,0 +1,285 @@
+package lifecycle
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sbx-dev/sbx/internal/paths"
+	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/supervisor"
+	"github.com/sbx-dev/sbx/internal/vm"
+	"github.com/sbx-dev/sbx/internal/vm/vmtest"
+)
+
+// The lifecycle in process: supervisors run in the test binary with the
+// fake VM backend (each VM the real guest agent on a pipe), so start,
+// stop, crash, failure and concurrency are tested without QEMU.
+
+type fixture struct {
+	m       *Manager
+	sb      *sandbox.Sandbox
+	backend *vmtest.Backend
+	events  []Event
+	mu      sync.Mutex
+	base    string
+	logs    bytes.Buffer
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	// Short: the control sockets live below it.
+	base, err := os.MkdirTemp("", "sbx-lc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	dirs := paths.Dirs{Data: filepath.Join(base, "d"), Config: filepath.Join(base, "c"), Cache: filepath.Join(base, "k"), Runtime: filepath.Join(base, "r")}
+	u, _ := user.Current()
+	f := &fixture{backend: &vmtest.Backend{User: u.Username}, base: base}
+	log := slog.New(slog.NewTextHandler(&syncWriter{w: &f.logs, mu: &f.mu}, nil))
+	f.m = New(dirs, log)
+	f.m.Launch = InProcess(f.backend, log)
+	f.m.Events = func(ev Event) {
+		f.mu.Lock()
+		f.events = append(f.events, ev)
+		f.mu.Unlock()
+	}
+	cfg := sandbox.Config{ID: sandbox.NewID(), Name: "fake", Agent: "shell", Workspaces: []sandbox.Workspace{{Path: t.TempDir()}}, UID: 1000, GID: 1000}
+	if f.sb, err = f.m.Store.Create(cfg); err == nil {
+		err = f.m.Store.Commit(f.sb)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := f.m.Stop(ctx, f.sb); err != nil && !errors.Is(err, ErrNotFound) {
+			t.Errorf("clean-up stop: %v", err)
+		}
+		if t.Failed() {
+			f.mu.Lock()
+			t.Logf("supervisor log:\n%s", f.logs.String())
+			f.mu.Unlock()
+		}
+	})
+	return f
+}
+
+type syncWriter struct {
+	w  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func (f *fixture) req(mode StartMode) StartRequest {
+	return StartRequest{Mode: mode, Prepare: func(context.Context, *sandbox.Sandbox) (supervisor.Boot, error) {
+		return supervisor.Boot{Accel: "tcg", CPUs: 1, MAC: sandbox.NewMAC(), ConfigDir: filepath.Join(f.base, "c")}, nil
+	}}
+}
+
+func (f *fixture) status(t *testing.T) sandbox.State {
+	t.Helper()
+	st, err := f.m.Store.Status(f.sb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func (f *fixture) eventsOf(kind EventKind) []Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []Event
+	for _, ev := range f.events {
+		if ev.Kind == kind {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// TestStartStop: a start boots one VM and records it running; a second
+// start finds it running; a stop shuts it down and records stopped.
+func TestStartStop(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	if err := f.m.Start(ctx, f.sb, f.req(InBackground)); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.status(t); st.Status != sandbox.StatusRunning || !st.Detached {
+		t.Fatalf("after start: %+v", st)
+	}
+	if _, err := os.Stat(f.sb.Path(sandbox.BootedFile)); err != nil {
+		t.Errorf("the start was not recorded: %v", err)
+	}
+	if err := f.m.Start(ctx, f.sb, f.req(InBackground)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.backend.Instances()); n != 1 {
+		t.Errorf("%d VMs after two starts, want 1", n)
+	}
+	if len(f.eventsOf(Detail)) == 0 {
+		t.Error("no detail event (cold boot)")
+	}
+	if err := f.m.Stop(ctx, f.sb); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.status(t); st.Status != sandbox.StatusStopped {
+		t.Errorf("after stop: %+v", st)
+	}
+}
+
+// TestStartAfterCrash: a VM that dies leaves the sandbox crashed or
+// stopped; the next start boots a new VM, saying so when it had crashed.
+func TestStartAfterCrash(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	if err := f.m.Start(ctx, f.sb, f.req(InBackground)); err != nil {
+		t.Fatal(err)
+	}
+	f.backend.Instances()[0].Crash()
+	deadline := time.Now().Add(10 * time.Second)
+	for f.status(t).Status == sandbox.StatusRunning {
+		if time.Now().After(deadline) {
+			t.Fatal("still running 10 s after its VM died")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	before := f.status(t)
+	if err := f.m.Start(ctx, f.sb, f.req(InBackground)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.backend.Instances()); n != 2 || f.status(t).Status != sandbox.StatusRunning {
+		t.Errorf("%d VMs, status %s; want a second VM running", n, f.status(t).Status)
+	}
+	if before.Status == sandbox.StatusCrashed && len(f.eventsOf(Notice)) == 0 {
+		t.Error("no notice of the crash")
+	}
+}
+
+// TestConcurrentStarts: two starts at once boot one VM; both return
+// with it running.
+func TestConcurrentStarts(t *testing.T) {
+	f := newFixture(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		wg.Go(func() { errs[i] = f.m.Start(t.Context(), f.sb, f.req(InBackground)) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("start %d: %v", i, err)
+		}
+	}
+	if n := len(f.backend.Instances()); n != 1 {
+		t.Errorf("%d VMs, want 1", n)
+	}
+}
+
+// TestLockHonoursContext: a start waiting for another call's lock gives
+// up when its ctx ends (Ctrl-C on a second `sbx run`).
+func TestLockHonoursContext(t *testing.T) {
+	f := newFixture(t)
+	unlock, err := f.m.Lock(t.Context(), f.sb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f.m.Start(ctx, f.sb, f.req(InBackground)) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("start under a held lock: %v, want the deadline", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("start still waiting 5 s after its ctx ended")
+	}
+	if n := len(f.backend.Instances()); n != 0 {
+		t.Errorf("%d VMs started", n)
+	}
+}
+
+// failing is a backend whose VMs cannot be made.
+type failing struct{ vmtest.Backend }
+
+func (*failing) New(context.Context, vm.Config, *slog.Logger) (vm.Instance, error) {
+	return nil, errors.New("no VM today")
+}
+
+// TestStartFailures: a failed preparation comes back as it was; a VM that
+// cannot start is a Failed error naming the sandbox, and the sandbox is
+// not left running; a removed sandbox is NotFound.
+func TestStartFailures(t *testing.T) {
+	f := newFixture(t)
+	bad := &Error{Code: Invalid, Msg: "no kernel"}
+	req := f.req(InBackground)
+	req.Prepare = func(context.Context, *sandbox.Sandbox) (supervisor.Boot, error) { return supervisor.Boot{}, bad }
+	if err := f.m.Start(t.Context(), f.sb, req); !errors.Is(err, ErrInvalid) {
+		t.Errorf("failed prepare: %v", err)
+	}
+	f.m.Launch = InProcess(&failing{}, f.m.Log)
+	err := f.m.Start(t.Context(), f.sb, f.req(InBackground))
+	if e, ok := AsError(err); !ok || e.Code != Failed || e.Sandbox != "fake" {
+		t.Errorf("failed VM: %#v", err)
+	}
+	if st := f.status(t); st.Status == sandbox.StatusRunning {
+		t.Errorf("left %s", st.Status)
+	}
+	if err := f.m.Store.Remove(f.sb); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.Start(t.Context(), f.sb, f.req(InBackground)); !errors.Is(err, ErrNotFound) {
+		t.Errorf("start of a removed sandbox: %v", err)
+	}
+	if _, err := f.m.Get("fake"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get of a removed sandbox: %v", err)
+	}
+}
+
+// TestRemove: a running sandbox is a Conflict on "force" without it, and
+// with it is stopped and removed, its sandbox rules with it; then it is
+// NotFound.
+func TestRemove(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	if err := f.m.Start(ctx, f.sb, f.req(InBackground)); err != nil {
+		t.Fatal(err)
+	}
+	err := f.m.Remove(ctx, f.sb, RemoveRequest{})
+	if e, ok := AsError(err); !ok || e.Code != Conflict || e.Field != "force" {
+		t.Fatalf("remove of a running sandbox: %#v", err)
+	}
+	if f.status(t).Status != sandbox.StatusRunning {
+		t.Fatal("the refused remove stopped it")
+	}
+	if err := f.m.Remove(ctx, f.sb, RemoveRequest{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(f.m.Store.DirOf(f.sb.Config.ID)); !os.IsNotExist(err) {
+		t.Errorf("its folder is still there: %v", err)
+	}
+	if _, err := f.m.Get(f.sb.Config.Name); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get after remove: %v", err)
+	}
+	if err := f.m.Remove(ctx, f.sb, RemoveRequest{Force: true}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second remove: %v", err)
+	}
+}
