@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/template"
@@ -92,31 +93,17 @@ func (e *env) wantAgentDomains(a agentSpec, f *createFlags) bool {
 	return true
 }
 
-// addAgentDomains adds the agent's domains as allow rules of sandbox sb
-// (origin "agent:NAME"), when its configuration says so. A user's deny
-// rule still wins over them.
-func (e *env) addAgentDomains(sb *sandbox.Sandbox, a agentSpec) error {
-	if !sb.Config.AgentDomains {
-		return nil
-	}
-	var rules []policy.Rule
+// agentRules are the agent's domains as allow rules (origin "agent:NAME")
+// for a new sandbox whose configuration says so (lifecycle.CreateRequest).
+// A user's deny rule still wins over them.
+func agentRules(a agentSpec) ([]lifecycle.Rule, error) {
+	var rules []lifecycle.Rule
 	for _, d := range a.Domains {
 		r, err := policy.ParseResource(d)
 		if err != nil {
-			return fmt.Errorf("agent %s domain %q: %w", a.Name, d, err)
+			return nil, fmt.Errorf("agent %s domain %q: %w", a.Name, d, err)
 		}
-		rules = append(rules, policy.NewRule(policy.Allow, r, sb.Config.ID, agentOrigin(a), time.Now()))
+		rules = append(rules, lifecycle.Rule{Action: policy.Allow, Resource: r, Origin: agentOrigin(a)})
 	}
-	err := e.policyStore().Update(func(f *policy.File) error {
-		for _, rule := range rules {
-			if !slices.ContainsFunc(f.Rules, func(x policy.Rule) bool { return x.ID == rule.ID }) {
-				f.Rules = append(f.Rules, rule)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return userErr(err, "check the policy file with `sbx policy ls`", "cannot add the network rules of agent %s", a.Name)
-	}
-	return nil
+	return rules, nil
 }

@@ -14,9 +14,9 @@ import (
 	"github.com/sbx-dev/sbx/api/agentapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
 	"github.com/sbx-dev/sbx/internal/clone"
+	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/safefile"
 	"github.com/sbx-dev/sbx/internal/sandbox"
-	"github.com/sbx-dev/sbx/internal/supervisor"
 )
 
 // ClonedFile, in a clone mode sandbox's folder, records that its clone
@@ -56,18 +56,12 @@ func (e *env) cloneWorkspaces(ctx context.Context, f *createFlags, t target) ([]
 	return []sandbox.Workspace{{Path: src.Root, ReadOnly: true, Mount: clone.GuestSource}}, c, nil
 }
 
-// guestRun runs argv in sb's guest as user with no stdin and returns its
-// exit code; output goes to stdout and stderr.
+// guestRun runs argv in sb's guest as user and returns its exit code;
+// output goes to stdout and stderr.
 func (e *env) guestRun(ctx context.Context, sb *sandbox.Sandbox, user string, argv []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	stream, err := supervisor.Client(e.store, sb).OpenStream(ctx, false)
-	if err != nil {
-		return 0, userErr(err, "check it with `sbx ls`", "cannot reach sandbox %s", sb.Config.Name)
-	}
-	st, err := agentclient.Exec(ctx, stream, agentapi.ExecRequest{Argv: argv, User: user, Dir: "/"}, agentclient.ExecIO{Stdin: stdin, Stdout: stdout, Stderr: stderr})
-	if err != nil {
-		return 0, userErr(err, "see `sbx logs "+sb.Config.Name+"`", "sandbox %s: %s", sb.Config.Name, argv[0])
-	}
-	return st.Code, nil
+	st, err := e.manager().Exec(ctx, sb, lifecycle.ExecRequest{ExecRequest: agentapi.ExecRequest{Argv: argv, User: user, Dir: "/"}},
+		agentclient.ExecIO{Stdin: stdin, Stdout: stdout, Stderr: stderr})
+	return st.Code, err
 }
 
 // ensureClone makes a clone mode sandbox's clone on its first run (the VM

@@ -14,13 +14,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sbx-dev/sbx/internal/disk"
 	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
-	"github.com/sbx-dev/sbx/internal/snapshot"
 	"github.com/sbx-dev/sbx/internal/supervisor"
-	"github.com/sbx-dev/sbx/internal/template"
 )
 
 const (
@@ -218,7 +215,7 @@ func pathWithin(p, dir string) bool {
 // findOrCreate returns the sandbox the target names, creating it when it
 // does not exist. It rejects creation flags that differ from an existing
 // sandbox's. created reports whether the sandbox is new.
-func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sandbox.Sandbox, created bool, err error) {
+func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target, nf netFlags) (sb *sandbox.Sandbox, created bool, err error) {
 	if f.name != "" {
 		if err := sandbox.ValidateName(f.name); err != nil {
 			return nil, false, userErr(nil, "use 2 to 63 letters, digits, '-' and '.', starting with a letter or digit", "invalid sandbox name %q", f.name)
@@ -228,8 +225,7 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 		return sb, false, e.checkSameFlags(cmd, f, t, sb)
 	}
 	// Validate every flag before any slow work.
-	probe, err := e.newConfig(cmd, f, t, "x")
-	if err != nil {
+	if _, err := e.newConfig(cmd, f, t, "x"); err != nil {
 		return nil, false, err
 	}
 	// The template may take minutes on first use; it has its own lock, so
@@ -239,32 +235,6 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 		return nil, false, err
 	}
 	e.warnTemplateAgent(tmpl, t.agent)
-	qemuImg, err := e.manager().QEMUImg(cmd.Context())
-	if err != nil {
-		return nil, false, err
-	}
-	// The pre-booted snapshot of this template and VM shape: saved once
-	// (a boot, seconds), outside the store lock like the template.
-	var snap *snapshot.Snapshot
-	if !f.cold {
-		if !tmpl.Docker {
-			probe.DockerDiskBytes = 0
-		}
-		if snap, err = e.manager().PrepareSnapshot(cmd.Context(), probe, tmpl); err != nil {
-			return nil, false, err
-		}
-	}
-
-	unlock, err := e.store.LockStore()
-	if err != nil {
-		return nil, false, userErr(err, "check that the state folder is writable and the disk not full (`sbx diagnose`)", "cannot lock the sandbox store")
-	}
-	defer unlock()
-	e.store.CleanStale()
-	// Another command may have created it while the template was built.
-	if sb, ok := e.findExisting(f, t); ok {
-		return sb, false, e.checkSameFlags(cmd, f, t, sb)
-	}
 	name := f.name
 	if name == "" {
 		if name, err = e.defaultName(t); err != nil {
@@ -275,58 +245,35 @@ func (e *env) findOrCreate(cmd *cobra.Command, f *createFlags, t target) (sb *sa
 	if err != nil {
 		return nil, false, err
 	}
-	cfg.Template = sandbox.TemplateRef{Name: tmpl.Name, ID: tmpl.ID, Image: tmpl.Image}
-	if snap != nil {
-		cfg.Snapshot = snap.Key
-	}
-	if !tmpl.Docker {
-		cfg.DockerDiskBytes = 0
-	}
 	if !f.noGitIdentity {
 		cfg.Git = hostGitIdentity(cmd.Context())
 	}
 	cfg.AgentDomains = e.wantAgentDomains(t.agent, f)
-	sb, err = e.store.Create(cfg)
-	if err != nil {
-		return nil, false, userErr(err, "", "cannot create sandbox %s", cfg.Name)
-	}
-	// The folder is published only once its disk exists, so a command
-	// killed half-way never leaves a sandbox without a disk.
-	// The agent's rules go in before the sandbox is published, so a
-	// sandbox never exists without them; a failed creation takes them out.
-	if err := e.addAgentDomains(sb, t.agent); err != nil {
-		e.store.Discard(sb)
-		return nil, false, err
-	}
-	diskPath := filepath.Join(e.store.DirOf(cfg.ID), sandbox.DiskFile)
-	if snap != nil {
-		// Backed by the snapshot's disk, itself an overlay of the template
-		// image: the disk as it was when the snapshot was saved.
-		err = disk.CreateOverlay(cmd.Context(), qemuImg, snap.Disk, "qcow2", sb.Path(sandbox.DiskFile), cfg.DiskBytes)
-		if err == nil {
-			err = snapshot.Lease(e.dirs.Cache, snap.Key, diskPath)
+	req := lifecycle.CreateRequest{Config: cfg, Template: tmpl, Cold: f.cold, Ports: nf.publish}
+	// The agent's rules and --deny-network go in with the sandbox: it
+	// never exists without them.
+	if cfg.AgentDomains {
+		if req.Rules, err = agentRules(t.agent); err != nil {
+			return nil, false, err
 		}
-	} else {
-		err = disk.CreateOverlay(cmd.Context(), qemuImg, tmpl.Image, "raw", sb.Path(sandbox.DiskFile), cfg.DiskBytes)
 	}
-	if err == nil {
-		// The lease names the disk's final path: it holds the image once
-		// the sandbox is published, in whichever SBX_HOME.
-		err = template.Lease(e.dirs.Cache, tmpl.ID, diskPath)
+	for _, r := range nf.deny {
+		req.Rules = append(req.Rules, lifecycle.Rule{Action: policy.Deny, Resource: r, Origin: policy.OriginUser})
 	}
-	if err == nil {
-		err = e.store.Commit(sb)
-	}
-	if err != nil {
-		e.store.Discard(sb)
-		e.releaseLeases(cfg)
-		if sb.Config.AgentDomains {
-			_, _ = e.policyStore().RemoveSandbox(sb.Config.ID)
-		}
-		if errors.Is(err, disk.ErrTooSmall) {
+	sb, err = e.manager().Create(cmd.Context(), req)
+	if le, ok := lifecycle.AsError(err); ok {
+		switch le.Field {
+		case "name":
+			// Another command may have created it meanwhile.
+			if sb, ok := e.findExisting(f, t); ok {
+				return sb, false, e.checkSameFlags(cmd, f, t, sb)
+			}
+		case "disk":
 			return nil, false, userErr(err, "give a larger --disk", "--disk %s is smaller than the template", f.disk)
 		}
-		return nil, false, userErr(err, "check free disk space with `sbx diagnose`", "cannot create the disk of sandbox %s", cfg.Name)
+	}
+	if err != nil {
+		return nil, false, err
 	}
 	e.warnUnwritable(sb)
 	e.warnProtect(f, sb)
@@ -620,15 +567,12 @@ its template's pre-booted snapshot (saved on first use) unless --cold.`,
 				return err
 			}
 			e.cold = f.cold
-			sb, created, err := e.findOrCreate(cmd, &f, t)
+			sb, created, err := e.findOrCreate(cmd, &f, t, nf)
 			if err != nil {
 				return err
 			}
 			if !created {
 				return userErr(nil, "use `sbx run "+sb.Config.Name+"` to start it, or give another --name", "sandbox %s already exists for %s", sb.Config.Name, sb.PrimaryWorkspace())
-			}
-			if err := e.applyNet(cmd, sb, nf); err != nil {
-				return err
 			}
 			if err := e.ensureRunning(cmd.Context(), sb, startInBackground); err != nil {
 				return err
@@ -689,7 +633,8 @@ func (f *createFlags) parseNet() (netFlags, error) {
 	return n, nil
 }
 
-// applyNet adds the sandbox's deny rules and published ports.
+// applyNet adds deny rules and published ports to an existing sandbox
+// (a new one gets them with its creation).
 func (e *env) applyNet(cmd *cobra.Command, sb *sandbox.Sandbox, n netFlags) error {
 	if len(n.deny) > 0 {
 		err := e.policyStore().Update(func(f *policy.File) error {

@@ -8,9 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sbx-dev/sbx/api/controlapi"
+	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/sandbox"
-	"github.com/sbx-dev/sbx/internal/supervisor"
 )
 
 func newPortsCmd(e *env) *cobra.Command {
@@ -81,70 +80,8 @@ list the published ports.`,
 	return cmd
 }
 
-// changePorts applies publish and unpublish requests to sb, through its
-// supervisor when it runs, else to ports.json, and returns the ports now
-// published.
+// changePorts applies publish and unpublish requests to sb
+// (lifecycle.Manager.Ports) and returns the ports now published.
 func (e *env) changePorts(cmd *cobra.Command, sb *sandbox.Sandbox, pub, unpub []sandbox.Port) ([]sandbox.Port, error) {
-	ctx := cmd.Context()
-	unlock, err := e.lockSandbox(ctx, sb)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	st, err := e.store.Status(sb)
-	if err != nil {
-		return nil, err
-	}
-	if st.Status == sandbox.StatusRunning {
-		c := supervisor.Client(e.store, sb)
-		for _, p := range unpub {
-			if _, err := c.Publish(ctx, toAPIPort(p), true); err != nil {
-				return nil, userErr(nil, "list them with `sbx ports "+sb.Config.Name+"`", "--unpublish %s: %v", p, err)
-			}
-		}
-		for _, p := range pub {
-			if _, err := c.Publish(ctx, toAPIPort(p), false); err != nil {
-				return nil, userErr(nil, "pick another host port, or omit it to get a free one", "--publish %s: %v", p, err)
-			}
-		}
-		list, err := c.Ports(ctx)
-		if err != nil {
-			return nil, userErr(err, "", "cannot reach sandbox %s", sb.Config.Name)
-		}
-		var out []sandbox.Port
-		for _, p := range list {
-			out = append(out, sandbox.Port{HostIP: p.HostIP, HostPort: p.HostPort, SandboxPort: p.SandboxPort})
-		}
-		return out, nil
-	}
-	ports, err := e.store.ReadPorts(sb)
-	if err != nil {
-		return nil, userErr(err, "", "cannot read the ports of %s", sb.Config.Name)
-	}
-	for _, u := range unpub {
-		n := len(ports)
-		ports = slices.DeleteFunc(ports, func(p sandbox.Port) bool { return sandbox.SamePort(p, u) })
-		if len(ports) == n {
-			return nil, userErr(nil, "list them with `sbx ports "+sb.Config.Name+"`", "--unpublish %s: no published port matches", u)
-		}
-	}
-	for _, p := range pub {
-		if i := slices.IndexFunc(ports, func(q sandbox.Port) bool { return sandbox.SamePort(p, q) }); i >= 0 {
-			if ports[i].SandboxPort != p.SandboxPort {
-				return nil, userErr(nil, "", "--publish %s: host port taken by %s", p, ports[i])
-			}
-			continue
-		}
-		ports = append(ports, p)
-	}
-	if len(pub)+len(unpub) > 0 {
-		if err := e.store.WritePorts(sb, ports); err != nil {
-			return nil, userErr(err, "", "cannot record the ports of %s", sb.Config.Name)
-		}
-	}
-	return ports, nil
-}
-
-func toAPIPort(p sandbox.Port) controlapi.Port {
-	return controlapi.Port{HostIP: p.HostIP, HostPort: p.HostPort, SandboxPort: p.SandboxPort}
+	return e.manager().Ports(cmd.Context(), sb, lifecycle.PortsRequest{Publish: pub, Unpublish: unpub})
 }

@@ -64,12 +64,14 @@ the workspace since the sandbox started goes to stderr, risky changes first
 				return err
 			}
 			e.cold = f.cold
-			sb, created, err := e.findOrCreate(cmd, &f, t)
+			sb, created, err := e.findOrCreate(cmd, &f, t, nf)
 			if err != nil {
 				return err
 			}
-			if err := e.applyNet(cmd, sb, nf); err != nil {
-				return err
+			if !created {
+				if err := e.applyNet(cmd, sb, nf); err != nil {
+					return err
+				}
 			}
 			ctx := cmd.Context()
 			if f.rm && f.detached {

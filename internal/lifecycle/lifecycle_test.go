@@ -6,15 +6,21 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/sbx-dev/sbx/api/agentapi"
+	"github.com/sbx-dev/sbx/internal/agentclient"
 	"github.com/sbx-dev/sbx/internal/paths"
+	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/supervisor"
+	"github.com/sbx-dev/sbx/internal/template"
 	"github.com/sbx-dev/sbx/internal/vm"
 	"github.com/sbx-dev/sbx/internal/vm/vmtest"
 )
@@ -281,5 +287,121 @@ func TestRemove(t *testing.T) {
 	}
 	if err := f.m.Remove(ctx, f.sb, RemoveRequest{Force: true}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second remove: %v", err)
+	}
+}
+
+// TestCreate: a sandbox is made as one transaction, with its rules and
+// ports; a taken name is a Conflict on "name"; a failed create leaves no
+// folder and no rule behind.
+func TestCreate(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("no qemu-img")
+	}
+	f := newFixture(t)
+	img := filepath.Join(f.base, "template.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img, 8<<20)
+	tmpl := template.Template{Name: "t", ID: "0123456789abcdef", Image: img}
+	deny, _ := policy.ParseResource("blocked.example")
+	req := CreateRequest{
+		Config:   sandbox.Config{Name: "made", Agent: "shell", Workspaces: f.sb.Config.Workspaces, UID: 1000, GID: 1000, DiskBytes: 16 << 20},
+		Template: tmpl, Cold: true,
+		Rules: []Rule{{Action: policy.Deny, Resource: deny, Origin: "user"}},
+		Ports: []sandbox.Port{{HostIP: "127.0.0.1", HostPort: 18080, SandboxPort: 80}},
+	}
+	sb, err := f.m.Create(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.m.Get("made"); err != nil || got.Config.ID != sb.Config.ID || got.Config.Template.ID != tmpl.ID {
+		t.Fatalf("Get: %+v %v", got, err)
+	}
+	if ports, err := f.m.Store.ReadPorts(sb); err != nil || len(ports) != 1 {
+		t.Errorf("ports %v %v", ports, err)
+	}
+	rulesOf := func(id string) int {
+		pf, err := policy.NewStore(f.m.Dirs.Config).Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, r := range pf.Rules {
+			if r.Scope == id {
+				n++
+			}
+		}
+		return n
+	}
+	if n := rulesOf(sb.Config.ID); n != 1 {
+		t.Errorf("%d rules of the new sandbox, want 1", n)
+	}
+	if _, err := f.m.Create(t.Context(), req); !errors.Is(err, ErrConflict) {
+		t.Errorf("second create of the name: %v", err)
+	} else if e, _ := AsError(err); e.Field != "name" {
+		t.Errorf("conflict on %q, want name", e.Field)
+	}
+	// A template image that is gone: the disk fails after the rules went
+	// in, and everything is taken out again.
+	req.Config.Name, req.Config.ID = "broken", "fedcba9876543210"
+	req.Template.Image = filepath.Join(f.base, "missing.img")
+	if _, err := f.m.Create(t.Context(), req); err == nil {
+		t.Fatal("create on a missing template image worked")
+	}
+	if _, err := f.m.Get("broken"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the failed sandbox is findable: %v", err)
+	}
+	if n := rulesOf("fedcba9876543210"); n != 0 {
+		t.Errorf("%d rules left by the failed create", n)
+	}
+	entries, _ := os.ReadDir(filepath.Join(f.m.Dirs.Data, "sandboxes"))
+	for _, en := range entries {
+		if strings.Contains(en.Name(), "fedcba9876543210") {
+			t.Errorf("left %s", en.Name())
+		}
+	}
+}
+
+// TestPorts: on a stopped sandbox ports are recorded for its next start,
+// on a running one published by its supervisor at once; an unpublish
+// that matches nothing is a Conflict on "ports".
+func TestPorts(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	p := sandbox.Port{HostIP: "127.0.0.1", HostPort: 0, SandboxPort: 80}
+	got, err := f.m.Ports(ctx, f.sb, PortsRequest{Publish: []sandbox.Port{p}})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("publish on a stopped sandbox: %v %v", got, err)
+	}
+	_, err = f.m.Ports(ctx, f.sb, PortsRequest{Unpublish: []sandbox.Port{{HostIP: "127.0.0.1", HostPort: 1, SandboxPort: 22}}})
+	if e, ok := AsError(err); !ok || e.Code != Conflict || e.Field != "ports" {
+		t.Errorf("unpublish of nothing: %#v", err)
+	}
+	if err := f.m.Start(ctx, f.sb, f.req(InBackground)); err != nil {
+		t.Fatal(err)
+	}
+	got, err = f.m.Ports(ctx, f.sb, PortsRequest{})
+	if err != nil || len(got) != 1 || got[0].HostPort == 0 {
+		t.Errorf("ports of the running sandbox: %v %v, want the recorded one with its host port chosen", got, err)
+	}
+}
+
+// TestExec: a command runs in a running sandbox with its output and exit
+// code; in a stopped one it is a Conflict on "state".
+func TestExec(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	req := ExecRequest{ExecRequest: agentapi.ExecRequest{Argv: []string{"sh", "-c", "echo hi; exit 3"}}}
+	if _, err := f.m.Exec(ctx, f.sb, req, agentclient.ExecIO{}); !errors.Is(err, ErrConflict) {
+		t.Errorf("exec in a stopped sandbox: %v", err)
+	}
+	if err := f.m.Start(ctx, f.sb, f.req(InBackground)); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	st, err := f.m.Exec(ctx, f.sb, req, agentclient.ExecIO{Stdout: &out})
+	if err != nil || st.Code != 3 || out.String() != "hi\n" {
+		t.Errorf("exec: code %d, %q, %v", st.Code, out.String(), err)
 	}
 }
