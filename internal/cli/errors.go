@@ -28,6 +28,10 @@ func (e *UserError) Error() string {
 
 func (e *UserError) Unwrap() error { return e.Cause }
 
+// Message and HintText are what an API client gets of it (internal/daemon).
+func (e *UserError) Message() string  { return e.Msg }
+func (e *UserError) HintText() string { return e.Hint }
+
 // userErr builds a UserError.
 func userErr(cause error, hint, format string, args ...any) *UserError {
 	return &UserError{Msg: fmt.Sprintf(format, args...), Hint: hint, Cause: cause}

@@ -99,6 +99,7 @@ traffic the policy allows (see ` + "`sbx policy`" + `) cross between it and the 
 		newTemplateCmd(e),
 		newFetchIntoCmd(e),
 		newGitRemoteCmd(e),
+		newDaemonCmd(e),
 	)
 	root.InitDefaultCompletionCmd()
 	return root, &e.debug

@@ -1,0 +1,142 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/internal/daemon"
+	"github.com/sbx-dev/sbx/internal/lifecycle"
+	"github.com/sbx-dev/sbx/internal/sandbox"
+)
+
+func newDaemonCmd(e *env) *cobra.Command {
+	var socket, listen, tokenFile string
+	cmd := &cobra.Command{
+		Use:   "daemon [--socket PATH] [--listen ADDR --token-file FILE]",
+		Short: "Serve the sandbox lifecycle as a REST API (docs/api.md)",
+		Long: `Serve create, list, inspect, start, stop, remove, exec, ports and an
+events stream as REST + JSON over HTTP (docs/api.md, api/openapi.json) until
+interrupted. By default on the unix socket daemon.sock in sbx's runtime
+folder, mode 0600: whoever can connect runs anything in every sandbox. With
+--listen also on TCP, where every request needs the bearer token in
+--token-file (a file only you can read, at least 16 characters); --listen
+without a token is refused. The CLI keeps working beside it. Sandboxes it
+starts keep running after it exits; stop them with sbx stop.`,
+		Example: `  sbx daemon &
+  curl --unix-socket "$XDG_RUNTIME_DIR/sbx/daemon.sock" http://sbx/v1/sandboxes
+  sbx daemon --listen 127.0.0.1:7070 --token-file ~/.config/sbx/api-token`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			var token string
+			switch {
+			case listen != "" && tokenFile == "":
+				return userErr(nil, "give --token-file FILE (a secret of 16 characters or more, mode 0600)", "--listen needs a bearer token: the API runs anything in every sandbox")
+			case tokenFile != "":
+				t, err := daemon.ReadToken(tokenFile)
+				if err != nil {
+					return userErr(nil, "write a token of 16 characters or more to a file only you can read (chmod 600)", "--token-file: %v", err)
+				}
+				token = t
+			}
+			if socket == "" {
+				socket = filepath.Join(e.dirs.Runtime, "daemon.sock")
+			}
+			// No prompts: requests decide nothing on a terminal.
+			e.stdin = strings.NewReader("")
+			srv := &daemon.Server{M: e.manager(), Create: e.apiCreate, Log: e.log,
+				Start: func(ctx context.Context, sb *sandbox.Sandbox) error { return e.ensureRunning(ctx, sb, startInBackground) }}
+			h := srv.Handler()
+			ul, err := daemon.ListenUnix(socket)
+			if err != nil {
+				return userErr(err, "stop the other daemon, or give another --socket", "cannot listen on %s", socket)
+			}
+			servers := []*http.Server{{Handler: h, ReadHeaderTimeout: 10 * time.Second}}
+			listeners := []net.Listener{ul}
+			if listen != "" {
+				tl, err := net.Listen("tcp", listen)
+				if err != nil {
+					ul.Close()
+					return userErr(err, "", "cannot listen on %s", listen)
+				}
+				servers = append(servers, &http.Server{Handler: daemon.RequireToken(h, token), ReadHeaderTimeout: 10 * time.Second})
+				listeners = append(listeners, tl)
+			}
+			errc := make(chan error, len(servers))
+			for i, s := range servers {
+				fmt.Fprintf(e.stderr, "sbx: daemon listening on %s\n", listeners[i].Addr())
+				go func() { errc <- s.Serve(listeners[i]) }()
+			}
+			select {
+			case <-ctx.Done():
+			case err = <-errc:
+			}
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			for _, s := range servers {
+				s.Shutdown(sctx)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return userErr(err, "", "the daemon stopped")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&socket, "socket", "", "unix socket to serve on (default: daemon.sock in sbx's runtime folder)")
+	cmd.Flags().StringVar(&listen, "listen", "", "also serve on this TCP address (needs --token-file)")
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token TCP requests must carry")
+	return cmd
+}
+
+// apiCreate is the daemon's create: the same checks, defaults and
+// templates as `sbx create`, from a request instead of flags.
+func (e *env) apiCreate(ctx context.Context, req daemon.CreateRequest) (*sandbox.Sandbox, error) {
+	cmd := &cobra.Command{Use: "create"}
+	var f createFlags
+	f.register(cmd)
+	var args []string
+	for _, kv := range []struct{ flag, v string }{{"--name", req.Name}, {"--template", req.Template}, {"--memory", req.Memory}, {"--disk", req.Disk}} {
+		if kv.v != "" {
+			args = append(args, kv.flag, kv.v)
+		}
+	}
+	if req.CPUs != 0 {
+		args = append(args, "--cpus", strconv.Itoa(req.CPUs))
+	}
+	if req.Cold {
+		args = append(args, "--cold")
+	}
+	if err := cmd.ParseFlags(args); err != nil {
+		return nil, &lifecycle.Error{Code: lifecycle.Invalid, Msg: err.Error()}
+	}
+	cmd.SetContext(ctx)
+	var pos []string
+	if req.Agent != "" {
+		if _, ok := findAgent(req.Agent); !ok {
+			return nil, &lifecycle.Error{Code: lifecycle.Invalid, Field: "agent", Msg: fmt.Sprintf("no agent named %q", req.Agent), Hint: "see `sbx run --help` for the agents"}
+		}
+		pos = append(pos, req.Agent)
+	}
+	t, err := e.resolveTarget(append(pos, req.Workspace))
+	if err != nil {
+		return nil, err
+	}
+	sb, created, err := e.findOrCreate(cmd, &f, t, netFlags{})
+	if err != nil {
+		return nil, err
+	}
+	if !created {
+		return nil, &lifecycle.Error{Code: lifecycle.Conflict, Field: "name", Sandbox: sb.Config.Name,
+			Msg: fmt.Sprintf("sandbox %s already exists for %s", sb.Config.Name, sb.PrimaryWorkspace()), Hint: "start it, or give another name"}
+	}
+	return sb, nil
+}
