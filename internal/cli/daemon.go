@@ -54,7 +54,9 @@ starts keep running after it exits; stop them with sbx stop.`,
 			// No prompts: requests decide nothing on a terminal.
 			e.stdin = strings.NewReader("")
 			srv := &daemon.Server{M: e.manager(), Create: e.apiCreate, Log: e.log,
-				Start: func(ctx context.Context, sb *sandbox.Sandbox) error { return e.ensureRunning(ctx, sb, startInBackground) }}
+				Start: func(ctx context.Context, sb *sandbox.Sandbox) error {
+					return e.ensureRunning(ctx, sb, startInBackground)
+				}}
 			h := srv.Handler()
 			ul, err := daemon.ListenUnix(socket)
 			if err != nil {
