@@ -16,21 +16,20 @@ import (
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
-// TestDaemonAPI: `sbx daemon` serves the lifecycle of real sandboxes: a
-// create through the API boots a real VM, exec streams its output and
-// exit code, ports publish, stop and remove work, errors come back as
-// their statuses; the TCP listener wants the token; the CLI sees the same
-// sandboxes.
-func TestDaemonAPI(t *testing.T) {
-	h := newHarness(t)
-	ws := workspace(t)
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	const token = "integration-token-0123456789"
-	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
-		t.Fatal(err)
+// startDaemon runs `sbx daemon` on a socket of its own and, with token,
+// on a TCP port of loopback; it returns both, and the daemon's pid.
+func startDaemon(t testing.TB, h *harness, token string) (sock, tcpAddr string, pid int) {
+	t.Helper()
+	sock = filepath.Join(t.TempDir(), "d.sock")
+	args := []string{"daemon", "--socket", sock}
+	if token != "" {
+		tokenFile := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--listen", "127.0.0.1:0", "--token-file", tokenFile)
 	}
-	sock := filepath.Join(t.TempDir(), "d.sock")
-	cmd := exec.Command(sbxBin, "daemon", "--socket", sock, "--listen", "127.0.0.1:0", "--token-file", tokenFile)
+	cmd := exec.Command(sbxBin, args...)
 	cmd.Env = h.env
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
@@ -40,15 +39,20 @@ func TestDaemonAPI(t *testing.T) {
 		cmd.Process.Signal(syscall.SIGTERM)
 		cmd.Wait()
 	})
-	// The two "listening on" lines: the socket, then the TCP address.
-	var tcpAddr string
+	// "listening on" the socket, then the TCP address.
+	want := 1
+	if token != "" {
+		want = 2
+	}
 	sc := bufio.NewScanner(stderr)
-	for sc.Scan() {
+	for seen := 0; seen < want && sc.Scan(); {
 		line := sc.Text()
 		t.Logf("daemon: %s", line)
-		if a, ok := strings.CutPrefix(line, "sbx: daemon listening on "); ok && strings.HasPrefix(a, "127.0.0.1:") {
-			tcpAddr = a
-			break
+		if a, ok := strings.CutPrefix(line, "sbx: daemon listening on "); ok {
+			seen++
+			if strings.HasPrefix(a, "127.0.0.1:") {
+				tcpAddr = a
+			}
 		}
 	}
 	go func() {
@@ -56,12 +60,25 @@ func TestDaemonAPI(t *testing.T) {
 			t.Logf("daemon: %s", sc.Text())
 		}
 	}()
-	if tcpAddr == "" {
-		t.Fatal("the daemon did not say where it listens")
-	}
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket %s: %v %v, want mode 0600", sock, fi, err)
 	}
+	if token != "" && tcpAddr == "" {
+		t.Fatal("the daemon did not say where it listens on TCP")
+	}
+	return sock, tcpAddr, cmd.Process.Pid
+}
+
+// TestDaemonAPI: `sbx daemon` serves the lifecycle of real sandboxes: a
+// create through the API boots a real VM, exec streams its output and
+// exit code, ports publish, stop and remove work, errors come back as
+// their statuses; the TCP listener wants the token; the CLI sees the same
+// sandboxes.
+func TestDaemonAPI(t *testing.T) {
+	h := newHarness(t)
+	ws := workspace(t)
+	const token = "integration-token-0123456789"
+	sock, tcpAddr, _ := startDaemon(t, h, token)
 	c := daemon.UnixClient(sock)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
