@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -31,6 +32,25 @@ type reviewEnv struct {
 	store *secrets.Store
 	addr  string
 	dials atomic.Int64 // upstream connections the proxy opened
+	logs  lockedBuffer // the proxy's log
+}
+
+// lockedBuffer is a buffer safe for concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func newReviewEnv(t *testing.T, handler http.Handler, upstreamH2 bool) *reviewEnv {
@@ -61,7 +81,8 @@ func newReviewEnv(t *testing.T, handler http.Handler, upstreamH2 bool) *reviewEn
 			return d.DialContext(ctx, network, srv.Listener.Addr().String())
 		},
 		CA: proxyCA, Intercept: inj.Intercept, ModifyRequest: inj.ModifyRequest, ModifyResponse: inj.ModifyResponse,
-		UpstreamRoots: upstreamPool,
+		ScrubText: inj.ScrubText, UpstreamRoots: upstreamPool,
+		Log: slog.New(slog.NewTextHandler(&e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -110,6 +110,11 @@ type Config struct {
 	// it goes to the guest (see httputil.ReverseProxy.ModifyResponse); an
 	// error is answered as for ModifyRequest. Nil does nothing.
 	ModifyResponse func(*http.Response) error
+	// ScrubText makes the text of an upstream failure safe to show the
+	// guest and to log: Go's HTTP errors quote the upstream's bytes (a
+	// malformed header line that echoes an injected credential), so the
+	// real values of secrets are replaced in it. Nil leaves it as is.
+	ScrubText func(string) string
 	// Audit receives every decision, synchronously; it must not block for
 	// long. Nil drops events.
 	Audit func(Event)
@@ -392,10 +397,14 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 		fmt.Fprintf(w, "sbx: %s\nThe real values of secrets go only to the hosts they are bound to, over HTTPS; see `sbx secret ls`.\n", reason)
 		return
 	}
+	scrub := p.cfg.ScrubText
+	if scrub == nil {
+		scrub = func(s string) string { return s }
+	}
 	if errors.Is(err, context.Canceled) {
 		p.log.DebugContext(r.Context(), "upstream request canceled", "host", r.Host)
 	} else {
-		p.log.WarnContext(r.Context(), "upstream request", "host", r.Host, "err", err)
+		p.log.WarnContext(r.Context(), "upstream request", "host", r.Host, "err", scrub(err.Error()))
 	}
 	host := r.Host
 	if t, ok := r.Context().Value(vettedKey{}).(*Target); ok {
@@ -403,7 +412,7 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusBadGateway)
-	fmt.Fprintf(w, "sbx proxy: could not reach %s: %s\n", host, shortError(err))
+	fmt.Fprintf(w, "sbx proxy: could not reach %s: %s\n", host, scrub(shortError(err)))
 }
 
 // shortError drops *url.Error wrapping, which carries the URL (and so the

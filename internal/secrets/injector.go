@@ -487,6 +487,15 @@ func (s *snapshot) appliesTo(host string) bool {
 	return false
 }
 
+// ScrubText replaces every spelling of every real value in s with what
+// the guest knows instead (its placeholder, or the sentinel): for text
+// built from an upstream's bytes that is not a response (an error that
+// quotes a malformed header line), on its way to the guest or a log.
+func (in *Injector) ScrubText(s string) string {
+	out, _ := scrubString(s, in.snap().scrubForms())
+	return out
+}
+
 // scrubForms are the spellings of every real value with what replaces
 // them in responses.
 func (s *snapshot) scrubForms() []form {

@@ -163,6 +163,7 @@ func newNetwork(ctx context.Context, sb *sandbox.Sandbox, boot Boot, store *secr
 		n.inject.ExtraPort = n.portRule
 		pc.ModifyRequest = n.inject.ModifyRequest
 		pc.ModifyResponse = n.inject.ModifyResponse
+		pc.ScrubText = n.inject.ScrubText
 	}
 	n.proxy, err = proxy.New(pc)
 	if err != nil {
