@@ -63,7 +63,7 @@ func BenchmarkDaemon(b *testing.B) {
 	var apis, clis []time.Duration
 	for i := 0; i < max(b.N, 3); i++ {
 		apis = append(apis, apiFirst("api"+strconv.Itoa(i)))
-		clis = append(clis, firstOutput(b, h, runArgs([]string{"-d"}, "cli"+strconv.Itoa(i), ws, "echo ready")...))
+		clis = append(clis, firstOutput(b, h, runArgs(nil, "cli"+strconv.Itoa(i), ws, "echo ready")...))
 	}
 	readBoot(b, h)
 	b.Logf("API %v; CLI %v", apis, clis)
