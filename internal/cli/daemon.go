@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/internal/daemon"
+	"github.com/sbx-dev/sbx/internal/e2b"
 	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
@@ -70,7 +71,15 @@ starts keep running after it exits; stop them with sbx stop.`,
 					ul.Close()
 					return userErr(err, "", "cannot listen on %s", listen)
 				}
-				servers = append(servers, &http.Server{Handler: daemon.RequireToken(h, token), ReadHeaderTimeout: 10 * time.Second})
+				// /v1 with the bearer token; the rest is E2B's API
+				// (docs/e2b.md), with its own keys.
+				uid, gid := lifecycle.GuestIDs()
+				eb := &e2b.Server{M: e.manager(), APIKey: token, WorkRoot: e.dirs.Data + "-e2b", UID: uid, GID: gid, HomeAlias: true, Log: e.log,
+					Create: e.e2bCreate, Start: srv.Start}
+				top := http.NewServeMux()
+				top.Handle("/v1/", daemon.RequireToken(h, token))
+				top.Handle("/", eb.Handler())
+				servers = append(servers, &http.Server{Handler: top, ReadHeaderTimeout: 10 * time.Second})
 				listeners = append(listeners, tl)
 			}
 			errc := make(chan error, len(servers))
@@ -141,4 +150,19 @@ func (e *env) apiCreate(ctx context.Context, req daemon.CreateRequest) (*sandbox
 			Msg: fmt.Sprintf("sandbox %s already exists for %s", sb.Config.Name, sb.PrimaryWorkspace()), Hint: "start it, or give another name"}
 	}
 	return sb, nil
+}
+
+// e2bCreate is the E2B API's create: template "base" is the default shell
+// sandbox, an agent name that agent's, anything else an sbx template; a
+// new sandbox on workspace, not started.
+func (e *env) e2bCreate(ctx context.Context, name, tmpl, workspace string) (*sandbox.Sandbox, error) {
+	req := daemon.CreateRequest{Name: name, Workspace: workspace, NoStart: true}
+	switch _, isAgent := findAgent(tmpl); {
+	case tmpl == "base" || tmpl == "":
+	case isAgent:
+		req.Agent = tmpl
+	default:
+		req.Template = tmpl
+	}
+	return e.apiCreate(ctx, req)
 }
