@@ -345,6 +345,17 @@ func permString(typ string, mode uint32) string {
 	return string(b)
 }
 
+// decode reads a unary call's request, answering invalid_argument when
+// it cannot.
+func decode[T any](w http.ResponseWriter, r *http.Request) (T, bool) {
+	var v T
+	if err := readJSON(r, &v); err != nil {
+		rpcError(w, 400, "invalid_argument", err.Error())
+		return v, false
+	}
+	return v, true
+}
+
 type pathRequest struct {
 	Path  string `json:"path"`
 	Depth int    `json:"depth"`
@@ -379,9 +390,8 @@ func (s *Server) fsCall(w http.ResponseWriter, r *http.Request, b *box, script s
 }
 
 func (s *Server) listDir(w http.ResponseWriter, r *http.Request, b *box) {
-	var req pathRequest
-	if err := readJSON(r, &req); err != nil {
-		rpcError(w, 400, "invalid_argument", err.Error())
+	req, ok := decode[pathRequest](w, r)
+	if !ok {
 		return
 	}
 	if req.Depth <= 0 {
@@ -407,18 +417,16 @@ func (s *Server) statEntry(w http.ResponseWriter, r *http.Request, b *box, p str
 }
 
 func (s *Server) stat(w http.ResponseWriter, r *http.Request, b *box) {
-	var req pathRequest
-	if err := readJSON(r, &req); err != nil {
-		rpcError(w, 400, "invalid_argument", err.Error())
+	req, ok := decode[pathRequest](w, r)
+	if !ok {
 		return
 	}
 	s.statEntry(w, r, b, guestPath(req.Path))
 }
 
 func (s *Server) makeDir(w http.ResponseWriter, r *http.Request, b *box) {
-	var req pathRequest
-	if err := readJSON(r, &req); err != nil {
-		rpcError(w, 400, "invalid_argument", err.Error())
+	req, ok := decode[pathRequest](w, r)
+	if !ok {
 		return
 	}
 	p := guestPath(req.Path)
@@ -428,9 +436,8 @@ func (s *Server) makeDir(w http.ResponseWriter, r *http.Request, b *box) {
 }
 
 func (s *Server) remove(w http.ResponseWriter, r *http.Request, b *box) {
-	var req pathRequest
-	if err := readJSON(r, &req); err != nil {
-		rpcError(w, 400, "invalid_argument", err.Error())
+	req, ok := decode[pathRequest](w, r)
+	if !ok {
 		return
 	}
 	if _, ok := s.fsCall(w, r, b, `[ -e "$1" ] || [ -L "$1" ] || exit 44; rm -rf -- "$1"`, guestPath(req.Path)); ok {
