@@ -247,3 +247,32 @@ func TestOpenAPI(t *testing.T) {
 		}
 	}
 }
+
+// ListenUnix refuses a folder another user could swap the socket in.
+func TestListenUnixFolder(t *testing.T) {
+	open := filepath.Join(t.TempDir(), "open")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	if l, err := ListenUnix(filepath.Join(open, "d.sock")); err == nil {
+		l.Close()
+		t.Error("listened in a world-writable folder")
+	}
+	if os.Geteuid() == 0 {
+		theirs := filepath.Join(t.TempDir(), "theirs")
+		os.Mkdir(theirs, 0o700)
+		os.Chown(theirs, 1000, 1000)
+		if l, err := ListenUnix(filepath.Join(theirs, "d.sock")); err == nil {
+			l.Close()
+			t.Error("listened in another user's folder")
+		}
+	}
+	mine := filepath.Join(t.TempDir(), "mine")
+	l, err := ListenUnix(filepath.Join(mine, "d.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := ListenUnix(filepath.Join(mine, "d.sock")); err == nil {
+		t.Error("a second daemon listened on a live socket")
+	}
+}

@@ -14,8 +14,24 @@ import (
 // connect can run anything in every sandbox. A stale socket (nobody
 // answers) is replaced; a live one is an error.
 func ListenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
+	}
+	// The folder must be the caller's (or root's) and writable by nobody
+	// else, unless sticky (/tmp): else another user could swap the socket.
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return nil, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return nil, fmt.Errorf("%s is not a folder", dir)
+	case !ok || (st.Uid != 0 && int(st.Uid) != os.Geteuid()):
+		return nil, fmt.Errorf("%s belongs to another user", dir)
+	case fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0:
+		return nil, fmt.Errorf("%s is writable by other users (mode %v)", dir, fi.Mode().Perm())
 	}
 	if c, err := net.Dial("unix", path); err == nil {
 		c.Close()
