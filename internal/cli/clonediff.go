@@ -10,29 +10,38 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/sbx-dev/sbx/internal/clone"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/wsdiff"
 )
 
-// maxGuestOutput caps what sbx diff reads of a guest command's output.
-const maxGuestOutput = 64 << 20
+// maxGuestOutput caps what sbx diff reads of a guest command's output;
+// guestTimeout bounds the guest's part of it.
+const (
+	maxGuestOutput = 64 << 20
+	guestTimeout   = 5 * time.Minute
+)
 
-// cappedBuffer is a buffer that fails writes past its cap.
+// cappedBuffer is a buffer that fails writes past its cap. The buffer is
+// a field: embedded, its ReadFrom would let io.Copy go around Write.
 type cappedBuffer struct {
-	bytes.Buffer
+	buf bytes.Buffer
 	cap int
 }
 
 var errOutputCap = errors.New("output too large")
 
 func (c *cappedBuffer) Write(p []byte) (int, error) {
-	if c.Len()+len(p) > c.cap {
+	if c.buf.Len()+len(p) > c.cap {
 		return 0, errOutputCap
 	}
-	return c.Buffer.Write(p)
+	return c.buf.Write(p)
 }
+
+func (c *cappedBuffer) Bytes() []byte { return c.buf.Bytes() }
+func (c *cappedBuffer) Reset()        { c.buf.Reset() }
 
 // cloneDiff is `sbx diff` of a clone mode sandbox: its branches' commits
 // (fetched and compared by the host's git, clone.FetchBranches) and what
@@ -55,6 +64,9 @@ func (e *env) cloneDiff(ctx context.Context, sb *sandbox.Sandbox, asJSON, patch 
 	}
 	defer fetched.Close()
 
+	// The guest answers the rest: it may never finish.
+	ctx, cancel := context.WithTimeout(ctx, guestTimeout)
+	defer cancel()
 	out := &cappedBuffer{cap: maxGuestOutput}
 	var errb strings.Builder
 	code, err := e.guestRun(ctx, sb, "agent", []string{"sh", "-c", clone.StatusScript, "sh", repo}, nil, out, &errb)

@@ -69,15 +69,52 @@ func git(ctx context.Context, dir string, args ...string) (string, error) {
 	return gitEnv(ctx, dir, nil, args...)
 }
 
+// MaxGitOutput caps what sbx reads of one git command's output: some
+// run on objects a guest made (sbx diff of a clone), where a pack of a
+// megabyte can hold a blob of gigabytes. Past it, git is stopped and the
+// call fails with ErrGitOutput.
+var MaxGitOutput = 64 << 20
+
+// ErrGitOutput is a git command's output past MaxGitOutput.
+var ErrGitOutput = errors.New("git printed more than sbx reads")
+
+// limited is a buffer that stops its command (cancel) past max bytes. It
+// holds its bytes.Buffer in a field: embedded, the buffer's ReadFrom
+// would let io.Copy go around Write.
+type limited struct {
+	buf    bytes.Buffer
+	max    int
+	over   bool
+	cancel func()
+}
+
+func (l *limited) Write(p []byte) (int, error) {
+	if l.buf.Len()+len(p) > l.max {
+		l.over = true
+		l.cancel()
+		return 0, ErrGitOutput
+	}
+	return l.buf.Write(p)
+}
+
+func (l *limited) String() string { return l.buf.String() }
+
 // gitEnv is git with env added to the environment.
 func gitEnv(ctx context.Context, dir string, env []string, args ...string) (string, error) {
 	full := append([]string{"-c", "safe.directory=*", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
 		"--no-pager", "-C", dir}, args...)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	cmd := exec.CommandContext(ctx, "git", full...)
 	cmd.Env = append(append(cmd.Environ(), "GIT_TERMINAL_PROMPT=0", "GIT_OPTIONAL_LOCKS=0"), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
+	out := &limited{max: MaxGitOutput, cancel: cancel}
+	errb := &limited{max: 64 << 10, cancel: func() {}}
+	cmd.Stdout, cmd.Stderr = out, errb
+	err := cmd.Run()
+	if out.over {
+		return "", fmt.Errorf("git %s: %w (%d MiB)", strings.Join(args, " "), ErrGitOutput, MaxGitOutput>>20)
+	}
+	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
 			return out.String(), fmt.Errorf("git %s: exit %d: %s", strings.Join(args, " "), ee.ExitCode(), strings.TrimSpace(errb.String()))

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sbx-dev/sbx/internal/wsdiff"
 )
@@ -80,8 +81,14 @@ func FetchBranches(ctx context.Context, repo, name, helper string) (*Fetched, er
 		return fail(err)
 	}
 	env := []string{"PATH=" + bin + string(os.PathListSeparator) + os.Getenv("PATH")}
-	if _, err := gitEnv(ctx, tmp, env, "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+	// The guest answers the fetch: it may never finish.
+	fctx, cancel := context.WithTimeout(ctx, FetchTimeout)
+	defer cancel()
+	if _, err := gitEnv(fctx, tmp, env, "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
 		"sbx::"+name, "+refs/heads/*:refs/heads/*"); err != nil {
+		if fctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
+			err = fmt.Errorf("the fetch from the sandbox did not finish within %s", FetchTimeout)
+		}
 		return fail(err)
 	}
 	out, err := git(ctx, tmp, "for-each-ref", "--format=%(objectname) %(refname:lstrip=2)", "refs/heads/")
@@ -134,16 +141,21 @@ func FetchBranches(ctx context.Context, repo, name, helper string) (*Fetched, er
 	return f, nil
 }
 
-// maxTarget caps a symlink target read from a blob.
+// maxTarget caps a symlink target read from a blob: a larger blob is not
+// read at all (the guest made it).
 const maxTarget = 4096
 
+// FetchTimeout bounds the fetch of a clone's branches.
+const FetchTimeout = 10 * time.Minute
+
 func (f *Fetched) blob(ctx context.Context, repo, id string) string {
+	size, err := git(ctx, repo, "cat-file", "-s", id)
+	if n, perr := strconv.Atoi(strings.TrimSpace(size)); err != nil || perr != nil || n > maxTarget {
+		return ""
+	}
 	out, err := git(ctx, repo, "cat-file", "blob", id)
 	if err != nil {
 		return ""
-	}
-	if len(out) > maxTarget {
-		out = out[:maxTarget]
 	}
 	return out
 }
@@ -151,7 +163,8 @@ func (f *Fetched) blob(ctx context.Context, repo, id string) string {
 // Patch is the unified diff of branch b from its fork point, by the
 // host's git (no external diff or text conversion).
 func (f *Fetched) Patch(ctx context.Context, b Branch) (string, error) {
-	return git(ctx, filepath.Join(f.dir, "repo.git"), "diff", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", b.Base, b.Tip)
+	// Files over 1 MiB are diffed as binary: git would hold each whole.
+	return git(ctx, filepath.Join(f.dir, "repo.git"), "-c", "core.bigFileThreshold=1m", "diff", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", b.Base, b.Tip)
 }
 
 // ParseRaw parses `git diff-tree -r -z --raw --no-renames` output.

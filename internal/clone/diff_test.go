@@ -2,6 +2,7 @@ package clone
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -185,5 +186,36 @@ func TestParseStatusHostile(t *testing.T) {
 	}
 	if _, err := ParseRaw([]byte(":100644 100644 a b\x00p\x00")); err == nil {
 		t.Error("a short raw record parsed")
+	}
+}
+
+// Found by the sixth outside review; fails on the code before its fix.
+// A megabyte of pack can hold a blob of gigabytes: sbx diff read host
+// git's whole output (a 1 GiB symlink blob took 5 GB of memory, a patch
+// of 300 MB text blobs 23 GB). Output past the cap stops git with an
+// error, a large blob is not read as a link target, and big files diff
+// as binary.
+func TestGitOutputCapped(t *testing.T) {
+	dir := repo(t)
+	big := strings.Repeat("line of text\n", 200000) // 2.6 MB
+	os.WriteFile(filepath.Join(dir, "big.txt"), []byte(big), 0o644)
+	run(t, dir, "git", "add", "big.txt")
+	run(t, dir, "git", "commit", "-qm", "big")
+	id := strings.TrimSpace(run(t, dir, "git", "rev-parse", "HEAD:big.txt"))
+	saved := MaxGitOutput
+	MaxGitOutput = 1 << 20
+	defer func() { MaxGitOutput = saved }()
+	if _, err := git(context.Background(), dir, "cat-file", "blob", id); !errors.Is(err, ErrGitOutput) {
+		t.Errorf("reading a 2.6 MB blob under a 1 MiB cap: %v", err)
+	}
+	f := &Fetched{dir: t.TempDir()}
+	if got := f.blob(context.Background(), dir, id); got != "" {
+		t.Errorf("a %d-byte blob was read as a link target", len(big))
+	}
+	os.Symlink(dir, filepath.Join(f.dir, "repo.git"))
+	base := strings.TrimSpace(run(t, dir, "git", "rev-parse", "HEAD~1"))
+	patch, err := f.Patch(context.Background(), Branch{Base: base, Tip: "HEAD"})
+	if err != nil || !strings.Contains(patch, "Binary files") || len(patch) > 4096 {
+		t.Errorf("patch of a big file: %d bytes, %v", len(patch), err)
 	}
 }

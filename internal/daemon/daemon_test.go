@@ -63,6 +63,9 @@ func newAPI(t *testing.T, token string, tcp bool) *apiFixture {
 			return m.Create(ctx, lifecycle.CreateRequest{Config: cfg, Template: template.Template{Name: "t", ID: "0123456789abcdef", Image: img}, Cold: true})
 		},
 		Start: func(ctx context.Context, sb *sandbox.Sandbox) error {
+			if sb.Config.Name == "fails" {
+				return &lifecycle.Error{Code: lifecycle.Failed, Msg: "the VM did not start"}
+			}
 			return m.Start(ctx, sb, lifecycle.StartRequest{Mode: lifecycle.InBackground, Prepare: prepare})
 		},
 		Token: token,
@@ -140,6 +143,21 @@ func TestAPI(t *testing.T) {
 	}
 	if _, err := f.c.Exec(ctx, "one", ExecRequest{}, nil, nil); err == nil {
 		t.Error("an empty argv was run")
+	}
+	// A program that does not exist is the request's fault, with the
+	// guest's reason (the sixth review saw "lost the connection").
+	if _, err := f.c.Exec(ctx, "one", ExecRequest{Argv: []string{"/nonexistent"}}, nil, nil); err == nil {
+		t.Error("a missing program ran")
+	} else if _, c := apiCode(err); c != "invalid" || strings.Contains(err.Error(), "lost the connection") {
+		t.Errorf("exec of a missing program: %v", err)
+	}
+	// A create whose start fails leaves no sandbox behind: a retry of the
+	// name is not a conflict.
+	if _, err := f.c.Create(ctx, CreateRequest{Name: "fails", Workspace: f.ws}); err == nil {
+		t.Error("the failing start was not reported")
+	}
+	if _, err := f.c.Get(ctx, "fails"); err == nil {
+		t.Error("the sandbox whose start failed is still there")
 	}
 	ports, err := f.c.Ports(ctx, "one", PortsRequest{Publish: []string{"127.0.0.1:0:80"}})
 	if err != nil || len(ports) != 1 || ports[0].HostPort == 0 {

@@ -7,31 +7,20 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/sbx-dev/sbx/internal/paths"
 )
 
 // ListenUnix listens on the unix socket path, readable and writable by
-// its owner only (0600, in a folder made 0700 when missing): whoever can
+// its owner only (0600, in a folder of the caller's, 0700): whoever can
 // connect can run anything in every sandbox. A stale socket (nobody
 // answers) is replaced; a live one is an error.
 func ListenUnix(path string) (net.Listener, error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// The folder must be the caller's and open to nobody else: another
+	// user could swap the socket in a shared one (the daemon as root
+	// under sudo has no XDG_RUNTIME_DIR and lands in /tmp).
+	if err := paths.PrivateDir(filepath.Dir(path)); err != nil {
 		return nil, err
-	}
-	// The folder must be the caller's (or root's) and writable by nobody
-	// else, unless sticky (/tmp): else another user could swap the socket.
-	fi, err := os.Lstat(dir)
-	if err != nil {
-		return nil, err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	switch {
-	case !fi.IsDir():
-		return nil, fmt.Errorf("%s is not a folder", dir)
-	case !ok || (st.Uid != 0 && int(st.Uid) != os.Geteuid()):
-		return nil, fmt.Errorf("%s belongs to another user", dir)
-	case fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0:
-		return nil, fmt.Errorf("%s is writable by other users (mode %v)", dir, fi.Mode().Perm())
 	}
 	if c, err := net.Dial("unix", path); err == nil {
 		c.Close()
@@ -43,14 +32,12 @@ func ListenUnix(path string) (net.Listener, error) {
 		}
 		os.Remove(path)
 	}
+	// Made 0600 by the umask (a chmod by path after the bind could be
+	// sent through a link swapped in meanwhile).
 	old := syscall.Umask(0o177)
 	l, err := net.Listen("unix", path)
 	syscall.Umask(old)
 	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
 		return nil, err
 	}
 	return l, nil

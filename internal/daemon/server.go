@@ -193,6 +193,11 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	}
 	if !req.NoStart {
 		if err := s.Start(r.Context(), sb); err != nil {
+			// The request failed as a whole: the sandbox goes too, so
+			// a retry does not meet a name taken by a crashed one.
+			if rerr := s.M.Remove(context.WithoutCancel(r.Context()), sb, lifecycle.RemoveRequest{Force: true}); rerr != nil {
+				s.Log.Warn("create: removing the sandbox that did not start", "sandbox", sb.Config.Name, "err", rerr)
+			}
 			s.fail(w, err)
 			return
 		}

@@ -39,6 +39,14 @@ func (m *Manager) Exec(ctx context.Context, sb *sandbox.Sandbox, req ExecRequest
 		if ctx.Err() != nil {
 			return st, ctx.Err()
 		}
+		// The command could not start (no such program, user or folder):
+		// the shell's 127, and the guest's reason.
+		var se *agentclient.StartError
+		if errors.As(err, &se) {
+			e := newErr(Invalid, name, err, "", "%s", se.Error())
+			e.Field = "argv"
+			return agentclient.ExitStatus{Code: se.ExitCode}, e
+		}
 		return st, newErr(Failed, name, err, "see `sbx logs "+name+"`", "lost the connection to sandbox %s", name)
 	}
 	return st, nil

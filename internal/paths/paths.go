@@ -128,27 +128,44 @@ func (d Dirs) SandboxDir(id string) string { return filepath.Join(d.SandboxesDir
 func (d Dirs) RuntimeDir(id string) string { return filepath.Join(d.Runtime, id) }
 
 // EnsureRuntimeDir creates the runtime folder of sandbox id (mode 0700) and
-// checks that the longest socket path in it fits in a sockaddr_un.
+// checks that the longest socket path in it fits in a sockaddr_un. Both
+// the runtime folder and the sandbox's must be real folders (not links)
+// of the caller's, open to nobody else: in /tmp (no XDG_RUNTIME_DIR, as
+// under sudo) another user could make either first and swap the sockets.
 func (d Dirs) EnsureRuntimeDir(id string) (string, error) {
-	if err := os.MkdirAll(d.Runtime, 0o700); err != nil {
-		return "", fmt.Errorf("create runtime folder: %w", err)
-	}
-	st, err := os.Stat(d.Runtime)
-	if err != nil {
+	if err := PrivateDir(d.Runtime); err != nil {
 		return "", err
-	}
-	if !st.IsDir() {
-		return "", fmt.Errorf("runtime folder %s is not a folder", d.Runtime)
-	}
-	if owner, ok := ownerUID(st); ok && owner != os.Getuid() {
-		return "", fmt.Errorf("runtime folder %s belongs to another user (uid %d); set XDG_RUNTIME_DIR to a folder of yours", d.Runtime, owner)
 	}
 	dir := d.RuntimeDir(id)
 	if n := len(filepath.Join(dir, "control.sock")); n > MaxSocketPath {
 		return "", fmt.Errorf("socket path %s is %d bytes, over the %d-byte limit of unix sockets; set XDG_RUNTIME_DIR to a shorter folder", filepath.Join(dir, "control.sock"), n, MaxSocketPath)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("create runtime folder: %w", err)
+	if err := PrivateDir(dir); err != nil {
+		return "", err
 	}
 	return dir, nil
+}
+
+// PrivateDir makes dir (mode 0700) unless it exists, and checks that it
+// is a folder, not a link, of the caller's, that nobody else can enter.
+func PrivateDir(dir string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create runtime folder: %w", err)
+		}
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("runtime folder %s is not a folder (a link?); remove it, or set XDG_RUNTIME_DIR to a folder of yours", dir)
+	}
+	if owner, ok := ownerUID(st); !ok || owner != os.Geteuid() {
+		return fmt.Errorf("runtime folder %s belongs to another user (uid %d); remove it, or set XDG_RUNTIME_DIR to a folder of yours", dir, owner)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("runtime folder %s is open to other users (mode %v); chmod 700 it, or set XDG_RUNTIME_DIR to a private folder", dir, st.Mode().Perm())
+	}
+	return nil
 }
