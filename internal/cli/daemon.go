@@ -61,7 +61,7 @@ starts keep running after it exits; stop them with sbx stop.`,
 			h := srv.Handler()
 			ul, err := daemon.ListenUnix(socket)
 			if err != nil {
-				return userErr(err, "stop the other daemon, or give another --socket", "cannot listen on %s", socket)
+				return userErr(nil, "stop the other daemon, or give --socket in a folder only you can write", "cannot listen on %s: %v", socket, err)
 			}
 			servers := []*http.Server{{Handler: h, ReadHeaderTimeout: 10 * time.Second}}
 			listeners := []net.Listener{ul}

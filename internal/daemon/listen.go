@@ -16,7 +16,7 @@ import (
 // connect can run anything in every sandbox. A stale socket (nobody
 // answers) is replaced; a live one is an error.
 func ListenUnix(path string) (net.Listener, error) {
-	// The folder must be the caller's and open to nobody else: another
+	// The folder must be the caller's and writable by nobody else: another
 	// user could swap the socket in a shared one (the daemon as root
 	// under sudo has no XDG_RUNTIME_DIR and lands in /tmp).
 	if err := paths.PrivateDir(filepath.Dir(path)); err != nil {

@@ -130,7 +130,7 @@ func (d Dirs) RuntimeDir(id string) string { return filepath.Join(d.Runtime, id)
 // EnsureRuntimeDir creates the runtime folder of sandbox id (mode 0700) and
 // checks that the longest socket path in it fits in a sockaddr_un. Both
 // the runtime folder and the sandbox's must be real folders (not links)
-// of the caller's, open to nobody else: in /tmp (no XDG_RUNTIME_DIR, as
+// of the caller's, writable by nobody else: in /tmp (no XDG_RUNTIME_DIR, as
 // under sudo) another user could make either first and swap the sockets.
 func (d Dirs) EnsureRuntimeDir(id string) (string, error) {
 	if err := PrivateDir(d.Runtime); err != nil {
@@ -147,7 +147,9 @@ func (d Dirs) EnsureRuntimeDir(id string) (string, error) {
 }
 
 // PrivateDir makes dir (mode 0700) unless it exists, and checks that it
-// is a folder, not a link, of the caller's, that nobody else can enter.
+// is a folder, not a link, of the caller's, that nobody else can write
+// (so nobody else can swap what is in it; the sockets in it are 0600 or
+// need write permission to connect).
 func PrivateDir(dir string) error {
 	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -164,8 +166,8 @@ func PrivateDir(dir string) error {
 	if owner, ok := ownerUID(st); !ok || owner != os.Geteuid() {
 		return fmt.Errorf("runtime folder %s belongs to another user (uid %d); remove it, or set XDG_RUNTIME_DIR to a folder of yours", dir, owner)
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("runtime folder %s is open to other users (mode %v); chmod 700 it, or set XDG_RUNTIME_DIR to a private folder", dir, st.Mode().Perm())
+	if st.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("runtime folder %s is writable by other users (mode %v); chmod 700 it, or set XDG_RUNTIME_DIR to a folder of yours", dir, st.Mode().Perm())
 	}
 	return nil
 }
