@@ -41,3 +41,33 @@ func TestUpstreamErrorNeverCarriesValue(t *testing.T) {
 		t.Errorf("the proxy's log holds the value:\n%s", logs)
 	}
 }
+
+// Found by the seventh outside review; fails on the code before its fix.
+// A malformed trailer that echoes the credential fails the body copy
+// after the headers went out: the reverse proxy's own error log wrote
+// the quoted line, value and all, to the supervisor log.
+func TestCopyErrorLogNeverCarriesValue(t *testing.T) {
+	e := newReviewEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, buf, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		buf.WriteString("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nbad trailer " + r.Header.Get("X-Token") + "\r\n\r\n")
+		buf.Flush()
+	}), false)
+	ph := e.custom(t, reviewValue)
+	req, _ := http.NewRequest(http.MethodGet, "https://api.test/trailer", nil)
+	req.Header.Set("X-Token", ph)
+	if resp, err := e.client(false).Do(req); err == nil {
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	logs := e.logs.String()
+	if strings.Contains(logs, reviewValue) {
+		t.Errorf("the proxy's log holds the value:\n%s", logs)
+	}
+	if !strings.Contains(logs, "bad trailer") {
+		t.Logf("(the copy error was not logged; logs:\n%s)", logs)
+	}
+}

@@ -117,7 +117,7 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 		}
 		_, d := p.decide(ctx, sni, port, ViaForward, SchemeHTTPS, nil)
 		if !d.Allow {
-			p.log.InfoContext(ctx, "tunnel server name denied", "connect", host, "sni", sni)
+			p.log.InfoContext(ctx, "tunnel server name denied", "connect", host, "sni", LogField(sni))
 		}
 		return d.Allow
 	}}

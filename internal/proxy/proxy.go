@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -184,11 +185,39 @@ func New(cfg Config) (*Proxy, error) {
 		// after every write whatever this says; known-length bodies at least
 		// this often, saving a write per small response.
 		FlushInterval:  20 * time.Millisecond,
-		ErrorLog:       slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		// Its errors quote upstream bytes too (a malformed trailer that
+		// echoes a credential): scrubbed like upstreamError's.
+		ErrorLog:       log.New(scrubbedLog{p}, "", 0),
 		ErrorHandler:   p.upstreamError,
 		ModifyResponse: cfg.ModifyResponse,
 	}
 	return p, nil
+}
+
+// scrubbedLog is the reverse proxy's error log: each line at debug level,
+// its text scrubbed of the real values of secrets (Config.ScrubText).
+type scrubbedLog struct{ p *Proxy }
+
+func (l scrubbedLog) Write(b []byte) (int, error) {
+	msg := strings.TrimSuffix(string(b), "\n")
+	if l.p.cfg.ScrubText != nil {
+		msg = l.p.cfg.ScrubText(msg)
+	}
+	l.p.log.Debug(LogField(msg))
+	return len(b), nil
+}
+
+// maxLogField caps a logged string that a guest or an upstream chose.
+const maxLogField = 512
+
+// LogField is s cut to maxLogField bytes for a log line: a guest can
+// make such strings long (a 16 KB TLS server name per connection), and
+// the log must not grow by them.
+func LogField(s string) string {
+	if len(s) <= maxLogField {
+		return s
+	}
+	return s[:maxLogField] + fmt.Sprintf("...(%d bytes)", len(s))
 }
 
 // Close releases idle upstream connections. It does not stop Serve or

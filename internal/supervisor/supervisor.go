@@ -38,6 +38,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/agentclient"
 	"github.com/sbx-dev/sbx/internal/jail"
 	"github.com/sbx-dev/sbx/internal/netstack"
+	"github.com/sbx-dev/sbx/internal/logcap"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/secrets"
 	"github.com/sbx-dev/sbx/internal/snapshot"
@@ -173,6 +174,10 @@ type Supervisor struct {
 	protectLost error // guarded by mu
 }
 
+// SupervisorLogMax caps supervisor.log; past it the newest half moves to
+// supervisor.log.1.
+const SupervisorLogMax = 16 << 20
+
 // Options are optional settings of New.
 type Options struct {
 	// Backend runs the VM; nil means QEMU at the path in boot.json.
@@ -224,6 +229,12 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 	// On every way out, before the cleanups close the control server: a
 	// stop request waiting for the VM to be down gets its answer.
 	defer s.markDown()
+	// This process's own log (its stderr, appended to supervisor.log by
+	// Launch) records what the guest does on the network: kept under a
+	// cap, as the console log.
+	logDone := make(chan struct{})
+	cleanups = append(cleanups, func() { close(logDone) })
+	go logcap.Watch(s.sb.Path(sandbox.SupervisorLog), SupervisorLogMax, time.Second, logDone)
 	rt, err := s.store.Dirs().EnsureRuntimeDir(id)
 	if err != nil {
 		return s.fail(err)

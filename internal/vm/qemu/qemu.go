@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sbx-dev/sbx/internal/logcap"
 	"github.com/sbx-dev/sbx/internal/vm"
 )
 
@@ -294,7 +295,7 @@ func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 		os.Remove(i.cfg.Monitor)
 	}
 	if i.cfg.ConsoleLog != "" && !i.cfg.ConsoleAppend {
-		if err := truncateConsole(i.cfg.ConsoleLog); err != nil {
+		if err := logcap.Truncate(i.cfg.ConsoleLog); err != nil {
 			return fmt.Errorf("start qemu: console log: %w", err)
 		}
 	}
@@ -368,7 +369,7 @@ func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 		_ = os.WriteFile(i.cfg.PIDFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
 	}
 	if i.cfg.ConsoleLog != "" {
-		go capConsole(i.cfg.ConsoleLog, consoleMax, time.Second, exited)
+		go logcap.Watch(i.cfg.ConsoleLog, consoleMax, time.Second, exited)
 	}
 	go func() {
 		err := cmd.Wait()

@@ -1,4 +1,4 @@
-package qemu
+package logcap
 
 import (
 	"bytes"
@@ -12,9 +12,9 @@ import (
 // Found by the fifth outside review: guest root writing the serial port
 // without end grew console.log without limit. The log is cut past its
 // cap, the newest half kept in console.log.1, while a writer appends.
-func TestCapConsole(t *testing.T) {
+func TestWatch(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "console.log")
-	if err := truncateConsole(path); err != nil {
+	if err := Truncate(path); err != nil {
 		t.Fatal(err)
 	}
 	w, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
@@ -24,7 +24,7 @@ func TestCapConsole(t *testing.T) {
 	defer w.Close()
 	done := make(chan struct{})
 	stopped := make(chan struct{})
-	go func() { capConsole(path, 64<<10, 5*time.Millisecond, done); close(stopped) }()
+	go func() { Watch(path, 64<<10, 5*time.Millisecond, done); close(stopped) }()
 	line := bytes.Repeat([]byte("A"), 1023)
 	line = append(line, '\n')
 	for i := 0; i < 2000; i++ {
@@ -49,7 +49,7 @@ func TestCapConsole(t *testing.T) {
 	if !strings.HasSuffix(string(cur), "last line\n") && !strings.HasSuffix(string(old), "last line\n") {
 		t.Error("the newest line is in neither file")
 	}
-	if !strings.Contains(string(cur), "[sbx: the console log passed") {
+	if !strings.Contains(string(cur), "[sbx: the log passed") {
 		t.Errorf("no note of the cut in console.log: %.200q", cur)
 	}
 }
