@@ -184,7 +184,7 @@ func New(cfg Config) (*Proxy, error) {
 		// Streaming responses (unknown length, text/event-stream) are flushed
 		// after every write whatever this says; known-length bodies at least
 		// this often, saving a write per small response.
-		FlushInterval:  20 * time.Millisecond,
+		FlushInterval: 20 * time.Millisecond,
 		// Its errors quote upstream bytes too (a malformed trailer that
 		// echoes a credential): scrubbed like upstreamError's.
 		ErrorLog:       log.New(scrubbedLog{p}, "", 0),
