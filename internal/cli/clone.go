@@ -17,6 +17,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/safefile"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/supervisor"
 )
 
 // ClonedFile, in a clone mode sandbox's folder, records that its clone
@@ -24,7 +25,7 @@ import (
 const ClonedFile = "cloned"
 
 // cloneWorkspaces turns a clone mode target into its one workspace (the
-// host repository, read-only, mounted at clone.GuestSource) and setup.
+// host repository, recorded but not shared) and setup.
 func (e *env) cloneWorkspaces(ctx context.Context, f *createFlags, t target) ([]sandbox.Workspace, *sandbox.Clone, error) {
 	if len(t.workspaces) != 1 || t.workspaces[0].ReadOnly {
 		return nil, nil, userErr(nil, "give one repository folder", "--clone takes exactly one writable workspace, the repository (got %s)", describeWorkspaces(t.workspaces))
@@ -53,7 +54,9 @@ func (e *env) cloneWorkspaces(ctx context.Context, f *createFlags, t target) ([]
 	for _, r := range src.Remotes {
 		c.Remotes = append(c.Remotes, sandbox.Remote{Name: r.Name, URL: r.URL})
 	}
-	return []sandbox.Workspace{{Path: src.Root, ReadOnly: true, Mount: clone.GuestSource}}, c, nil
+	// Recorded, not shared: the guest gets the repository's commits as a
+	// bundle (sendBundle), never its work tree or .git.
+	return []sandbox.Workspace{{Path: src.Root, ReadOnly: true, Unshared: true}}, c, nil
 }
 
 // guestRun runs argv in sb's guest as user and returns its exit code;
@@ -90,19 +93,82 @@ func (e *env) ensureClone(ctx context.Context, sb *sandbox.Sandbox) error {
 	if code, err := e.guestRun(ctx, sb, "root", []string{"sh", "-c", clone.PrepareScript(dest, "agent")}, nil, &out, &out); err != nil || code != 0 {
 		return userErr(err, "see `sbx logs "+sb.Config.Name+"`", "sandbox %s: cannot make %s in the guest: %s", sb.Config.Name, dest, strings.TrimSpace(out.String()))
 	}
+	if err := e.sendBundle(ctx, sb); err != nil {
+		return err
+	}
+	if c.Untracked {
+		tmp, err := os.MkdirTemp("", "sbx-clone-")
+		if err != nil {
+			return userErr(err, "", "cannot make a temporary folder")
+		}
+		defer os.RemoveAll(tmp)
+		staged := filepath.Join(tmp, "untracked")
+		if _, err := clone.Untracked(ctx, dest, staged); err != nil {
+			return userErr(err, "", "sandbox %s: cannot gather the untracked files of %s", sb.Config.Name, dest)
+		}
+		if err := e.copyIntoGuest(ctx, sb, staged, clone.GuestInbox); err != nil {
+			return err
+		}
+	}
 	src := clone.Source{Root: dest}
 	for _, r := range c.Remotes {
 		src.Remotes = append(src.Remotes, clone.Remote{Name: r.Name, URL: r.URL})
 	}
 	out.Reset()
-	if code, err := e.guestRun(ctx, sb, "agent", []string{"sh", "-c", clone.Script(dest, src, c.Untracked)}, nil, &out, &out); err != nil || code != 0 {
+	if code, err := e.guestRun(ctx, sb, "agent", []string{"sh", "-c", clone.Script(dest, src)}, nil, &out, &out); err != nil || code != 0 {
 		return userErr(err, "see the message above; `sbx rm "+sb.Config.Name+"` and create it again",
-			"sandbox %s: the clone failed: %s", sb.Config.Name, strings.TrimSpace(out.String()))
+			"sandbox %s: the clone failed: %s", sb.Config.Name, terminalField(strings.TrimSpace(out.String())))
+	}
+	if c.Untracked {
+		out.Reset()
+		if code, err := e.guestRun(ctx, sb, "root", []string{"sh", "-c", clone.UntrackedScript(dest, "agent")}, nil, &out, &out); err != nil || code != 0 {
+			return userErr(err, "", "sandbox %s: cannot put the untracked files into the clone: %s", sb.Config.Name, terminalField(strings.TrimSpace(out.String())))
+		}
 	}
 	if err := clone.AddHostRemote(ctx, dest, sb.Config.Name); err != nil {
 		fmt.Fprintf(e.stderr, "sbx: warning: the host repository did not get the remote %s: %v\n", clone.HostRemote(sb.Config.Name), err)
 	}
 	return sandbox.WriteFileAtomic(sb.Path(ClonedFile), nil, 0o600)
+}
+
+// sendBundle copies a bundle of the host repository's HEAD, branches and
+// tags (made by the host's git in a temporary folder) into the guest's
+// inbox, readable by the agent user: the clone's remote sbx-host.
+func (e *env) sendBundle(ctx context.Context, sb *sandbox.Sandbox) error {
+	tmp, err := os.MkdirTemp("", "sbx-clone-")
+	if err != nil {
+		return userErr(err, "", "cannot make a temporary folder")
+	}
+	defer os.RemoveAll(tmp)
+	repo := sb.Config.Workspaces[0].Path
+	bundle := filepath.Join(tmp, filepath.Base(clone.GuestBundle))
+	if err := clone.Bundle(ctx, repo, bundle); err != nil {
+		return userErr(err, "check the repository with `git status`", "sandbox %s: cannot bundle %s", sb.Config.Name, repo)
+	}
+	var out strings.Builder
+	if code, err := e.guestRun(ctx, sb, "root", []string{"sh", "-c", clone.InboxScript()}, nil, &out, &out); err != nil || code != 0 {
+		return userErr(err, "see `sbx logs "+sb.Config.Name+"`", "sandbox %s: cannot make %s in the guest: %s", sb.Config.Name, clone.GuestInbox, terminalField(strings.TrimSpace(out.String())))
+	}
+	if err := e.copyIntoGuest(ctx, sb, bundle, clone.GuestInbox); err != nil {
+		return err
+	}
+	if code, err := e.guestRun(ctx, sb, "root", []string{"sh", "-c", clone.ReadableScript()}, nil, &out, &out); err != nil || code != 0 {
+		return userErr(err, "", "sandbox %s: cannot open %s to the agent user", sb.Config.Name, clone.GuestInbox)
+	}
+	return nil
+}
+
+// copyIntoGuest copies the host path src into the guest folder dst.
+func (e *env) copyIntoGuest(ctx context.Context, sb *sandbox.Sandbox, src, dst string) error {
+	stream, err := supervisor.Client(e.store, sb).OpenStream(ctx, false)
+	if err != nil {
+		return userErr(err, "check it with `sbx ls`", "cannot reach sandbox %s", sb.Config.Name)
+	}
+	defer stream.Close()
+	if err := agentclient.CopyIn(ctx, stream, src, dst); err != nil {
+		return userErr(err, "see `sbx logs "+sb.Config.Name+"`", "sandbox %s: cannot copy %s into the guest", sb.Config.Name, filepath.Base(src))
+	}
+	return nil
 }
 
 // newFetchIntoCmd is `sbx fetch-into NAME [REF]`.
@@ -137,6 +203,12 @@ the agent's branches home into refs/sandboxes/NAME/*.`,
 			}
 			if err := e.ensureClone(ctx, sb); err != nil {
 				return err
+			}
+			// New host commits go in as a new bundle (the clone's sbx-host).
+			if sb.Config.Workspaces[0].Unshared {
+				if err := e.sendBundle(ctx, sb); err != nil {
+					return err
+				}
 			}
 			out, errw := &terminalWriter{w: e.stdout}, &terminalWriter{w: e.stderr}
 			defer out.Flush()

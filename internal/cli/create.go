@@ -66,7 +66,7 @@ func (f *createFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.noGitIdentity, "no-git-identity", false, "do not set the host's git user.name and user.email in the sandbox")
 	fl.StringArrayVar(&f.protect, "protect", nil, "keep this path of the workspace read-only for the agent, enforced on the host (repeatable)")
 	fl.BoolVar(&f.protectDefaults, "protect-defaults", false, "keep .git/hooks and .git/config read-only for the agent")
-	fl.BoolVar(&f.clone, "clone", false, "clone mode: the agent works in a clone of the repository on the VM's own disk; the host repository is shared read-only (fixed at create; see docs/clone.md)")
+	fl.BoolVar(&f.clone, "clone", false, "clone mode: the agent works in a clone of the repository on the VM's own disk; nothing of the host folder is shared, the clone comes from a bundle of its commits (fixed at create; see docs/clone.md)")
 	fl.BoolVar(&f.cloneUntracked, "clone-untracked", false, "with --clone, also copy the untracked files git does not ignore (.env and the like are left out otherwise)")
 	fl.BoolVar(&f.cold, "cold", false, "boot the kernel instead of resuming the template's pre-booted snapshot (a new sandbox's first start)")
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/net/netutil"
 
 	"github.com/sbx-dev/sbx/internal/daemon"
 	"github.com/sbx-dev/sbx/internal/e2b"
@@ -63,8 +64,8 @@ starts keep running after it exits; stop them with sbx stop.`,
 			if err != nil {
 				return userErr(nil, "stop the other daemon, or give --socket in a folder only you can write", "cannot listen on %s: %v", socket, err)
 			}
-			servers := []*http.Server{{Handler: h, ReadHeaderTimeout: 10 * time.Second}}
-			listeners := []net.Listener{ul}
+			servers := []*http.Server{newHTTPServer(h)}
+			listeners := []net.Listener{netutil.LimitListener(ul, maxConns)}
 			if listen != "" {
 				tl, err := net.Listen("tcp", listen)
 				if err != nil {
@@ -79,8 +80,8 @@ starts keep running after it exits; stop them with sbx stop.`,
 				top := http.NewServeMux()
 				top.Handle("/v1/", daemon.RequireToken(h, token))
 				top.Handle("/", eb.Handler())
-				servers = append(servers, &http.Server{Handler: top, ReadHeaderTimeout: 10 * time.Second})
-				listeners = append(listeners, tl)
+				servers = append(servers, newHTTPServer(top))
+				listeners = append(listeners, netutil.LimitListener(tl, maxConns))
 			}
 			errc := make(chan error, len(servers))
 			for i, s := range servers {
@@ -106,6 +107,17 @@ starts keep running after it exits; stop them with sbx stop.`,
 	cmd.Flags().StringVar(&listen, "listen", "", "also serve on this TCP address (needs --token-file)")
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token TCP requests must carry")
 	return cmd
+}
+
+// maxConns caps each listener's open connections: past it new ones wait,
+// so idle connections (anyone on the machine can open them on TCP) do not
+// use up the daemon's descriptors.
+const maxConns = 256
+
+// newHTTPServer serves h with timeouts: a connection that sends nothing
+// is closed, so nobody holds the daemon's connections open for nothing.
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second}
 }
 
 // apiCreate is the daemon's create: the same checks, defaults and

@@ -1,7 +1,9 @@
-// Package clone is the clone mode of a sandbox: the host repository is
-// shared read-only with the guest (at GuestSource), and the agent works in
-// a clone of it on the VM's own disk, at the repository's host path, so it
-// runs at disk speed and never reaches the host's .git (hooks, config).
+// Package clone is the clone mode of a sandbox: nothing of the host
+// repository's folder is shared with the guest; the host's git writes a
+// bundle of its HEAD, branches and tags, which is copied in, and the agent
+// works in a clone of it on the VM's own disk, at the repository's host
+// path, so it runs at disk speed and never sees the host's work tree
+// (.env, untracked files) or .git (hooks, config).
 //
 // The host brings the agent's commits home with git itself: a remote
 // sandbox-NAME whose URL is sbx::NAME makes git run the remote helper
@@ -9,8 +11,8 @@
 // fetch to `git upload-pack` in the guest through the sandbox's own
 // channel (no network port); fetched branches land in
 // refs/sandboxes/NAME/*, and stay there after the sandbox is removed.
-// New host commits reach the clone with `sbx fetch-into`, which fetches
-// from the read-only share in the guest.
+// New host commits reach the clone with `sbx fetch-into`, which copies a
+// new bundle in and fetches from it.
 //
 // Host-side git runs only read commands on the user's own repository,
 // with hooks, fsmonitor and pagers off; the guest's git never runs on the
@@ -24,18 +26,30 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 )
 
-// GuestSource is where the host repository is mounted, read-only, in the
-// guest.
+// GuestInbox is the guest folder the host's bundles (and untracked files)
+// are copied into: the host repository itself is not shared with the
+// guest, so it sees no work tree (.env, untracked files) and no .git
+// (config with tokens, hooks), only the commits of a bundle.
+const GuestInbox = "/run/sbx/clone-in"
+
+// GuestBundle is the bundle of the host repository's branches and tags
+// in the guest, the clone's remote sbx-host.
+const GuestBundle = GuestInbox + "/repo.bundle"
+
+// GuestSource is where the host repository was mounted, read-only, in
+// the guest, by sandboxes made before bundles (their config says so).
 const GuestSource = "/run/sbx/source"
 
-// SourceRemote is the clone's remote for the host repository (the
-// read-only share).
+// SourceRemote is the clone's remote for the host repository (the bundle
+// in the guest's inbox).
 const SourceRemote = "sbx-host"
 
 // Errors Check returns; each message says what to do.
@@ -214,36 +228,124 @@ func PrepareScript(dest, user string) string {
 	return fmt.Sprintf("set -e\nrm -rf %[1]s\nmkdir -p %[1]s\nchown %[2]s:%[2]s %[1]s\n", shellQuote(dest), shellQuote(user))
 }
 
-// Script is the guest shell script, run as the agent user, that makes the
-// clone at dest from the share: committed history only (--no-local: no
-// hard links or copied files from the host's .git), the host's forge
-// remotes, and with untracked the untracked files git does not ignore.
-func Script(dest string, s Source, untracked bool) string {
-	return script(GuestSource, dest, s, untracked)
+// InboxScript is the guest shell script, run as root, that makes the
+// inbox the host copies a bundle (and untracked files) into, empty.
+func InboxScript() string {
+	return fmt.Sprintf("set -e\nrm -rf %[1]s\nmkdir -p %[1]s\nchmod 0755 %[1]s\n", shellQuote(GuestInbox))
 }
 
-func script(src, dest string, s Source, untracked bool) string {
+// ReadableScript is the guest shell script, run as root, that lets the
+// agent user read what the host copied into the inbox.
+func ReadableScript() string {
+	return fmt.Sprintf("set -e\nchmod -R a+rX %s\n", shellQuote(GuestInbox))
+}
+
+// Script is the guest shell script, run as the agent user, that makes the
+// clone at dest from the bundle the host copied in: committed history
+// only, the bundle as remote sbx-host, and the host's forge remotes.
+func Script(dest string, s Source) string {
+	return script(GuestBundle, dest, s)
+}
+
+func script(bundle, dest string, s Source) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "set -e\nsrc=%s\ndest=%s\n", shellQuote(src), shellQuote(dest))
-	fmt.Fprintf(&b, "git -c safe.directory='*' clone -q --no-local --origin %s \"$src\" \"$dest\"\n", SourceRemote)
+	fmt.Fprintf(&b, "set -e\nsrc=%s\ndest=%s\n", shellQuote(bundle), shellQuote(dest))
+	fmt.Fprintf(&b, "git clone -q --origin %s \"$src\" \"$dest\"\n", SourceRemote)
 	for _, r := range s.Remotes {
 		fmt.Fprintf(&b, "git -C \"$dest\" remote add %s %s\n", shellQuote(r.Name), shellQuote(r.URL))
-	}
-	if untracked {
-		b.WriteString("cd \"$src\" && git -c safe.directory='*' ls-files -z --others --exclude-standard | tar --null -T - -cf - | tar -C \"$dest\" -xf -\n")
 	}
 	return b.String()
 }
 
+// UntrackedScript is the guest shell script, run as root, that moves the
+// untracked files the host copied into the inbox's "untracked" folder
+// into the clone at dest, owned by user.
+func UntrackedScript(dest, user string) string {
+	return fmt.Sprintf("set -e\ncd %[1]s/untracked\ntar -cf - . | tar -C %[2]s -xf -\nchown -R %[3]s:%[3]s %[2]s\nrm -rf %[1]s/untracked\n",
+		shellQuote(GuestInbox), shellQuote(dest), shellQuote(user))
+}
+
 // FetchScript is the guest shell script that fetches new host commits
-// into the clone at dest: ref, or every branch, from the share into
-// refs/remotes/sbx-host/.
+// into the clone at dest from the bundle just copied in: ref, or every
+// branch, into refs/remotes/sbx-host/.
 func FetchScript(dest, ref string) string {
 	args := ""
 	if ref != "" {
 		args = " " + shellQuote(ref)
 	}
 	return fmt.Sprintf("set -e\ngit -c safe.directory='*' -C %s fetch %s%s\n", shellQuote(dest), SourceRemote, args)
+}
+
+// Bundle writes to path a git bundle of repo's HEAD, branches and tags
+// (not its other refs: refs/sandboxes/* hold other sandboxes' work), by
+// the host's git, read-only on the repository.
+func Bundle(ctx context.Context, repo, path string) error {
+	_, err := git(ctx, repo, "bundle", "create", "-q", path, "HEAD", "--branches", "--tags")
+	return err
+}
+
+// Untracked stages into dir copies of repo's untracked files that git
+// does not ignore (regular files and symlinks, as they are; nothing is
+// followed), at their paths, for a --clone-untracked clone.
+func Untracked(ctx context.Context, repo, dir string) (int, error) {
+	out, err := git(ctx, repo, "ls-files", "-z", "--others", "--exclude-standard")
+	if err != nil {
+		return 0, err
+	}
+	root, err := os.OpenRoot(repo)
+	if err != nil {
+		return 0, err
+	}
+	defer root.Close()
+	n := 0
+	for _, rel := range strings.Split(out, "\x00") {
+		if rel == "" || !filepath.IsLocal(rel) {
+			continue
+		}
+		fi, err := root.Lstat(rel)
+		if err != nil {
+			continue
+		}
+		dst := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return n, err
+		}
+		switch {
+		case fi.Mode()&os.ModeSymlink != 0:
+			target, err := root.Readlink(rel)
+			if err != nil {
+				continue
+			}
+			if err := os.Symlink(target, dst); err != nil {
+				return n, err
+			}
+		case fi.Mode().IsRegular():
+			if err := copyFile(root, rel, dst, fi.Mode().Perm()); err != nil {
+				return n, err
+			}
+		default:
+			continue
+		}
+		n++
+	}
+	return n, nil
+}
+
+func copyFile(root *os.Root, rel, dst string, mode os.FileMode) error {
+	in, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode&0o777)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
 
 // HostRemote is the name of the host repository's remote for sandbox name.

@@ -2,6 +2,7 @@ package clone
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -96,35 +97,59 @@ func TestForgeURL(t *testing.T) {
 
 // The script makes a clone with the history, the forge remotes, the
 // untracked files only when asked, and no file from the source's .git.
+// TestScript: the clone is made from a bundle of the host repository's
+// HEAD, branches and tags, made by the host's git (no hook runs, no other
+// ref goes in), with the forge remotes; untracked files go only when
+// asked, staged on the host without following links.
 func TestScript(t *testing.T) {
 	src := repo(t)
 	run(t, src, "git", "config", "core.hooksPath", "/dev/null")
 	os.WriteFile(filepath.Join(src, ".git", "hooks", "post-checkout"), []byte("#!/bin/sh\ntouch \"$GIT_DIR/../HOOK-RAN\"\n"), 0o755)
 	os.WriteFile(filepath.Join(src, "untracked.env"), []byte("SECRET=1\n"), 0o600)
+	os.Symlink("/etc/passwd", filepath.Join(src, "untracked-link"))
+	run(t, src, "git", "update-ref", "refs/sandboxes/other/main", "HEAD")
 	s := Source{Root: src, Remotes: []Remote{{"origin", "https://example.invalid/o/r.git"}}}
-	for _, untracked := range []bool{false, true} {
-		// A path the shell must not expand.
-		dest := filepath.Join(t.TempDir(), "it's $(touch x) `y`", "clone")
-		user := run(t, "/", "id", "-un")
-		run(t, "/", "sh", "-c", PrepareScript(dest, strings.TrimSpace(user)))
-		run(t, "/", "sh", "-c", script(src, dest, s, untracked))
-		if got := run(t, dest, "git", "log", "--format=%s"); got != "first\n" {
-			t.Errorf("history: %q", got)
-		}
-		remotes := run(t, dest, "git", "remote", "-v")
-		if !strings.Contains(remotes, "origin\thttps://example.invalid/o/r.git") || !strings.Contains(remotes, SourceRemote+"\t"+src) {
-			t.Errorf("remotes:\n%s", remotes)
-		}
-		_, err := os.Stat(filepath.Join(dest, "untracked.env"))
-		if untracked != (err == nil) {
-			t.Errorf("untracked=%v: untracked.env present: %v", untracked, err == nil)
-		}
-		if _, err := os.Stat(filepath.Join(dest, ".git", "hooks", "post-checkout")); err == nil {
-			t.Error("the source's hook was copied into the clone")
-		}
-		if _, err := os.Stat(filepath.Join(dest, "HOOK-RAN")); err == nil {
-			t.Error("a hook ran")
-		}
+	bundle := filepath.Join(t.TempDir(), "repo.bundle")
+	if err := Bundle(context.Background(), src, bundle); err != nil {
+		t.Fatal(err)
+	}
+	if refs := run(t, "/", "git", "bundle", "list-heads", bundle); strings.Contains(refs, "refs/sandboxes/") || !strings.Contains(refs, "refs/heads/main") {
+		t.Errorf("bundle refs:\n%s", refs)
+	}
+	// A path the shell must not expand.
+	dest := filepath.Join(t.TempDir(), "it's $(touch x) `y`", "clone")
+	user := run(t, "/", "id", "-un")
+	run(t, "/", "sh", "-c", PrepareScript(dest, strings.TrimSpace(user)))
+	run(t, "/", "sh", "-c", script(bundle, dest, s))
+	if got := run(t, dest, "git", "log", "--format=%s"); got != "first\n" {
+		t.Errorf("history: %q", got)
+	}
+	if b := strings.TrimSpace(run(t, dest, "git", "branch", "--show-current")); b != "main" {
+		t.Errorf("checked out %q, want main", b)
+	}
+	remotes := run(t, dest, "git", "remote", "-v")
+	if !strings.Contains(remotes, "origin\thttps://example.invalid/o/r.git") || !strings.Contains(remotes, SourceRemote+"\t"+bundle) {
+		t.Errorf("remotes:\n%s", remotes)
+	}
+	if _, err := os.Stat(filepath.Join(dest, "untracked.env")); err == nil {
+		t.Error("an untracked file came along")
+	}
+	if _, err := os.Stat(filepath.Join(dest, ".git", "hooks", "post-checkout")); err == nil {
+		t.Error("the source's hook was copied into the clone")
+	}
+	if _, err := os.Stat(filepath.Join(dest, "HOOK-RAN")); err == nil {
+		t.Error("a hook ran")
+	}
+	staged := filepath.Join(t.TempDir(), "untracked")
+	n, err := Untracked(context.Background(), src, staged)
+	if err != nil || n != 2 {
+		t.Fatalf("staged %d untracked files: %v", n, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(staged, "untracked.env")); string(b) != "SECRET=1\n" {
+		t.Errorf("staged untracked.env: %q", b)
+	}
+	if target, err := os.Readlink(filepath.Join(staged, "untracked-link")); err != nil || target != "/etc/passwd" {
+		t.Errorf("the link was not staged as a link: %q %v", target, err)
 	}
 }
 

@@ -32,6 +32,7 @@ import (
 	"github.com/sbx-dev/sbx/api/agentapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
 	"github.com/sbx-dev/sbx/internal/lifecycle"
+	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
@@ -39,8 +40,21 @@ import (
 // on by it (0.5.7: raw uploads; below 0.4.0 it would send user names).
 const EnvdVersion = "0.5.7"
 
-// DefaultTimeout is a sandbox's lifetime when create names none, as E2B's.
-const DefaultTimeout = 300 * time.Second
+// DefaultTimeout is a sandbox's lifetime when create names none, as E2B's;
+// MaxTimeout the longest one may ask for (E2B's longest plan allows 24 h).
+const (
+	DefaultTimeout = 300 * time.Second
+	MaxTimeout     = 24 * time.Hour
+)
+
+// lifetime is a request's timeout in seconds as a duration: 0 for none
+// given, an error past MaxTimeout or below 0.
+func lifetime(secs int64) (time.Duration, error) {
+	if secs < 0 || secs > int64(MaxTimeout/time.Second) {
+		return 0, fmt.Errorf("timeout %d s: give 1 to %d seconds", secs, int64(MaxTimeout/time.Second))
+	}
+	return time.Duration(secs) * time.Second, nil
+}
 
 // Server serves the E2B routes.
 type Server struct {
@@ -173,7 +187,7 @@ func (b *box) sandboxJSON() map[string]any {
 
 type createBody struct {
 	TemplateID string            `json:"templateID"`
-	Timeout    int               `json:"timeout"`
+	Timeout    int64             `json:"timeout"`
 	Metadata   map[string]string `json:"metadata"`
 	EnvVars    map[string]string `json:"envVars"`
 }
@@ -187,9 +201,20 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	if body.TemplateID == "" {
 		body.TemplateID = "base"
 	}
+	life, err := lifetime(body.Timeout)
+	if err != nil {
+		apiError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	// The workspaces' folder must be the daemon user's and writable by
+	// nobody else (another local user could swap a workspace in it).
+	if err := paths.PrivateDir(s.WorkRoot); err != nil {
+		apiError(w, http.StatusInternalServerError, "the E2B workspaces folder is refused: "+err.Error())
+		return
+	}
 	id := "e2b-" + randomHex(6)
 	dir := filepath.Join(s.WorkRoot, id)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.Mkdir(dir, 0o700); err != nil {
 		apiError(w, http.StatusInternalServerError, "cannot make the sandbox's workspace: "+err.Error())
 		return
 	}
@@ -216,21 +241,33 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		fail(err)
 		return
 	}
+	// From here the sandbox exists: whatever ends this request early
+	// (a failure, the client gone) takes it out again.
+	bg := context.WithoutCancel(ctx)
+	abandon := func(err error) {
+		if rerr := s.M.Remove(bg, sb, lifecycle.RemoveRequest{Force: true}); rerr != nil {
+			s.Log.Warn("e2b: removing a sandbox whose create failed", "sandbox", id, "err", rerr)
+		}
+		fail(err)
+	}
 	b := &box{id: id, template: body.TemplateID, token: randomHex(24), dir: dir, sb: sb, started: time.Now(),
 		metadata: body.Metadata, envs: body.EnvVars, procs: map[uint32]*proc{}}
 	if err := s.Start(ctx, sb); err != nil {
-		s.M.Remove(context.WithoutCancel(ctx), sb, lifecycle.RemoveRequest{Force: true})
-		fail(err)
+		abandon(err)
 		return
 	}
 	// E2B's default user is "user" with its home at /home/user: the
 	// SDK's examples write there. It is the agent user's home here.
 	if s.HomeAlias {
 		var errb limitedBuffer
-		if st, err := s.M.Exec(ctx, sb, lifecycle.ExecRequest{ExecRequest: agentapi.ExecRequest{Argv: []string{"sh", "-c", "[ -e /home/user ] || ln -s /home/agent /home/user"}, User: "root"}},
+		if st, err := s.M.Exec(bg, sb, lifecycle.ExecRequest{ExecRequest: agentapi.ExecRequest{Argv: []string{"sh", "-c", "[ -e /home/user ] || ln -s /home/agent /home/user"}, User: "root"}},
 			agentclient.ExecIO{Stderr: &errb}); err != nil || st.Code != 0 {
 			s.Log.Warn("e2b: /home/user", "sandbox", id, "err", err, "stderr", errb.String())
 		}
+	}
+	if ctx.Err() != nil {
+		abandon(ctx.Err())
+		return
 	}
 	s.mu.Lock()
 	if s.boxes == nil {
@@ -238,7 +275,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	}
 	s.boxes[id] = b
 	s.mu.Unlock()
-	s.armTimeout(b, time.Duration(body.Timeout)*time.Second)
+	s.armTimeout(b, life)
 	writeJSON(w, http.StatusCreated, b.sandboxJSON())
 }
 
@@ -256,24 +293,29 @@ func (s *Server) armTimeout(b *box, d time.Duration) {
 	}
 	b.timer = time.AfterFunc(d, func() {
 		s.Log.Info("e2b: sandbox timed out", "sandbox", b.id)
-		s.destroy(context.Background(), b)
+		if err := s.destroy(context.Background(), b); err != nil {
+			// Kept, and tried again a minute on.
+			s.Log.Warn("e2b: removing a timed-out sandbox", "sandbox", b.id, "err", err)
+			s.armTimeout(b, time.Minute)
+		}
 	})
 }
 
-// destroy removes b's sandbox and workspace and forgets it.
+// destroy removes b's sandbox and workspace, then forgets it; a sandbox
+// that could not be removed stays known (and its timer on).
 func (s *Server) destroy(ctx context.Context, b *box) error {
+	err := s.M.Remove(ctx, b.sb, lifecycle.RemoveRequest{Force: true})
+	if err != nil && !errors.Is(err, lifecycle.ErrNotFound) {
+		return err
+	}
 	s.mu.Lock()
 	if b.timer != nil {
 		b.timer.Stop()
 	}
 	delete(s.boxes, b.id)
 	s.mu.Unlock()
-	err := s.M.Remove(ctx, b.sb, lifecycle.RemoveRequest{Force: true})
-	if err == nil || errors.Is(err, lifecycle.ErrNotFound) {
-		os.RemoveAll(b.dir)
-		return nil
-	}
-	return err
+	os.RemoveAll(b.dir)
+	return nil
 }
 
 func (s *Server) byID(w http.ResponseWriter, r *http.Request) *box {
@@ -290,15 +332,20 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var body struct {
-		Timeout int `json:"timeout"`
+		Timeout int64 `json:"timeout"`
 	}
 	_ = readJSON(r, &body)
+	life, err := lifetime(body.Timeout)
+	if err != nil {
+		apiError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	if err := s.Start(r.Context(), b.sb); err != nil {
 		apiError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	if body.Timeout > 0 {
-		s.armTimeout(b, time.Duration(body.Timeout)*time.Second)
+	if life > 0 {
+		s.armTimeout(b, life)
 	}
 	writeJSON(w, http.StatusOK, b.sandboxJSON())
 }
@@ -361,13 +408,18 @@ func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var body struct {
-		Timeout int `json:"timeout"`
+		Timeout int64 `json:"timeout"`
 	}
 	if err := readJSON(r, &body); err != nil || body.Timeout <= 0 {
 		apiError(w, http.StatusBadRequest, "give a timeout in seconds")
 		return
 	}
-	s.armTimeout(b, time.Duration(body.Timeout)*time.Second)
+	life, err := lifetime(body.Timeout)
+	if err != nil {
+		apiError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	s.armTimeout(b, life)
 	w.WriteHeader(http.StatusNoContent)
 }
 

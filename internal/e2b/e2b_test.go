@@ -91,3 +91,13 @@ func TestAuth(t *testing.T) {
 		t.Errorf("no API key configured: %d", w.Code)
 	}
 }
+
+// Found by the seventh outside review: a timeout of 584 years overflowed
+// and removed the sandbox at once.
+func TestLifetime(t *testing.T) {
+	for secs, ok := range map[int64]bool{0: true, 1: true, 86400: true, 86401: false, 18446744074: false, -5: false} {
+		if _, err := lifetime(secs); (err == nil) != ok {
+			t.Errorf("lifetime(%d): %v", secs, err)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -193,7 +194,11 @@ func (s *Server) startProcess(w http.ResponseWriter, r *http.Request, b *box) {
 	st, err := s.M.Exec(ctx, b.sb, lifecycle.ExecRequest{ExecRequest: agentapi.ExecRequest{Argv: argv, Env: env, Dir: req.Process.Cwd, User: user(r)}},
 		agentclient.ExecIO{Stdout: eventWriter{sw, false}, Stderr: eventWriter{sw, true}, Signals: p.signals})
 	if err != nil {
-		sw.end("unavailable", err.Error())
+		code := "unavailable"
+		if errors.Is(err, lifecycle.ErrInvalid) {
+			code = "invalid_argument" // no such program, user or folder
+		}
+		sw.end(code, err.Error())
 		return
 	}
 	end := map[string]any{"exitCode": st.Code, "exited": true, "status": fmt.Sprintf("exit status %d", st.Code)}
@@ -274,8 +279,11 @@ func (s *Server) guest(r *http.Request, b *box, script string, stdin io.Reader, 
 	return st.Code, out.Bytes(), strings.TrimSpace(errb.String()), err
 }
 
-// maxFile caps a file read through /files or a listing.
-const maxFile = 256 << 20
+// maxFile caps a file read through /files or a listing (held in memory
+// whole); readSlots caps the reads at once.
+const maxFile = 64 << 20
+
+var readSlots = make(chan struct{}, 4)
 
 type capped struct {
 	b   *bytes.Buffer
@@ -470,6 +478,12 @@ func filesUser(r *http.Request) *http.Request {
 }
 
 func (s *Server) readFile(w http.ResponseWriter, r *http.Request, b *box) {
+	select {
+	case readSlots <- struct{}{}:
+		defer func() { <-readSlots }()
+	case <-r.Context().Done():
+		return
+	}
 	r = filesUser(r)
 	p := guestPath(r.URL.Query().Get("path"))
 	code, out, errs, err := s.guest(r, b, `[ -e "$1" ] || exit 44; [ -d "$1" ] && exit 46; exec cat -- "$1"`, nil, p)

@@ -294,7 +294,13 @@ func snapshotSpec(boot supervisor.Boot, qemuVersion string, cfg sandbox.Config, 
 // saving it first when there is none. A sandbox that cannot use one gets
 // nil and a line on stderr saying why it will boot cold.
 func (m *Manager) PrepareSnapshot(ctx context.Context, cfg sandbox.Config, tmpl template.Template) (*snapshot.Snapshot, error) {
-	if n := len(cfg.Workspaces); n > snapshot.Shares {
+	n := 0
+	for _, w := range cfg.Workspaces {
+		if !w.Unshared {
+			n++
+		}
+	}
+	if n > snapshot.Shares {
 		m.emit(Event{Kind: Notice, Sandbox: cfg.Name, Text: fmt.Sprintf("note: %d workspaces, and snapshot starts have %d share slots: this sandbox boots cold", n, snapshot.Shares)})
 		return nil, nil
 	}

@@ -76,8 +76,12 @@ type Workspace struct {
 	Path     string `json:"path"`
 	ReadOnly bool   `json:"readOnly,omitempty"`
 	// Mount, when set, is where the guest mounts it instead of Path (the
-	// source repository of a clone mode sandbox).
+	// source repository of a clone mode sandbox made before bundles).
 	Mount string `json:"mount,omitempty"`
+	// Unshared records a folder that is not shared with the guest at all:
+	// a clone mode sandbox's host repository, which the guest gets as a
+	// bundle of commits (internal/clone).
+	Unshared bool `json:"unshared,omitempty"`
 }
 
 // GuestPath is where the guest mounts w.

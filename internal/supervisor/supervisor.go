@@ -619,7 +619,11 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 	s.mu.Lock()
 	s.share, s.shareWhy = transport, why
 	s.mu.Unlock()
-	for i, w := range cfg.Workspaces {
+	i := 0
+	for _, w := range cfg.Workspaces {
+		if w.Unshared {
+			continue
+		}
 		// The path recorded at create was real; a guest may have turned
 		// it into a link since (through an outer workspace), and the VMM
 		// or the file server would follow it out of the workspace.
@@ -638,6 +642,7 @@ func (s *Supervisor) vmConfig(rt string, restore *Restore, dockerDisk string) (v
 		}
 		shares = append(shares, sh)
 		ws = append(ws, agentapi.Workspace{Tag: tag, Path: w.GuestPath(), ReadOnly: w.ReadOnly, FS: string(sh.Of())})
+		i++
 	}
 	dev := snapshot.Devices{
 		Name:        cfg.Name,
