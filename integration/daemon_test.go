@@ -1,18 +1,23 @@
 package integration
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/sbx-dev/sbx/internal/audit"
 	"github.com/sbx-dev/sbx/internal/daemon"
+	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
@@ -104,6 +109,66 @@ func TestDaemonAPI(t *testing.T) {
 	ports, err := c.Ports(ctx, "api", daemon.PortsRequest{Publish: []string{"127.0.0.1:0:8000"}})
 	if err != nil || len(ports) != 1 || ports[0].HostPort == 0 {
 		t.Errorf("publish: %+v %v", ports, err)
+	}
+	// An interactive exec: a real pseudo-terminal in the guest, of the
+	// size asked for, its stdin streamed.
+	var tout bytes.Buffer
+	code, err = c.ExecTTY(ctx, "api", daemon.TTYRequest{ExecRequest: daemon.ExecRequest{Argv: []string{"sh", "-c", "tty; stty size; read x; echo got=$x; exit 5"}}, Rows: 33, Cols: 111},
+		daemon.TTYIO{Stdin: strings.NewReader("typed\n"), Stdout: &tout})
+	if err != nil || code != 5 || !strings.Contains(tout.String(), "/dev/pts/") || !strings.Contains(tout.String(), "33 111") || !strings.Contains(tout.String(), "got=typed") {
+		t.Errorf("tty exec: code %d err %v output %q", code, err, tout.String())
+	}
+	// Files up and down, as one file's bytes and as tar.
+	if err := c.Upload(ctx, "api", "/home/agent/up/notes.txt", "application/octet-stream", strings.NewReader("uploaded\n")); err == nil {
+		t.Error("a raw upload into a missing folder worked")
+	}
+	if err := c.Upload(ctx, "api", "/home/agent/notes.txt", "application/octet-stream", strings.NewReader("uploaded\n")); err != nil {
+		t.Errorf("raw upload: %v", err)
+	}
+	if res := h.sbx("exec", "api", "--", "sh", "-c", "cat /home/agent/notes.txt; stat -c %U /home/agent/notes.txt"); res.stdout != "uploaded\nagent\n" {
+		t.Errorf("the uploaded file in the guest: %+v", res)
+	}
+	if rc, err := c.Download(ctx, "api", "/home/agent/notes.txt", true); err != nil {
+		t.Errorf("raw download: %v", err)
+	} else {
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		if string(b) != "uploaded\n" {
+			t.Errorf("raw download: %q", b)
+		}
+	}
+	if rc, err := c.Download(ctx, "api", "/etc/os-release", false); err != nil {
+		t.Errorf("tar download: %v", err)
+	} else {
+		tr := tar.NewReader(rc)
+		hdr, err := tr.Next()
+		rc.Close()
+		if err != nil || hdr.Name != "os-release" {
+			t.Errorf("tar download: %+v %v", hdr, err)
+		}
+	}
+	if _, err := c.Download(ctx, "api", "/nonexistent", false); err == nil {
+		t.Error("a missing path downloaded")
+	}
+	// A sandbox's rule through the API counts at once, and its decision
+	// shows in the policy log.
+	if _, err := c.AddRules(ctx, daemon.RulesRequest{Action: "deny", Resources: []string{"denied.test"}, Sandbox: "api"}); err != nil {
+		t.Errorf("add rule: %v", err)
+	}
+	h.sbx("exec", "api", "--", "sh", "-c", "curl -sS -m 10 http://denied.test/ || true")
+	// The audit log is flushed within a fraction of a second.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		rows, err := c.PolicyLog(ctx, "api", 0)
+		if err == nil && slices.ContainsFunc(rows, func(r audit.Row) bool { return r.Host == "denied.test" && !r.Allowed }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("policy log: %+v %v", rows, err)
+			break
+		}
+	}
+	if v, err := c.Policy(ctx, "api"); err != nil || !slices.ContainsFunc(v.Rules, func(r lifecycle.PolicyRule) bool { return r.Resource == "denied.test" && r.Sandbox == "api" }) {
+		t.Errorf("policy: %+v %v", v, err)
 	}
 	// TCP: nothing without the token.
 	if _, err := daemon.TCPClient(tcpAddr, "").List(ctx); err == nil {

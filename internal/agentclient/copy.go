@@ -17,33 +17,43 @@ import (
 // is an error wrapping *agentapi.ErrorInfo (its Code says not-found,
 // permission, ...).
 func CopyIn(ctx context.Context, stream io.ReadWriteCloser, hostSrc, guestDst string) error {
-	defer stream.Close()
 	if _, err := os.Lstat(hostSrc); err != nil {
+		stream.Close()
 		return fmt.Errorf("copy %s into the guest: %w", hostSrc, err)
 	}
+	err := CopyInArchive(ctx, stream, guestDst, func(w io.Writer) error { return archive.Write(w, hostSrc) })
+	if err != nil {
+		return fmt.Errorf("copy %s to guest %s: %w", hostSrc, guestDst, err)
+	}
+	return nil
+}
+
+// CopyInArchive sends the tar archive write makes (one top-level entry,
+// as archive.Write makes it) into the guest at guestDst, with CopyIn's
+// semantics; the guest extracts it confined to the copied tree. A failed
+// write breaks the stream, so the guest abandons the partial archive.
+// stream must be fresh; CopyInArchive closes it.
+func CopyInArchive(ctx context.Context, stream io.ReadWriteCloser, guestDst string, write func(io.Writer) error) error {
+	defer stream.Close()
 	stop := closeOnCancel(ctx, stream)
 	defer stop()
 	fw := agentapi.NewFrameWriter(stream)
 	req := agentapi.Request{Op: agentapi.OpCopyIn, CopyIn: &agentapi.CopyInRequest{Path: guestDst}}
 	if err := fw.WriteJSON(agentapi.FrameRequest, req); err != nil {
-		return fmt.Errorf("copy %s to guest %s: %w", hostSrc, guestDst, ctxErr(ctx, err))
+		return ctxErr(ctx, err)
 	}
 	dw := agentapi.NewDataWriter(fw)
-	if err := archive.Write(dw, hostSrc); err != nil {
-		// Breaking the stream makes the guest abandon the partial archive.
-		return fmt.Errorf("copy %s to guest %s: %w", hostSrc, guestDst, ctxErr(ctx, err))
+	if err := write(dw); err != nil {
+		return ctxErr(ctx, err)
 	}
 	if err := dw.Close(); err != nil {
-		return fmt.Errorf("copy %s to guest %s: %w", hostSrc, guestDst, ctxErr(ctx, err))
+		return ctxErr(ctx, err)
 	}
 	var resp agentapi.Response
 	if err := agentapi.ReadJSON(stream, agentapi.FrameResponse, &resp); err != nil {
-		return fmt.Errorf("copy %s to guest %s: read response: %w", hostSrc, guestDst, ctxErr(ctx, err))
+		return fmt.Errorf("read response: %w", ctxErr(ctx, err))
 	}
-	if err := resp.Err(); err != nil {
-		return fmt.Errorf("copy %s to guest %s: %w", hostSrc, guestDst, err)
-	}
-	return nil
+	return resp.Err()
 }
 
 // CopyOut copies guestSrc out of the guest to hostDst with docker cp
@@ -64,25 +74,38 @@ func CopyIn(ctx context.Context, stream io.ReadWriteCloser, hostSrc, guestDst st
 // Entries extracted before a failure stay. stream must be fresh; CopyOut
 // closes it.
 func CopyOut(ctx context.Context, stream io.ReadWriteCloser, guestSrc, hostDst string) error {
+	// The name on the host is the one the command implies, never the
+	// archive's; set-id bits are dropped.
+	err := CopyOutArchive(ctx, stream, guestSrc, func(r io.Reader) error {
+		return archive.Extract(r, hostDst, archive.Options{Name: archive.TopName(guestSrc)})
+	})
+	if err != nil {
+		return fmt.Errorf("copy guest %s to %s: %w", guestSrc, hostDst, err)
+	}
+	return nil
+}
+
+// CopyOutArchive has the guest archive guestSrc and passes the tar
+// stream to read; what read leaves unread is drained. The archive is the
+// guest's: untrusted. stream must be fresh; CopyOutArchive closes it.
+func CopyOutArchive(ctx context.Context, stream io.ReadWriteCloser, guestSrc string, read func(io.Reader) error) error {
 	defer stream.Close()
 	stop := closeOnCancel(ctx, stream)
 	defer stop()
 	req := agentapi.Request{Op: agentapi.OpCopyOut, CopyOut: &agentapi.CopyOutRequest{Path: guestSrc}}
 	resp, err := roundTrip(stream, req)
 	if err != nil {
-		return fmt.Errorf("copy guest %s to %s: %w", guestSrc, hostDst, ctxErr(ctx, err))
+		return ctxErr(ctx, err)
 	}
 	if err := resp.Err(); err != nil {
-		return fmt.Errorf("copy guest %s to %s: %w", guestSrc, hostDst, err)
+		return err
 	}
 	dr := agentapi.NewDataReader(stream)
-	// The name on the host is the one the command implies, never the
-	// archive's; set-id bits are dropped.
-	if err := archive.Extract(dr, hostDst, archive.Options{Name: archive.TopName(guestSrc)}); err != nil {
-		return fmt.Errorf("copy guest %s to %s: %w", guestSrc, hostDst, ctxErr(ctx, err))
+	if err := read(dr); err != nil {
+		return ctxErr(ctx, err)
 	}
 	if err := dr.Drain(); err != nil {
-		return fmt.Errorf("copy guest %s to %s: %w", guestSrc, hostDst, ctxErr(ctx, err))
+		return ctxErr(ctx, err)
 	}
 	return nil
 }

@@ -26,9 +26,17 @@ sbx's. -t gives it a real terminal that follows window-size changes; -i
 connects stdin.`,
 		Example: `  sbx exec shell-proj make test
   sbx exec -it shell-proj bash
-  sbx exec -u root shell-proj apt-get install -y jq`,
+  sbx exec -u root shell-proj apt-get install -y jq
+  sbx exec shell-proj -- ls -la   # a "--" before COMMAND is dropped`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// `sbx exec NAME -- CMD` (kubectl's way) means CMD.
+			if args[1] == "--" {
+				args = append(args[:1], args[2:]...)
+				if len(args) < 2 {
+					return userErr(nil, "for example: sbx exec NAME -- ls", "no command after --")
+				}
+			}
 			sb, err := e.getSandbox(args[0])
 			if err != nil {
 				return err

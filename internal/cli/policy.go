@@ -18,7 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sbx-dev/sbx/internal/audit"
+	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
@@ -77,25 +77,11 @@ var presetMenu = []struct {
 // it asks with a numbered menu; otherwise it takes balanced and says so on
 // stderr. It does nothing when a default is already chosen.
 func (e *env) ensurePolicyDefault(ctx context.Context) error {
-	store := e.policyStore()
-	f, err := store.Load()
-	if err != nil {
-		return policyFileErr(err)
-	}
-	if f.Default != policy.PresetUnset {
-		return nil
-	}
-	var chosen policy.Preset
+	var choose func() (policy.Preset, error)
 	if _, isTerm := terminalFd(e.stdin); isTerm {
-		chosen, err = e.promptPreset(ctx, e.stdin)
-		if err != nil {
-			return err
-		}
-	} else {
-		chosen = policy.PresetBalanced
-		fmt.Fprintln(e.stderr, "sbx: no network policy chosen yet; using balanced (change it with `sbx policy init allow-all|balanced|deny-all`)")
+		choose = func() (policy.Preset, error) { return e.promptPreset(ctx, e.stdin) }
 	}
-	return e.setDefault(chosen, true)
+	return e.manager().EnsurePolicyDefault(choose)
 }
 
 // promptPreset shows the menu on stderr and reads a choice from in.
@@ -131,22 +117,6 @@ func (e *env) promptPreset(ctx context.Context, in io.Reader) (policy.Preset, er
 	return "", userErr(nil, "choose without a prompt: sbx policy init allow-all|balanced|deny-all", "no network policy chosen")
 }
 
-// setDefault writes the default preset. With onlyIfUnset, a default chosen
-// meanwhile by another command is kept.
-func (e *env) setDefault(p policy.Preset, onlyIfUnset bool) error {
-	err := e.policyStore().Update(func(f *policy.File) error {
-		if onlyIfUnset && f.Default != policy.PresetUnset {
-			return nil
-		}
-		f.Default = p
-		return nil
-	})
-	if err != nil {
-		return policyFileErr(err)
-	}
-	return nil
-}
-
 func newPolicyInitCmd(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:       "init allow-all|balanced|deny-all",
@@ -158,7 +128,7 @@ func newPolicyInitCmd(e *env) *cobra.Command {
 			if err != nil {
 				return userErr(nil, "sbx policy init allow-all|balanced|deny-all", "unknown default %q", args[0])
 			}
-			if err := e.setDefault(p, false); err != nil {
+			if err := e.manager().SetPolicyDefault(p, false); err != nil {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "default network policy: %s (%s)\n", p, presetHelp(p))
@@ -184,16 +154,32 @@ func networkArg(args []string) error {
 	return nil
 }
 
+// optSandbox is the sandbox --sandbox NAME names (nil for none).
+func (e *env) optSandbox(name string) (*sandbox.Sandbox, error) {
+	if name == "" {
+		return nil, nil
+	}
+	return e.getSandbox(name)
+}
+
 // sandboxScope resolves --sandbox NAME to its id ("" for none).
 func (e *env) sandboxScope(name string) (string, error) {
-	if name == "" {
-		return "", nil
-	}
-	sb, err := e.getSandbox(name)
-	if err != nil {
+	sb, err := e.optSandbox(name)
+	if sb == nil || err != nil {
 		return "", err
 	}
 	return sb.Config.ID, nil
+}
+
+// sandboxNames maps sandbox ids to names; sandboxes that cannot be read are
+// left out.
+func (e *env) sandboxNames() map[string]string {
+	all, _ := e.store.List()
+	m := map[string]string{}
+	for _, sb := range all {
+		m[sb.Config.ID] = sb.Config.Name
+	}
+	return m
 }
 
 func newPolicyRuleCmd(e *env, action policy.Action) *cobra.Command {
@@ -210,34 +196,16 @@ func newPolicyRuleCmd(e *env, action policy.Action) *cobra.Command {
 			if err != nil {
 				return userErr(err, "resources look like example.com, *.example.com, **.example.com, example.com:443, 10.0.0.0/8, 1.2.3.4:22, localhost:8080", "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
 			}
-			scope, err := e.sandboxScope(sandboxName)
+			sb, err := e.optSandbox(sandboxName)
 			if err != nil {
 				return err
 			}
 			if err := e.ensurePolicyDefault(cmd.Context()); err != nil {
 				return err
 			}
-			var added, existing []policy.Rule
-			now := time.Now()
-			err = e.policyStore().Update(func(f *policy.File) error {
-				have := map[string]bool{}
-				for _, r := range f.Rules {
-					have[r.ID] = true
-				}
-				for _, r := range res {
-					rule := policy.NewRule(action, r, scope, policy.OriginUser, now)
-					if have[rule.ID] {
-						existing = append(existing, rule)
-						continue
-					}
-					have[rule.ID] = true
-					f.Rules = append(f.Rules, rule)
-					added = append(added, rule)
-				}
-				return nil
-			})
+			added, existing, err := e.manager().AddRules(action, res, sb, policy.OriginUser)
 			if err != nil {
-				return policyFileErr(err)
+				return err
 			}
 			where := "all sandboxes"
 			if sandboxName != "" {
@@ -263,35 +231,6 @@ func verbPast(a policy.Action) string {
 	return "denied"
 }
 
-// policyRuleJSON is one rule in `sbx policy ls --json`.
-type policyRuleJSON struct {
-	ID       string    `json:"id"`
-	Action   string    `json:"action"`
-	Resource string    `json:"resource"`
-	Scope    string    `json:"scope"`
-	Sandbox  string    `json:"sandbox,omitempty"`
-	Origin   string    `json:"origin"`
-	Created  time.Time `json:"created,omitzero"`
-}
-
-// policyLsJSON is the output of `sbx policy ls --json`.
-type policyLsJSON struct {
-	Default string                `json:"default"`
-	Rules   []policyRuleJSON      `json:"rules"`
-	Builtin []policy.BuiltinEntry `json:"builtin,omitempty"`
-}
-
-// sandboxNames maps sandbox ids to names; sandboxes that cannot be read are
-// left out.
-func (e *env) sandboxNames() map[string]string {
-	all, _ := e.store.List()
-	m := map[string]string{}
-	for _, sb := range all {
-		m[sb.Config.ID] = sb.Config.Name
-	}
-	return m
-}
-
 func newPolicyLsCmd(e *env) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -299,37 +238,21 @@ func newPolicyLsCmd(e *env) *cobra.Command {
 		Short: "List rules and the default (global, or those applying to one sandbox)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			scope := ""
+			var sb *sandbox.Sandbox
 			if len(args) == 1 {
-				id, err := e.sandboxScope(args[0])
-				if err != nil {
+				var err error
+				if sb, err = e.getSandbox(args[0]); err != nil {
 					return err
 				}
-				scope = id
 			}
 			if err := e.ensurePolicyDefault(cmd.Context()); err != nil {
 				return err
 			}
-			f, err := e.policyStore().Load()
+			out, err := e.manager().Policy(sb)
 			if err != nil {
-				return policyFileErr(err)
+				return err
 			}
-			names := e.sandboxNames()
-			out := policyLsJSON{Default: string(f.Default), Rules: []policyRuleJSON{}}
-			for _, r := range f.Rules {
-				if scope != "" && r.Scope != "" && r.Scope != scope {
-					continue
-				}
-				j := policyRuleJSON{ID: r.ID, Action: string(r.Action), Resource: r.Resource, Scope: "global", Origin: r.Origin, Created: r.Created}
-				if r.Scope != "" {
-					j.Scope = r.Scope
-					j.Sandbox = names[r.Scope]
-				}
-				out.Rules = append(out.Rules, j)
-			}
-			if f.Default.Effective() == policy.PresetBalanced {
-				out.Builtin = policy.Balanced
-			}
+			f := struct{ Default policy.Preset }{policy.Preset(out.Default)}
 			if asJSON {
 				enc := json.NewEncoder(e.stdout)
 				enc.SetIndent("", "  ")
@@ -378,52 +301,16 @@ func newPolicyRmCmd(e *env) *cobra.Command {
 			if (resource == "") == (id == "") {
 				return userErr(nil, "for example: sbx policy rm network --resource example.com", "give exactly one of --resource and --id")
 			}
-			scope, err := e.sandboxScope(sandboxName)
+			sb, err := e.optSandbox(sandboxName)
 			if err != nil {
 				return err
 			}
 			if err := e.ensurePolicyDefault(cmd.Context()); err != nil {
 				return err
 			}
-			canon := ""
-			if resource != "" {
-				r, err := policy.ParseResource(resource)
-				if err != nil {
-					return userErr(err, "", "%v", err)
-				}
-				canon = r.String()
-			}
-			var removed []policy.Rule
-			err = e.policyStore().Update(func(f *policy.File) error {
-				kept := f.Rules[:0]
-				for _, r := range f.Rules {
-					match := r.Scope == scope && r.Resource == canon
-					if id != "" {
-						match = r.ID == id && (sandboxName == "" || r.Scope == scope)
-					}
-					if match {
-						removed = append(removed, r)
-						continue
-					}
-					kept = append(kept, r)
-				}
-				f.Rules = kept
-				return nil
-			})
+			removed, err := e.manager().RemoveRules(lifecycle.RemoveRulesRequest{Resource: resource, ID: id, Sandbox: sb})
 			if err != nil {
-				return policyFileErr(err)
-			}
-			if len(removed) == 0 {
-				what := "rule with id " + id
-				if id == "" {
-					what = "rule for " + canon
-					if sandboxName != "" {
-						what += " in sandbox " + sandboxName
-					} else {
-						what += " (global; sandbox rules need --sandbox)"
-					}
-				}
-				return userErr(nil, "list rules with `sbx policy ls`", "no %s", what)
+				return err
 			}
 			for _, r := range removed {
 				fmt.Fprintf(e.stdout, "removed %s\n", r)
@@ -593,39 +480,18 @@ func newPolicyLogCmd(e *env) *cobra.Command {
 				return err
 			}
 			var sbs []*sandbox.Sandbox
-			var listErr error
 			if len(args) == 1 {
 				sb, err := e.getSandbox(args[0])
 				if err != nil {
 					return err
 				}
 				sbs = []*sandbox.Sandbox{sb}
-			} else {
-				sbs, listErr = e.store.List()
 			}
-			var events []audit.Event
-			for _, sb := range sbs {
-				evs, err := audit.ReadFile(sb.Path(AuditFile), 0)
-				if err != nil {
-					fmt.Fprintf(e.stderr, "sbx: audit log of %s: %v\n", sb.Config.Name, err)
-					continue
-				}
-				for i := range evs {
-					if evs[i].Sandbox == "" {
-						evs[i].Sandbox = sb.Config.Name
-					}
-					evs[i].SandboxID = sb.Config.ID
-				}
-				events = append(events, evs...)
-			}
-			rows := audit.Summarize(events)
-			if limit > 0 && len(rows) > limit {
-				rows = rows[:limit]
+			rows, err := e.manager().PolicyLog(sbs, limit)
+			if err != nil {
+				return err
 			}
 			if asJSON {
-				if rows == nil {
-					rows = []audit.Row{}
-				}
 				enc := json.NewEncoder(e.stdout)
 				enc.SetIndent("", "  ")
 				if err := enc.Encode(rows); err != nil {
@@ -656,9 +522,6 @@ func newPolicyLogCmd(e *env) *cobra.Command {
 				if err := tw.Flush(); err != nil {
 					return err
 				}
-			}
-			if listErr != nil {
-				fmt.Fprintf(e.stderr, "sbx: some sandboxes could not be read: %v\n", listErr)
 			}
 			return nil
 		},

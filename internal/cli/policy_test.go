@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sbx-dev/sbx/internal/audit"
+	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
@@ -137,14 +138,14 @@ func TestPolicyCommands(t *testing.T) {
 
 	// ls --json.
 	r = runSbx(t, "policy", "ls", "--json")
-	var ls policyLsJSON
+	var ls lifecycle.PolicyView
 	if err := json.Unmarshal([]byte(r.out), &ls); err != nil {
 		t.Fatalf("ls --json: %v\n%s", err, r.out)
 	}
 	for i := range ls.Rules {
 		ls.Rules[i].Created = time.Time{}
 	}
-	want := policyLsJSON{Default: "deny-all", Rules: []policyRuleJSON{
+	want := lifecycle.PolicyView{Default: "deny-all", Rules: []lifecycle.PolicyRule{
 		{ID: idEx, Action: "allow", Resource: "example.com", Scope: "global", Origin: "user"},
 		{ID: policy.RuleID(policy.Allow, policy.Resource{Kind: policy.KindAnyDepth, Host: "github.io", Port: 443}, ""), Action: "allow", Resource: "**.github.io:443", Scope: "global", Origin: "user"},
 		{ID: policy.RuleID(policy.Deny, policy.Resource{Kind: policy.KindHost, Host: "bad.example.com"}, sb.Config.ID), Action: "deny", Resource: "bad.example.com", Scope: sb.Config.ID, Sandbox: "dev", Origin: "user"},

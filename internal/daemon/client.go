@@ -10,9 +10,15 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"sync"
 
+	"github.com/coder/websocket"
+
+	"github.com/sbx-dev/sbx/internal/audit"
 	"github.com/sbx-dev/sbx/internal/lifecycle"
+	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
@@ -61,19 +67,25 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 
 func (c *Client) send(ctx context.Context, method, path string, body any) (*http.Response, error) {
 	var rd io.Reader
+	ct := ""
 	if body != nil {
 		data, err := json.Marshal(body)
 		if err != nil {
 			return nil, err
 		}
-		rd = bytes.NewReader(data)
+		rd, ct = bytes.NewReader(data), "application/json"
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, rd)
+	return c.sendRaw(ctx, method, path, ct, rd)
+}
+
+// sendRaw sends body (of content type ct) as it is.
+func (c *Client) sendRaw(ctx context.Context, method, path, ct string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, body)
 	if err != nil {
 		return nil, err
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if ct != "" {
+		req.Header.Set("Content-Type", ct)
 	}
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
@@ -203,4 +215,185 @@ func (c *Client) Events(ctx context.Context) (<-chan lifecycle.Event, error) {
 		}
 	}()
 	return ch, nil
+}
+
+// Upload writes body into a running sandbox at the absolute path: a tar
+// archive (ct "application/x-tar", one top-level entry) or one file's
+// bytes (ct "application/octet-stream"; body a *bytes.Reader,
+// *strings.Reader or *os.File-like reader with a known length).
+func (c *Client) Upload(ctx context.Context, name, path, ct string, body io.Reader) error {
+	resp, err := c.sendRaw(ctx, "PUT", sandboxPath(name, "/files?path="+url.QueryEscape(path)), ct, body)
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// Download reads path out of a running sandbox: its tar archive, or with
+// raw the bytes of the regular file. The archive is the sandbox's own:
+// extract it with archive.Extract, never with a tool that follows its
+// links. The caller closes the answer.
+func (c *Client) Download(ctx context.Context, name, path string, raw bool) (io.ReadCloser, error) {
+	q := "/files?path=" + url.QueryEscape(path)
+	if raw {
+		q += "&format=raw"
+	}
+	resp, err := c.send(ctx, "GET", sandboxPath(name, q), nil)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// Policy is the network policy (with sandbox, the rules that apply to it).
+func (c *Client) Policy(ctx context.Context, sandbox string) (lifecycle.PolicyView, error) {
+	var out lifecycle.PolicyView
+	return out, c.do(ctx, "GET", "/v1/policy"+query("sandbox", sandbox), nil, &out)
+}
+
+// SetDefault chooses the default preset.
+func (c *Client) SetDefault(ctx context.Context, preset string) (lifecycle.PolicyView, error) {
+	var out lifecycle.PolicyView
+	return out, c.do(ctx, "PUT", "/v1/policy/default", PresetRequest{Default: preset}, &out)
+}
+
+// AddRules adds network rules.
+func (c *Client) AddRules(ctx context.Context, req RulesRequest) (RulesAnswer, error) {
+	var out RulesAnswer
+	return out, c.do(ctx, "POST", "/v1/policy/rules", req, &out)
+}
+
+// RemoveRules removes the rules of resource (or the one with id), global
+// or of sandbox, and returns them.
+func (c *Client) RemoveRules(ctx context.Context, resource, id, sandbox string) ([]policy.Rule, error) {
+	v := url.Values{}
+	for k, x := range map[string]string{"resource": resource, "id": id, "sandbox": sandbox} {
+		if x != "" {
+			v.Set(k, x)
+		}
+	}
+	var out []policy.Rule
+	return out, c.do(ctx, "DELETE", "/v1/policy/rules?"+v.Encode(), nil, &out)
+}
+
+// PolicyLog is the network decisions (of sandbox, or all), grouped.
+func (c *Client) PolicyLog(ctx context.Context, sandbox string, limit int) ([]audit.Row, error) {
+	v := url.Values{"limit": {strconv.Itoa(limit)}}
+	if sandbox != "" {
+		v.Set("sandbox", sandbox)
+	}
+	var out []audit.Row
+	return out, c.do(ctx, "GET", "/v1/policy/log?"+v.Encode(), nil, &out)
+}
+
+func query(k, v string) string {
+	if v == "" {
+		return ""
+	}
+	return "?" + url.Values{k: {v}}.Encode()
+}
+
+// TTYIO connects an interactive exec: Stdin's bytes go to the process
+// (then the end of its input), Control's messages too (a resize, a
+// signal); output goes to Stdout and Stderr.
+type TTYIO struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Control        <-chan TTYControl
+}
+
+// ExecTTY runs an interactive exec over the WebSocket and returns the
+// process's exit code.
+func (c *Client) ExecTTY(ctx context.Context, name string, req TTYRequest, tio TTYIO) (int, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	u := "ws" + strings.TrimPrefix(c.Base, "http") + sandboxPath(name, "/exec")
+	h := http.Header{}
+	if c.Token != "" {
+		h.Set("Authorization", "Bearer "+c.Token)
+	}
+	conn, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: c.HTTP, HTTPHeader: h})
+	if err != nil {
+		if resp != nil && resp.StatusCode >= 300 {
+			var e struct {
+				Error ErrorMsg `json:"error"`
+			}
+			_ = json.NewDecoder(resp.Body).Decode(&e)
+			return 0, &APIError{Status: resp.StatusCode, ErrorMsg: e.Error}
+		}
+		return 0, err
+	}
+	defer conn.CloseNow()
+	conn.SetReadLimit(16 << 20)
+	first, _ := json.Marshal(req)
+	if err := conn.Write(ctx, websocket.MessageText, first); err != nil {
+		return 0, err
+	}
+	var wmu sync.Mutex
+	write := func(typ websocket.MessageType, p []byte) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		return conn.Write(ctx, typ, p)
+	}
+	if tio.Stdin != nil {
+		go func() {
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := tio.Stdin.Read(buf)
+				if n > 0 && write(websocket.MessageBinary, buf[:n]) != nil {
+					return
+				}
+				if err != nil {
+					eof, _ := json.Marshal(TTYControl{EOF: true})
+					write(websocket.MessageText, eof)
+					return
+				}
+			}
+		}()
+	}
+	if tio.Control != nil {
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case ctl := <-tio.Control:
+					data, _ := json.Marshal(ctl)
+					if write(websocket.MessageText, data) != nil {
+						return
+					}
+				}
+			}
+		}()
+	}
+	for {
+		typ, data, err := conn.Read(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("interactive exec ended early: %w", err)
+		}
+		if typ == websocket.MessageText {
+			var res TTYResult
+			if err := json.Unmarshal(data, &res); err != nil {
+				return 0, fmt.Errorf("interactive exec: bad result: %w", err)
+			}
+			conn.Close(websocket.StatusNormalClosure, "")
+			if res.Error != nil {
+				return 0, &APIError{Status: http.StatusOK, ErrorMsg: *res.Error}
+			}
+			if res.Exit == nil {
+				return 0, fmt.Errorf("interactive exec: a result without an exit code")
+			}
+			return *res.Exit, nil
+		}
+		if len(data) == 0 {
+			continue
+		}
+		w := tio.Stdout
+		if data[0] == StreamStderr {
+			w = tio.Stderr
+		}
+		if w != nil {
+			w.Write(data[1:])
+		}
+	}
 }

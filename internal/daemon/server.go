@@ -104,8 +104,16 @@ var Routes = []Route{
 	{"POST", "/v1/sandboxes/{name}/start", (*Server).start},
 	{"POST", "/v1/sandboxes/{name}/stop", (*Server).stop},
 	{"POST", "/v1/sandboxes/{name}/exec", (*Server).exec},
+	{"GET", "/v1/sandboxes/{name}/exec", (*Server).execTTY},
+	{"GET", "/v1/sandboxes/{name}/files", (*Server).download},
+	{"PUT", "/v1/sandboxes/{name}/files", (*Server).upload},
 	{"GET", "/v1/sandboxes/{name}/ports", (*Server).ports},
 	{"POST", "/v1/sandboxes/{name}/ports", (*Server).ports},
+	{"GET", "/v1/policy", (*Server).getPolicy},
+	{"PUT", "/v1/policy/default", (*Server).setDefault},
+	{"POST", "/v1/policy/rules", (*Server).addRules},
+	{"DELETE", "/v1/policy/rules", (*Server).removeRules},
+	{"GET", "/v1/policy/log", (*Server).policyLog},
 	{"GET", "/v1/events", (*Server).events},
 }
 

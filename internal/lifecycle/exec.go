@@ -5,10 +5,8 @@ import (
 	"errors"
 
 	"github.com/sbx-dev/sbx/api/agentapi"
-	"github.com/sbx-dev/sbx/api/controlapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
 	"github.com/sbx-dev/sbx/internal/sandbox"
-	"github.com/sbx-dev/sbx/internal/supervisor"
 )
 
 // ExecRequest is a process to run in a running sandbox; Session makes it
@@ -24,14 +22,9 @@ type ExecRequest struct {
 // "state" (start it first).
 func (m *Manager) Exec(ctx context.Context, sb *sandbox.Sandbox, req ExecRequest, io agentclient.ExecIO) (agentclient.ExitStatus, error) {
 	name := sb.Config.Name
-	stream, err := supervisor.Client(m.Store, sb).OpenStream(ctx, req.Session)
-	if errors.Is(err, controlapi.ErrNotReady) || errors.Is(err, controlapi.ErrUnavailable) {
-		e := newErr(Conflict, name, err, "start it first", "sandbox %s is not running", name)
-		e.Field = "state"
-		return agentclient.ExitStatus{}, e
-	}
+	stream, err := m.stream(ctx, sb, req.Session)
 	if err != nil {
-		return agentclient.ExitStatus{}, newErr(Failed, name, err, "check it with `sbx ls` and `sbx logs "+name+"`", "cannot reach sandbox %s", name)
+		return agentclient.ExitStatus{}, err
 	}
 	defer stream.Close()
 	st, err := agentclient.Exec(ctx, stream, req.ExecRequest, io)

@@ -1,4 +1,4 @@
-package cli
+package lifecycle
 
 import (
 	"log/slog"
@@ -12,7 +12,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
-// The host side of `sbx cp` out: links the user made are followed (one
+// The host side of `sbx cp` out (Manager.CopyOut): links the user made are followed (one
 // at a time), a link inside any sandbox's workspace (the guest may have
 // made it) is refused, even when reached through a link of the user's.
 func TestHostDest(t *testing.T) {
@@ -25,7 +25,7 @@ func TestHostDest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e := storeEnv(t, filepath.Join(base, "store"), ws)
+	m := storeManager(t, filepath.Join(base, "store"), ws)
 	must := func(err error) {
 		if err != nil {
 			t.Fatal(err)
@@ -41,7 +41,7 @@ func TestHostDest(t *testing.T) {
 		filepath.Join(ws, "dist", "x"):     "",
 		filepath.Join(base, "via", "x"):    "",
 	} {
-		got, err := e.hostDest(dst)
+		got, err := m.HostDest(dst)
 		switch {
 		case want == "" && (err == nil || !strings.Contains(err.Error(), "inside a workspace")):
 			t.Errorf("hostDest(%s) = %q, %v; want a refusal", dst, got, err)
@@ -51,9 +51,9 @@ func TestHostDest(t *testing.T) {
 	}
 }
 
-// storeEnv is an env on a store in dir holding one sandbox on the
-// workspaces ws (none without them).
-func storeEnv(t *testing.T, dir string, ws ...string) *env {
+// storeManager is a Manager of a store in dir holding one sandbox on
+// the workspaces ws (none without them).
+func storeManager(t *testing.T, dir string, ws ...string) *Manager {
 	t.Helper()
 	dirs := paths.Dirs{Data: filepath.Join(dir, "data"), Config: filepath.Join(dir, "config"), Cache: filepath.Join(dir, "cache"), Runtime: filepath.Join(dir, "run")}
 	st := sandbox.NewStore(dirs)
@@ -70,7 +70,7 @@ func storeEnv(t *testing.T, dir string, ws ...string) *env {
 			t.Fatal(err)
 		}
 	}
-	return &env{dirs: dirs, store: st, log: slog.New(slog.DiscardHandler)}
+	return &Manager{Dirs: dirs, Store: st, Log: slog.New(slog.DiscardHandler)}
 }
 
 // Found by the fourth outside review; fails on the code before its fix.
@@ -91,7 +91,7 @@ func TestHostDestRefusesGuestLinkOfAnotherStore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	storeEnv(t, filepath.Join(base, "user"), ws) // the guest's sandbox, in the user's store
+	storeManager(t, filepath.Join(base, "user"), ws) // the guest's sandbox, in the user's store
 	link := filepath.Join(ws, "dist")
 	if err := os.Symlink(victim, link); err != nil {
 		t.Fatal(err)
@@ -100,8 +100,8 @@ func TestHostDestRefusesGuestLinkOfAnotherStore(t *testing.T) {
 	if err := os.Lchown(link, 1000, 1000); err != nil {
 		t.Fatal(err)
 	}
-	e := storeEnv(t, filepath.Join(base, "root")) // `sudo sbx cp`: root's store
-	if got, err := e.hostDest(link + "/"); err == nil || strings.HasPrefix(got, victim) {
+	m := storeManager(t, filepath.Join(base, "root")) // `sudo sbx cp`: root's store
+	if got, err := m.HostDest(link + "/"); err == nil || strings.HasPrefix(got, victim) {
 		t.Errorf("hostDest(%s/) = %q, %v: followed a link of uid 1000 as root", link, got, err)
 	}
 }
@@ -121,7 +121,7 @@ func TestHostSource(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e := storeEnv(t, filepath.Join(base, "store"), ws)
+	m := storeManager(t, filepath.Join(base, "store"), ws)
 	for link, target := range map[string]string{filepath.Join(base, "mine"): real, filepath.Join(ws, "dist"): secret} {
 		if err := os.Symlink(target, link); err != nil {
 			t.Fatal(err)
@@ -134,7 +134,7 @@ func TestHostSource(t *testing.T) {
 		filepath.Join(ws, "dist", "key"):   "",
 		filepath.Join(ws, "dist") + "/.":   "",
 	} {
-		got, err := e.hostSource(src)
+		got, err := m.HostSource(src)
 		switch {
 		case want == "" && (err == nil || !strings.Contains(err.Error(), "inside a workspace")):
 			t.Errorf("hostSource(%s) = %q, %v; want a refusal", src, got, err)

@@ -1,0 +1,168 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/coder/websocket"
+
+	"github.com/sbx-dev/sbx/api/agentapi"
+	"github.com/sbx-dev/sbx/internal/agentclient"
+	"github.com/sbx-dev/sbx/internal/lifecycle"
+)
+
+// An interactive exec is a WebSocket on GET /v1/sandboxes/{name}/exec.
+// The client's first message is a text one holding a TTYRequest; then
+// its binary messages are the process's stdin and its text ones a
+// TTYControl each. The server's binary messages are output, their first
+// byte the stream (1 stdout, 2 stderr: with a TTY all is 1); its last
+// text message is a TTYResult, and it closes the socket normally.
+const (
+	StreamStdout = 1
+	StreamStderr = 2
+)
+
+// TTYRequest is the first message of an interactive exec: ExecRequest's
+// fields, TTY (a pseudo-terminal in the guest, the default) and its size.
+type TTYRequest struct {
+	ExecRequest
+	// TTY false runs the process on pipes (stdout and stderr apart).
+	TTY  *bool  `json:"tty,omitempty"`
+	Rows uint16 `json:"rows,omitempty"`
+	Cols uint16 `json:"cols,omitempty"`
+	Term string `json:"term,omitempty"`
+}
+
+// TTYControl is a text message of the client: a new terminal size, a
+// signal for the process (by name: INT, TERM, HUP, KILL, QUIT, USR1,
+// USR2, WINCH), or the end of its stdin.
+type TTYControl struct {
+	Resize *agentapi.Size `json:"resize,omitempty"`
+	Signal string         `json:"signal,omitempty"`
+	EOF    bool           `json:"eof,omitempty"`
+}
+
+// TTYResult is the server's last message: the exit code, or an error.
+type TTYResult struct {
+	Exit  *int      `json:"exit,omitempty"`
+	Error *ErrorMsg `json:"error,omitempty"`
+}
+
+var signalNames = map[string]syscall.Signal{
+	"INT": syscall.SIGINT, "TERM": syscall.SIGTERM, "HUP": syscall.SIGHUP, "KILL": syscall.SIGKILL,
+	"QUIT": syscall.SIGQUIT, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2, "WINCH": syscall.SIGWINCH,
+}
+
+// maxTTYMessage caps one message of the client (stdin comes in pieces).
+const maxTTYMessage = 1 << 20
+
+func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
+	sb, ok := s.sandbox(w, r)
+	if !ok {
+		return
+	}
+	// Accept checks that a browser's Origin is the daemon's own host.
+	c, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return // Accept has answered
+	}
+	defer c.CloseNow()
+	c.SetReadLimit(maxTTYMessage)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	result := func(res TTYResult) {
+		data, _ := json.Marshal(res)
+		if c.Write(ctx, websocket.MessageText, data) == nil {
+			c.Close(websocket.StatusNormalClosure, "")
+		}
+	}
+	fail := func(msg ErrorMsg) { result(TTYResult{Error: &msg}) }
+	typ, data, err := c.Read(ctx)
+	if err != nil {
+		return
+	}
+	var req TTYRequest
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if typ != websocket.MessageText || dec.Decode(&req) != nil {
+		fail(ErrorMsg{Code: string(lifecycle.Invalid), Message: "the first message must be a JSON TTYRequest (text)"})
+		return
+	}
+	if len(req.Argv) == 0 {
+		fail(ErrorMsg{Code: string(lifecycle.Invalid), Field: "argv", Message: "argv is empty"})
+		return
+	}
+	tty := req.TTY == nil || *req.TTY
+	stdin, stdinW := io.Pipe()
+	defer stdin.Close()
+	resize := make(chan agentclient.Size, 4)
+	sigs := make(chan syscall.Signal, 4)
+	// The client's messages, until it goes (which ends the exec: the
+	// guest kills the process) or the exec ends.
+	go func() {
+		defer cancel()
+		defer stdinW.Close()
+		for {
+			typ, data, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			if typ == websocket.MessageBinary {
+				if _, err := stdinW.Write(data); err != nil && err != io.ErrClosedPipe {
+					return
+				}
+				continue
+			}
+			var ctl TTYControl
+			if json.Unmarshal(data, &ctl) != nil {
+				continue
+			}
+			if ctl.Resize != nil {
+				select {
+				case resize <- *ctl.Resize:
+				default:
+				}
+			}
+			if sig, ok := signalNames[strings.TrimPrefix(strings.ToUpper(ctl.Signal), "SIG")]; ok {
+				select {
+				case sigs <- sig:
+				default:
+				}
+			}
+			if ctl.EOF {
+				stdinW.Close()
+			}
+		}
+	}()
+	var mu sync.Mutex
+	out := func(stream byte) io.Writer {
+		return writerFunc(func(p []byte) (int, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if err := c.Write(ctx, websocket.MessageBinary, append([]byte{stream}, p...)); err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		})
+	}
+	ereq := agentapi.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Dir, User: req.User, TTY: tty, Rows: req.Rows, Cols: req.Cols, Term: req.Term}
+	st, err := s.M.Exec(ctx, sb, lifecycle.ExecRequest{ExecRequest: ereq},
+		agentclient.ExecIO{Stdin: stdin, Stdout: out(StreamStdout), Stderr: out(StreamStderr), Resize: resize, Signals: sigs})
+	if err != nil {
+		if ctx.Err() == nil {
+			fail(errorMsg(err))
+		}
+		return
+	}
+	code := st.Code
+	result(TTYResult{Exit: &code})
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
