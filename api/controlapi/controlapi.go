@@ -53,11 +53,24 @@ type Phase struct {
 	DurationMS int64  `json:"durationMs"`
 }
 
+// State is where a supervisor's VM is in its life. The store's
+// sandbox.Status is what `sbx ls` shows: it adds stopped and crashed,
+// which no live supervisor reports.
+type State string
+
+// States.
+const (
+	StateStarting State = "starting"
+	StateRunning  State = "running"
+	StateStopping State = "stopping"
+	StateFailed   State = "failed"
+)
+
 // Status is the supervisor's view of its sandbox.
 type Status struct {
 	ID     string  `json:"id"`
 	Name   string  `json:"name"`
-	State  string  `json:"state"` // starting, running, stopping, failed
+	State  State   `json:"state"`
 	Error  string  `json:"error,omitempty"`
 	Phase  string  `json:"phase,omitempty"`
 	Phases []Phase `json:"phases,omitempty"`

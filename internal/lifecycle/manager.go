@@ -254,10 +254,10 @@ func (m *Manager) WaitRunning(ctx context.Context, sb *sandbox.Sandbox) error {
 	c := supervisor.Client(m.Store, sb)
 	for {
 		st, err := c.Status(ctx)
-		if err == nil && st.State == "running" {
+		if err == nil && st.State == controlapi.StateRunning {
 			return nil
 		}
-		if err == nil && st.State == "failed" {
+		if err == nil && st.State == controlapi.StateFailed {
 			return errors.New(st.Error)
 		}
 		select {

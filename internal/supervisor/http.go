@@ -65,7 +65,7 @@ func (s *Supervisor) handleDetach(w http.ResponseWriter, _ *http.Request) {
 	s.mu.Lock()
 	already := s.detached
 	s.detached = true
-	running := s.state == "running"
+	running := s.state == controlapi.StateRunning
 	s.mu.Unlock()
 	if !already && running {
 		s.recordRunning()
@@ -85,9 +85,9 @@ func (s *Supervisor) handleStream(w http.ResponseWriter, r *http.Request) {
 	// so a session cannot slip in while the last one ends and stops the VM.
 	s.mu.Lock()
 	client, state := s.client, s.state
-	if client == nil || state != "running" {
+	if client == nil || state != controlapi.StateRunning {
 		s.mu.Unlock()
-		controlapi.WriteError(w, http.StatusServiceUnavailable, controlapi.Error{Error: "sandbox is " + state, Code: controlapi.CodeNotReady})
+		controlapi.WriteError(w, http.StatusServiceUnavailable, controlapi.Error{Error: "sandbox is " + string(state), Code: controlapi.CodeNotReady})
 		return
 	}
 	if session {
@@ -130,9 +130,9 @@ func (s *Supervisor) endSession() {
 	s.mu.Lock()
 	s.sessions--
 	s.idleSince = time.Now()
-	last := s.sessions == 0 && !s.detached && s.state == "running"
+	last := s.sessions == 0 && !s.detached && s.state == controlapi.StateRunning
 	if last {
-		s.state = "stopping"
+		s.state = controlapi.StateStopping
 	}
 	s.mu.Unlock()
 	if last {

@@ -117,9 +117,9 @@ func WaitUp(ctx context.Context, store *sandbox.Store, sb *sandbox.Sandbox, exit
 		}
 		last = st
 		switch st.State {
-		case "running":
+		case controlapi.StateRunning:
 			return nil
-		case "failed":
+		case controlapi.StateFailed:
 			return fmt.Errorf("%w: %s", ErrStartFailed, st.Error)
 		}
 	}

@@ -153,7 +153,7 @@ func (s *Supervisor) handlePublish(w http.ResponseWriter, r *http.Request) {
 	}
 	port := fromAPIPort(req.Port)
 	s.mu.Lock()
-	ctx, running := s.baseCtx, s.state == "running"
+	ctx, running := s.baseCtx, s.state == controlapi.StateRunning
 	s.mu.Unlock()
 	if !running {
 		controlapi.WriteError(w, http.StatusServiceUnavailable, controlapi.Error{Error: "sandbox is not running", Code: controlapi.CodeNotReady})

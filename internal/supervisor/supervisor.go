@@ -151,7 +151,7 @@ type Supervisor struct {
 	downc    chan struct{} // closed when the VM is down (or never came up)
 
 	mu       sync.Mutex
-	state    string                 // guarded by mu
+	state    controlapi.State       // guarded by mu
 	phase    string                 // guarded by mu
 	phases   []controlapi.Phase     // guarded by mu
 	errText  string                 // guarded by mu
@@ -210,7 +210,7 @@ func New(store *sandbox.Store, sb *sandbox.Sandbox, log *slog.Logger, opts Optio
 	s := &Supervisor{
 		store: store, sb: sb, boot: b, log: log.With("sandbox", sb.Config.Name), backend: backend, secrets: opts.Secrets,
 		stopc: make(chan struct{}), downc: make(chan struct{}),
-		state: "starting", detached: b.Detached,
+		state: controlapi.StateStarting, detached: b.Detached,
 	}
 	s.ports = newPublisher(s)
 	return s, nil
@@ -307,7 +307,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 	cleanups = append(cleanups, func() { inst.Kill() })
 
 	s.mu.Lock()
-	s.state = "running"
+	s.state = controlapi.StateRunning
 	s.phase = ""
 	s.started = started
 	s.idleSince = time.Now()
@@ -381,9 +381,9 @@ func (s *Supervisor) stopWhenIdle(ctx context.Context) {
 		case <-t.C:
 		}
 		s.mu.Lock()
-		idle := !s.detached && s.sessions == 0 && s.state == "running" && time.Since(s.idleSince) > idleTimeout
+		idle := !s.detached && s.sessions == 0 && s.state == controlapi.StateRunning && time.Since(s.idleSince) > idleTimeout
 		if idle {
-			s.state = "stopping"
+			s.state = controlapi.StateStopping
 		}
 		s.mu.Unlock()
 		if idle {
@@ -401,7 +401,7 @@ func (s *Supervisor) recordRunning() {
 	s.stateMu.Lock()
 	defer s.stateMu.Unlock()
 	s.mu.Lock()
-	running, detached, started := s.state == "running", s.detached, s.started
+	running, detached, started := s.state == controlapi.StateRunning, s.detached, s.started
 	share, why := string(s.share), s.shareWhy
 	s.mu.Unlock()
 	if !running {
@@ -422,7 +422,7 @@ func (s *Supervisor) setState(st sandbox.State) error {
 // fail records a failed start and returns err.
 func (s *Supervisor) fail(err error) error {
 	s.mu.Lock()
-	s.state = "failed"
+	s.state = controlapi.StateFailed
 	s.errText = err.Error()
 	s.mu.Unlock()
 	s.log.Error("start failed", "component", "supervisor", "err", err)
@@ -879,7 +879,7 @@ func (s *Supervisor) identity() *agentapi.Identity {
 // it after shutdownTimeout.
 func (s *Supervisor) shutdown(ctx context.Context, inst vm.Instance) vm.Exit {
 	s.mu.Lock()
-	s.state = "stopping"
+	s.state = controlapi.StateStopping
 	client := s.client
 	s.mu.Unlock()
 	_ = s.setState(sandbox.State{Status: sandbox.StatusStopping, PID: os.Getpid()})
