@@ -1,8 +1,8 @@
 package cli
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,18 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sbx-dev/sbx/api/agentapi"
-	"github.com/sbx-dev/sbx/internal/agentclient"
 	"github.com/sbx-dev/sbx/internal/clone"
-	"github.com/sbx-dev/sbx/internal/lifecycle"
-	"github.com/sbx-dev/sbx/internal/safefile"
 	"github.com/sbx-dev/sbx/internal/sandbox"
-	"github.com/sbx-dev/sbx/internal/supervisor"
 )
-
-// ClonedFile, in a clone mode sandbox's folder, records that its clone
-// was made.
-const ClonedFile = "cloned"
 
 // cloneWorkspaces turns a clone mode target into its one workspace (the
 // host repository, recorded but not shared) and setup.
@@ -33,142 +24,16 @@ func (e *env) cloneWorkspaces(ctx context.Context, f *createFlags, t target) ([]
 	if len(f.protect) > 0 || f.protectDefaults {
 		return nil, nil, userErr(nil, "leave --protect out: in clone mode the host repository is read-only to the sandbox", "--clone with --protect")
 	}
-	src, err := clone.Check(ctx, t.workspaces[0].Path)
+	ws, c, err := e.manager().CloneWorkspace(ctx, t.workspaces[0].Path, f.cloneUntracked)
 	if err != nil {
-		hint := "run sbx without --clone to work on the folder itself"
-		switch {
-		case errors.Is(err, clone.ErrNotTop):
-			hint = "give the top folder of the work tree (`git rev-parse --show-toplevel`)"
-		case errors.Is(err, clone.ErrBare):
-			hint = "clone it into a work tree first (`git clone BARE DIR`), and give DIR"
-		case errors.Is(err, clone.ErrWorktree):
-			hint = "give the main work tree of the repository (`git worktree list`)"
-		case errors.Is(err, clone.ErrDirtyIndex):
-			hint = "commit or unstage (`git restore --staged .`) what is staged: the clone gets commits only"
-		case errors.Is(err, clone.ErrNoCommit):
-			hint = "make a first commit: the clone gets commits only"
-		}
-		return nil, nil, userErr(nil, hint, "cannot use --clone: %v", err)
+		return nil, nil, err
 	}
-	c := &sandbox.Clone{Untracked: f.cloneUntracked}
-	for _, r := range src.Remotes {
-		c.Remotes = append(c.Remotes, sandbox.Remote{Name: r.Name, URL: r.URL})
-	}
-	// Recorded, not shared: the guest gets the repository's commits as a
-	// bundle (sendBundle), never its work tree or .git.
-	return []sandbox.Workspace{{Path: src.Root, ReadOnly: true, Unshared: true}}, c, nil
+	return []sandbox.Workspace{ws}, c, nil
 }
 
-// guestRun runs argv in sb's guest as user and returns its exit code;
-// output goes to stdout and stderr.
+// guestRun runs argv in sb's guest as user (lifecycle.Manager.GuestRun).
 func (e *env) guestRun(ctx context.Context, sb *sandbox.Sandbox, user string, argv []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	st, err := e.manager().Exec(ctx, sb, lifecycle.ExecRequest{ExecRequest: agentapi.ExecRequest{Argv: argv, User: user, Dir: "/"}},
-		agentclient.ExecIO{Stdin: stdin, Stdout: stdout, Stderr: stderr})
-	return st.Code, err
-}
-
-// ensureClone makes a clone mode sandbox's clone on its first run (the VM
-// is running): the repository's path made in the guest for the agent
-// user, the clone, the forge remotes; then the host repository gets the
-// remote sandbox-NAME.
-func (e *env) ensureClone(ctx context.Context, sb *sandbox.Sandbox) error {
-	c := sb.Config.Clone
-	if c == nil {
-		return nil
-	}
-	if _, err := os.Stat(sb.Path(ClonedFile)); err == nil {
-		return nil
-	}
-	unlock, err := safefile.Lock(ctx, sb.Path(ClonedFile+".lock"))
-	if err != nil {
-		return userErr(err, "", "sandbox %s: cannot lock its clone setup", sb.Config.Name)
-	}
-	defer unlock()
-	if _, err := os.Stat(sb.Path(ClonedFile)); err == nil {
-		return nil
-	}
-	dest := sb.Config.Workspaces[0].Path
-	fmt.Fprintf(e.stderr, "sbx: cloning %s into sandbox %s\n", dest, sb.Config.Name)
-	var out strings.Builder
-	if code, err := e.guestRun(ctx, sb, "root", []string{"sh", "-c", clone.PrepareScript(dest, "agent")}, nil, &out, &out); err != nil || code != 0 {
-		return userErr(err, "see `sbx logs "+sb.Config.Name+"`", "sandbox %s: cannot make %s in the guest: %s", sb.Config.Name, dest, strings.TrimSpace(out.String()))
-	}
-	if err := e.sendBundle(ctx, sb); err != nil {
-		return err
-	}
-	if c.Untracked {
-		tmp, err := os.MkdirTemp("", "sbx-clone-")
-		if err != nil {
-			return userErr(err, "", "cannot make a temporary folder")
-		}
-		defer os.RemoveAll(tmp)
-		staged := filepath.Join(tmp, "untracked")
-		if _, err := clone.Untracked(ctx, dest, staged); err != nil {
-			return userErr(err, "", "sandbox %s: cannot gather the untracked files of %s", sb.Config.Name, dest)
-		}
-		if err := e.copyIntoGuest(ctx, sb, staged, clone.GuestInbox); err != nil {
-			return err
-		}
-	}
-	src := clone.Source{Root: dest}
-	for _, r := range c.Remotes {
-		src.Remotes = append(src.Remotes, clone.Remote{Name: r.Name, URL: r.URL})
-	}
-	out.Reset()
-	if code, err := e.guestRun(ctx, sb, "agent", []string{"sh", "-c", clone.Script(dest, src)}, nil, &out, &out); err != nil || code != 0 {
-		return userErr(err, "see the message above; `sbx rm "+sb.Config.Name+"` and create it again",
-			"sandbox %s: the clone failed: %s", sb.Config.Name, terminalField(strings.TrimSpace(out.String())))
-	}
-	if c.Untracked {
-		out.Reset()
-		if code, err := e.guestRun(ctx, sb, "root", []string{"sh", "-c", clone.UntrackedScript(dest, "agent")}, nil, &out, &out); err != nil || code != 0 {
-			return userErr(err, "", "sandbox %s: cannot put the untracked files into the clone: %s", sb.Config.Name, terminalField(strings.TrimSpace(out.String())))
-		}
-	}
-	if err := clone.AddHostRemote(ctx, dest, sb.Config.Name); err != nil {
-		fmt.Fprintf(e.stderr, "sbx: warning: the host repository did not get the remote %s: %v\n", clone.HostRemote(sb.Config.Name), err)
-	}
-	return sandbox.WriteFileAtomic(sb.Path(ClonedFile), nil, 0o600)
-}
-
-// sendBundle copies a bundle of the host repository's HEAD, branches and
-// tags (made by the host's git in a temporary folder) into the guest's
-// inbox, readable by the agent user: the clone's remote sbx-host.
-func (e *env) sendBundle(ctx context.Context, sb *sandbox.Sandbox) error {
-	tmp, err := os.MkdirTemp("", "sbx-clone-")
-	if err != nil {
-		return userErr(err, "", "cannot make a temporary folder")
-	}
-	defer os.RemoveAll(tmp)
-	repo := sb.Config.Workspaces[0].Path
-	bundle := filepath.Join(tmp, filepath.Base(clone.GuestBundle))
-	if err := clone.Bundle(ctx, repo, bundle); err != nil {
-		return userErr(err, "check the repository with `git status`", "sandbox %s: cannot bundle %s", sb.Config.Name, repo)
-	}
-	var out strings.Builder
-	if code, err := e.guestRun(ctx, sb, "root", []string{"sh", "-c", clone.InboxScript()}, nil, &out, &out); err != nil || code != 0 {
-		return userErr(err, "see `sbx logs "+sb.Config.Name+"`", "sandbox %s: cannot make %s in the guest: %s", sb.Config.Name, clone.GuestInbox, terminalField(strings.TrimSpace(out.String())))
-	}
-	if err := e.copyIntoGuest(ctx, sb, bundle, clone.GuestInbox); err != nil {
-		return err
-	}
-	if code, err := e.guestRun(ctx, sb, "root", []string{"sh", "-c", clone.ReadableScript()}, nil, &out, &out); err != nil || code != 0 {
-		return userErr(err, "", "sandbox %s: cannot open %s to the agent user", sb.Config.Name, clone.GuestInbox)
-	}
-	return nil
-}
-
-// copyIntoGuest copies the host path src into the guest folder dst.
-func (e *env) copyIntoGuest(ctx context.Context, sb *sandbox.Sandbox, src, dst string) error {
-	stream, err := supervisor.Client(e.store, sb).OpenStream(ctx, false)
-	if err != nil {
-		return userErr(err, "check it with `sbx ls`", "cannot reach sandbox %s", sb.Config.Name)
-	}
-	defer stream.Close()
-	if err := agentclient.CopyIn(ctx, stream, src, dst); err != nil {
-		return userErr(err, "see `sbx logs "+sb.Config.Name+"`", "sandbox %s: cannot copy %s into the guest", sb.Config.Name, filepath.Base(src))
-	}
-	return nil
+	return e.manager().GuestRun(ctx, sb, user, argv, stdin, stdout, stderr)
 }
 
 // newFetchIntoCmd is `sbx fetch-into NAME [REF]`.
@@ -201,12 +66,12 @@ the agent's branches home into refs/sandboxes/NAME/*.`,
 			if err := e.ensureRunning(ctx, sb, startInBackground); err != nil {
 				return err
 			}
-			if err := e.ensureClone(ctx, sb); err != nil {
+			if err := e.manager().EnsureClone(ctx, sb); err != nil {
 				return err
 			}
 			// New host commits go in as a new bundle (the clone's sbx-host).
 			if sb.Config.Workspaces[0].Unshared {
-				if err := e.sendBundle(ctx, sb); err != nil {
+				if err := e.manager().SendBundle(ctx, sb); err != nil {
 					return err
 				}
 			}
@@ -247,17 +112,30 @@ func newGitRemoteCmd(e *env) *cobra.Command {
 				if err := e.ensureRunning(ctx, sb, startInBackground); err != nil {
 					return err
 				}
-				if err := e.ensureClone(ctx, sb); err != nil {
+				if err := e.manager().EnsureClone(ctx, sb); err != nil {
 					return err
 				}
 				argv := []string{"git", "-c", "safe.directory=*", "upload-pack", "--strict", filepath.Join(sb.Config.Workspaces[0].Path, ".git")}
 				if v := os.Getenv("GIT_PROTOCOL"); v != "" {
 					argv = append([]string{"env", "GIT_PROTOCOL=" + v}, argv...)
 				}
-				// What the guest's git says reaches the terminal escaped.
+				// What the guest's git says reaches the terminal escaped:
+				// its stderr, and the messages in its output that the host's
+				// git prints (sideband progress and errors, ERR packets).
 				tw := &terminalWriter{w: e.stderr}
 				defer tw.Flush()
-				code, err := e.guestRun(ctx, sb, "agent", argv, stdin, stdout, tw)
+				pr, pw := io.Pipe()
+				filtered := make(chan error, 1)
+				go func() {
+					err := clone.FilterPackets(stdout, pr, escapeProgress)
+					pr.CloseWithError(err)
+					filtered <- err
+				}()
+				code, err := e.guestRun(ctx, sb, "agent", argv, stdin, pw, tw)
+				pw.Close()
+				if ferr := <-filtered; err == nil && ferr != nil {
+					return ferr
+				}
 				if err != nil {
 					return err
 				}
@@ -268,4 +146,17 @@ func newGitRemoteCmd(e *env) *cobra.Command {
 			})
 		},
 	}
+}
+
+// escapeProgress escapes a git progress message for the terminal, keeping
+// the \r git redraws its progress lines with.
+func escapeProgress(b []byte) []byte {
+	var out []byte
+	for i, part := range bytes.Split(b, []byte("\r")) {
+		if i > 0 {
+			out = append(out, '\r')
+		}
+		out = appendTerminalSafe(out, part)
+	}
+	return out
 }

@@ -147,69 +147,9 @@ func (e *env) resolveTarget(args []string) (target, error) {
 }
 
 // checkStateWorkspaces refuses a workspace that is, holds or lies inside
-// one of sbx's own folders (data, config, cache, runtime): the guest would
-// read and write the sandboxes' config.json and boot.json, policy.json,
-// the proxy CA's key, the secret store, templates and control sockets,
-// all of which sbx (often root) trusts. `sbx run claude ~` is the usual
-// way to get there. It runs at create and at every start, so a config
-// written before this check, or edited since, does not bypass it.
+// one of sbx's own folders (lifecycle.Manager.CheckWorkspaces).
 func (e *env) checkStateWorkspaces(ws []sandbox.Workspace) error {
-	folders := []struct{ what, dir, hint string }{
-		{"state", e.dirs.Data, "set SBX_HOME elsewhere"},
-		{"configuration", e.dirs.Config, "set SBX_HOME elsewhere"},
-		{"cache", e.dirs.Cache, "set SBX_CACHE_DIR elsewhere"},
-		{"runtime", e.dirs.Runtime, "set XDG_RUNTIME_DIR elsewhere"},
-	}
-	for _, w := range ws {
-		wsPaths := realAndClean(w.Path)
-		for _, f := range folders {
-			if f.dir == "" {
-				continue
-			}
-			for _, d := range realAndClean(f.dir) {
-				for _, p := range wsPaths {
-					switch {
-					case pathWithin(d, p):
-						return userErr(nil, "choose a project folder inside it, or "+f.hint,
-							"workspace %s holds sbx's %s folder %s, which the sandbox must not reach", w.Path, f.what, f.dir)
-					case pathWithin(p, d):
-						return userErr(nil, "choose a project folder outside it, or "+f.hint,
-							"workspace %s lies inside sbx's %s folder %s, which the sandbox must not reach", w.Path, f.what, f.dir)
-					}
-				}
-			}
-		}
-	}
-	return nil
-}
-
-// realAndClean is p cleaned and, when it differs, p with symlinks
-// resolved: of its longest existing ancestor when p does not exist yet
-// (the runtime folder is made at the first start).
-func realAndClean(p string) []string {
-	p = filepath.Clean(p)
-	out := []string{p}
-	rest := ""
-	for cur := p; ; {
-		if real, err := filepath.EvalSymlinks(cur); err == nil {
-			real = filepath.Join(real, rest)
-			if real != p {
-				out = append(out, real)
-			}
-			return out
-		}
-		parent := filepath.Dir(cur)
-		if parent == cur {
-			return out
-		}
-		rest = filepath.Join(filepath.Base(cur), rest)
-		cur = parent
-	}
-}
-
-// pathWithin reports whether p is dir or below it (both clean, absolute).
-func pathWithin(p, dir string) bool {
-	return p == dir || strings.HasPrefix(p, strings.TrimSuffix(dir, string(filepath.Separator))+string(filepath.Separator))
+	return e.manager().CheckWorkspaces(ws)
 }
 
 // findOrCreate returns the sandbox the target names, creating it when it

@@ -31,7 +31,7 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, mode start
 		return err
 	}
 	// A clone mode sandbox's clone is made on its first run.
-	return e.ensureClone(ctx, sb)
+	return e.manager().EnsureClone(ctx, sb)
 }
 
 // ensureStarted is the lifecycle's start with the CLI's steps: the
@@ -41,11 +41,7 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, mode start
 // policy (asked on a terminal), the boot assets.
 func (e *env) ensureStarted(ctx context.Context, sb *sandbox.Sandbox, mode startMode) error {
 	return e.manager().Start(ctx, sb, lifecycle.StartRequest{
-		Mode: mode,
-		// A workspace holding sbx's own folders is refused at every
-		// start, not only at create: the config may predate the check or
-		// be edited.
-		Check:    func(sb *sandbox.Sandbox) error { return e.checkStateWorkspaces(sb.Config.Workspaces) },
+		Mode:     mode,
 		Baseline: e.startSnapshot,
 		Policy:   e.ensurePolicyDefault,
 		Cold:     e.cold,

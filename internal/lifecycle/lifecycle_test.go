@@ -405,3 +405,17 @@ func TestExec(t *testing.T) {
 		t.Errorf("exec: code %d, %q, %v", st.Code, out.String(), err)
 	}
 }
+
+// Every start refuses a workspace that holds sbx's own folders, whoever
+// asks (the CLI, the daemon, E2B), even when the config was written
+// before the check or edited since; nothing is launched.
+func TestStartRefusesStateWorkspace(t *testing.T) {
+	f := newFixture(t)
+	f.sb.Config.Workspaces = []sandbox.Workspace{{Path: f.base}}
+	if err := f.m.Start(t.Context(), f.sb, f.req(InBackground)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("start on the folder holding the store: %v", err)
+	}
+	if n := len(f.backend.Instances()); n != 0 {
+		t.Errorf("%d VMs were made", n)
+	}
+}

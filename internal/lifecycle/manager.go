@@ -165,6 +165,11 @@ func (m *Manager) Start(ctx context.Context, sb *sandbox.Sandbox, req StartReque
 	case sandbox.StatusCrashed:
 		m.emit(Event{Kind: Notice, Sandbox: name, Text: fmt.Sprintf("sandbox %s had crashed (%s); starting it again", name, st.Reason)})
 	}
+	// A workspace holding sbx's own folders is refused at every start,
+	// not only at create: the config may predate the check or be edited.
+	if err := m.CheckWorkspaces(sb.Config.Workspaces); err != nil {
+		return err
+	}
 	if req.Check != nil {
 		if err := req.Check(sb); err != nil {
 			return err
