@@ -122,6 +122,14 @@ echo edited >> README && echo n > notes.txt && printf '#!/bin/sh\n' > run.sh && 
 	if res := h.sbx("diff", "cl", "--since-create"); res.code == 0 || !strings.Contains(res.stderr, "clone mode") {
 		t.Errorf("diff --since-create in clone mode: exit %d %q", res.code, res.stderr)
 	}
+	// Found by the eighth outside review: guest root's packObjectsHook
+	// wrote escape sequences as sideband progress, which the host's git
+	// printed raw as "remote: ...". They arrive escaped.
+	h.mustSbx("exec", "-u", "root", "cl", "sh", "-c", `printf '#!/bin/sh\nprintf "\\033]0;PWNED\\007\\033[2Jhooked\\n" >&2\nexec "$@"\n' > /usr/local/bin/hook && chmod 755 /usr/local/bin/hook && git config --system uploadpack.packObjectsHook /usr/local/bin/hook`)
+	h.mustSbx("exec", "cl", "sh", "-c", "cd "+repo+` && git branch hooked "$(git -c user.name=a -c user.email=a@example.invalid commit-tree -p HEAD -m more 'HEAD^{tree}')"`)
+	if out := hostGit("fetch", "sandbox-cl"); strings.ContainsAny(out, "\x1b\a") || !strings.Contains(out, "hooked") {
+		t.Errorf("git fetch output with the guest's hook: %q", out)
+	}
 	hostGit("fetch", "-q", "sandbox-cl")
 	// No tag comes along (a tag main would shadow the branch main).
 	if tags := hostGit("tag", "-l"); tags != "" {

@@ -111,13 +111,15 @@ starts keep running after it exits; stop them with sbx stop.`,
 
 // maxConns caps each listener's open connections: past it new ones wait,
 // so idle connections (anyone on the machine can open them on TCP) do not
-// use up the daemon's descriptors.
-const maxConns = 256
+// use up the daemon's descriptors. A refused request closes its
+// connection and one that sends nothing is closed after
+// ReadHeaderTimeout, so without the token nobody holds slots for long.
+const maxConns = 1024
 
 // newHTTPServer serves h with timeouts: a connection that sends nothing
 // is closed, so nobody holds the daemon's connections open for nothing.
 func newHTTPServer(h http.Handler) *http.Server {
-	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second}
+	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second}
 }
 
 // apiCreate is the daemon's create: the same checks, defaults and

@@ -198,6 +198,17 @@ func TestAPIToken(t *testing.T) {
 	if _, err := f.c.List(ctx); err != nil {
 		t.Fatalf("with the token: %v", err)
 	}
+	// Found by the eighth outside review: refused clients kept their
+	// connections alive and filled the listener's slots. A refusal
+	// closes the connection.
+	if resp, err := f.c.HTTP.Get(f.c.Base + "/v1/version"); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != 401 || !resp.Close {
+			t.Errorf("refused request: status %d, connection kept %v", resp.StatusCode, !resp.Close)
+		}
+	}
 	for _, tok := range []string{"", "wrong-token-0123456789"} {
 		c := *f.c
 		c.Token = tok

@@ -151,6 +151,10 @@ func RequireToken(h http.Handler, token string) http.Handler {
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(token)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="sbx"`)
+			// A refused client does not keep its connection: on TCP
+			// anyone on the machine can connect, and kept-alive refusals
+			// would fill the listener's slots.
+			w.Header().Set("Connection", "close")
 			writeError(w, http.StatusUnauthorized, ErrorMsg{Code: "unauthorized", Message: "a bearer token is required (Authorization: Bearer TOKEN)"})
 			return
 		}

@@ -108,6 +108,9 @@ func (s *Server) Handler() http.Handler {
 	ctl := func(h func(http.ResponseWriter, *http.Request)) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			if key := r.Header.Get("X-API-KEY"); s.APIKey == "" || subtle.ConstantTimeCompare([]byte(key), []byte(s.APIKey)) != 1 {
+				// A refused client does not keep its connection (see
+				// daemon.RequireToken).
+				w.Header().Set("Connection", "close")
 				apiError(w, http.StatusUnauthorized, "a valid X-API-KEY (the daemon's token) is required")
 				return
 			}
@@ -125,10 +128,12 @@ func (s *Server) Handler() http.Handler {
 			b := s.box(r.Header.Get("E2b-Sandbox-Id"))
 			if b == nil {
 				// The SDK reads 502 as "not running" (isRunning false).
+				w.Header().Set("Connection", "close")
 				http.Error(w, "no such sandbox", http.StatusBadGateway)
 				return
 			}
 			if tok := r.Header.Get("X-Access-Token"); subtle.ConstantTimeCompare([]byte(tok), []byte(b.token)) != 1 {
+				w.Header().Set("Connection", "close")
 				rpcError(w, http.StatusUnauthorized, "unauthenticated", "the sandbox's access token (X-Access-Token) is required")
 				return
 			}

@@ -3,6 +3,7 @@ package e2b
 import (
 	"bytes"
 	"encoding/binary"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -82,6 +83,10 @@ func TestAuth(t *testing.T) {
 		if w.Code != c.want {
 			t.Errorf("%s %s %v: %d, want %d", c.method, c.path, c.hdr, w.Code, c.want)
 		}
+		// A refused client does not keep its connection (eighth review).
+		if w.Header().Get("Connection") != "close" {
+			t.Errorf("%s %s %v: the refusal keeps the connection", c.method, c.path, c.hdr)
+		}
 	}
 	// An empty API key lets nobody in.
 	s2 := &Server{}
@@ -98,6 +103,29 @@ func TestLifetime(t *testing.T) {
 	for secs, ok := range map[int64]bool{0: true, 1: true, 86400: true, 86401: false, 18446744074: false, -5: false} {
 		if _, err := lifetime(secs); (err == nil) != ok {
 			t.Errorf("lifetime(%d): %v", secs, err)
+		}
+	}
+}
+
+// Found by the eighth outside review: files.write of several files put
+// each in the home folder under its base name. The part's file name is
+// taken whole.
+func TestPartPath(t *testing.T) {
+	var b bytes.Buffer
+	mw := multipart.NewWriter(&b)
+	for _, p := range []string{"/tmp/deep/a.txt", "sub/b.txt"} {
+		w, _ := mw.CreateFormFile("file", p)
+		w.Write([]byte("x"))
+	}
+	mw.Close()
+	mr := multipart.NewReader(&b, mw.Boundary())
+	for _, want := range []string{"/tmp/deep/a.txt", "sub/b.txt"} {
+		part, err := mr.NextPart()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := partPath(part); got != want {
+			t.Errorf("partPath = %q, want %q", got, want)
 		}
 	}
 }

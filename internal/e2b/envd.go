@@ -157,7 +157,11 @@ func (e eventWriter) Write(p []byte) (int, error) {
 
 func (s *Server) startProcess(w http.ResponseWriter, r *http.Request, b *box) {
 	var req startRequest
-	if err := readEnvelope(r.Body, &req); err != nil || req.Process.Cmd == "" {
+	err := readEnvelope(r.Body, &req)
+	if err == nil && req.Process.Cmd == "" {
+		err = errors.New("process.cmd is empty")
+	}
+	if err != nil {
 		sw := newStream(w)
 		sw.end("invalid_argument", fmt.Sprintf("bad start request: %v", err))
 		return
@@ -543,7 +547,7 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request, b *box) {
 			}
 			p := r.URL.Query().Get("path")
 			if p == "" {
-				p = part.FileName()
+				p = partPath(part)
 			}
 			if p == "" {
 				writeJSON(w, http.StatusBadRequest, map[string]any{"code": 400, "message": "a part without a path"})
@@ -561,4 +565,15 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request, b *box) {
 		return
 	}
 	writeJSON(w, http.StatusOK, done)
+}
+
+// partPath is the file name a multipart part carries, as sent: the SDK
+// writes several files with their full paths there, which
+// multipart.Part.FileName would cut to the base name.
+func partPath(part *multipart.Part) string {
+	_, params, err := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+	if err != nil {
+		return ""
+	}
+	return params["filename"]
 }

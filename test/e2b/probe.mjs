@@ -76,6 +76,14 @@ assert.ok(entries.some((e) => e.name === 'hello.txt' && e.type === 'file' && e.s
 assert.ok(entries.some((e) => e.name === 'dir' && e.type === 'dir'))
 assert.equal(await sbx.files.exists('/home/user/hello.txt'), true)
 assert.equal(await sbx.files.exists('/nope'), false)
+// Several files at once keep their folders (the eighth review saw each
+// land in /home/user under its base name).
+const many = await sbx.files.write([{ path: '/tmp/deep/a.txt', data: 'A' }, { path: '/home/user/sub/a.txt', data: 'B' }])
+console.log('write many', many)
+assert.deepEqual(many.map((w) => w.path), ['/tmp/deep/a.txt', '/home/agent/sub/a.txt'])
+assert.equal(await sbx.files.read('/tmp/deep/a.txt'), 'A')
+assert.equal(await sbx.files.read('/home/user/sub/a.txt'), 'B')
+assert.equal(await sbx.files.exists('/home/user/a.txt'), false)
 await sbx.files.remove('/home/user/hello.txt')
 assert.equal(await sbx.files.exists('/home/user/hello.txt'), false)
 try { await sbx.files.read('/home/user/hello.txt'); assert.fail() } catch (e) {
