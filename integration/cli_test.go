@@ -25,6 +25,9 @@ func TestBadInput(t *testing.T) {
 		{[]string{"run", "shell", "/does/not/exist"}, "does not exist"},
 		{[]string{"run", "not-an-agent-or-path"}, "is not an agent, a sandbox or a folder"},
 		{[]string{"run", "-m", "lots", "shell", ws}, "--memory"},
+		// Eighth review: QEMU failed at start, leaving a crashed sandbox.
+		{[]string{"create", "-m", "99999999g", "shell", ws}, "more than this machine's memory"},
+		{[]string{"exec", "nope", "--"}, "no command after --"},
 		{[]string{"run", "--accel", "warp", "shell", ws}, "--accel"},
 		{[]string{"run", "shell", "/"}, "holds sbx's state folder"},
 		{[]string{"cp", "a", "b"}, "names a sandbox"},

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/policy"
@@ -249,6 +250,10 @@ func (e *env) newConfig(cmd *cobra.Command, f *createFlags, t target, name strin
 		errs = append(errs, fmt.Errorf("--memory: %w", err))
 	} else if mem < 256<<20 {
 		errs = append(errs, fmt.Errorf("--memory %s: at least 256m", f.memory))
+	} else if total := hostMemory(); total > 0 && mem > total {
+		// QEMU cannot reserve more than the machine has: it would fail
+		// at start with a reason only its log shows.
+		errs = append(errs, fmt.Errorf("--memory %s: more than this machine's memory and swap (%dm)", f.memory, total>>20))
 	}
 	dsk, err := sandbox.ParseSize(f.disk, "g")
 	if err != nil {
@@ -514,7 +519,7 @@ its template's pre-booted snapshot (saved on first use) unless --cold.`,
 			if !created {
 				return userErr(nil, "use `sbx run "+sb.Config.Name+"` to start it, or give another --name", "sandbox %s already exists for %s", sb.Config.Name, sb.PrimaryWorkspace())
 			}
-			if err := e.ensureRunning(cmd.Context(), sb, startInBackground); err != nil {
+			if err := e.startNew(cmd.Context(), sb, startInBackground); err != nil {
 				return err
 			}
 			fmt.Fprintln(e.stdout, sb.Config.Name)
@@ -596,4 +601,14 @@ func (e *env) applyNet(cmd *cobra.Command, sb *sandbox.Sandbox, n netFlags) erro
 		}
 	}
 	return nil
+}
+
+// hostMemory is the machine's memory and swap in bytes (0 when unknown):
+// the most the kernel lets QEMU reserve at once.
+func hostMemory() int64 {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 0
+	}
+	return (int64(si.Totalram) + int64(si.Totalswap)) * int64(si.Unit)
 }

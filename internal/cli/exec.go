@@ -112,7 +112,7 @@ func (e *env) getSandbox(name string) (*sandbox.Sandbox, error) {
 	if err != nil {
 		hint := "list sandboxes with `sbx ls`"
 		if errors.Is(err, sandbox.ErrConfigVersion) || !strings.HasSuffix(err.Error(), name) {
-			hint = "some sandbox folders could not be read (run with --debug to see why)"
+			hint = "some sandbox folders could not be read: `sbx ls` names them, and `sbx rm -f ID` removes one by its folder's id"
 		}
 		return nil, userErr(err, hint, "no sandbox named %q", name)
 	}

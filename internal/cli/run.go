@@ -94,7 +94,11 @@ the workspace since the sandbox started goes to stderr, risky changes first
 			if f.detached {
 				mode = startDetached
 			}
-			if err := e.ensureRunning(ctx, sb, mode); err != nil {
+			start := e.ensureRunning
+			if created && !f.rm { // --rm removes it on every way out
+				start = e.startNew
+			}
+			if err := start(ctx, sb, mode); err != nil {
 				return err
 			}
 			if f.detached {

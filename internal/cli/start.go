@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/sandbox"
@@ -32,6 +34,22 @@ func (e *env) ensureRunning(ctx context.Context, sb *sandbox.Sandbox, mode start
 	}
 	// A clone mode sandbox's clone is made on its first run.
 	return e.manager().EnsureClone(ctx, sb)
+}
+
+// startNew starts sb, which this command has just made; when that fails
+// sb is removed again, as the API does, so a failed create leaves no
+// crashed sandbox behind (its error says why it did not start).
+func (e *env) startNew(ctx context.Context, sb *sandbox.Sandbox, mode startMode) error {
+	err := e.ensureRunning(ctx, sb, mode)
+	if err == nil {
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	if rerr := e.removeSandbox(rctx, sb, true); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return errors.Join(err, userErr(nil, "", "sandbox %s did not start, so it was removed again", sb.Config.Name))
 }
 
 // ensureStarted is the lifecycle's start with the CLI's steps: the

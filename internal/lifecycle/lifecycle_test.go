@@ -419,3 +419,39 @@ func TestStartRefusesStateWorkspace(t *testing.T) {
 		t.Errorf("%d VMs were made", n)
 	}
 }
+
+// Found by the eighth outside review: a sandbox whose state file or
+// config was damaged could not be removed by any command. With Force,
+// a damaged state goes; a damaged config is removed by its folder.
+func TestRemoveDamaged(t *testing.T) {
+	f := newFixture(t)
+	if err := os.WriteFile(f.sb.Path(sandbox.StateFile), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.Remove(t.Context(), f.sb, RemoveRequest{}); err == nil {
+		t.Fatal("removed without force")
+	} else if le, ok := AsError(err); !ok || !strings.Contains(le.Hint, "sbx rm -f") {
+		t.Errorf("no way out offered: %v", err)
+	}
+	if err := f.m.Remove(t.Context(), f.sb, RemoveRequest{Force: true}); err != nil {
+		t.Fatalf("rm -f of a damaged state: %v", err)
+	}
+	if _, err := os.Stat(f.sb.Dir); !os.IsNotExist(err) {
+		t.Errorf("its folder stays: %v", err)
+	}
+
+	g := newFixture(t)
+	if err := os.WriteFile(g.sb.Path(sandbox.ConfigFile), []byte(`{"version":1,`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	damaged := g.m.Damaged()
+	if len(damaged) != 1 || damaged[0].Config.ID != g.sb.Config.ID {
+		t.Fatalf("damaged: %+v", damaged)
+	}
+	if err := g.m.Remove(t.Context(), damaged[0], RemoveRequest{Force: true}); err != nil {
+		t.Fatalf("rm of a damaged config: %v", err)
+	}
+	if _, err := os.Stat(g.sb.Dir); !os.IsNotExist(err) || len(g.m.Damaged()) != 0 {
+		t.Errorf("its folder stays: %v", err)
+	}
+}

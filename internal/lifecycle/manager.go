@@ -63,19 +63,36 @@ func (m *Manager) Get(name string) (*sandbox.Sandbox, error) {
 // ends, and checks that sb still exists: a call that waited may find it
 // removed by the one before.
 func (m *Manager) Lock(ctx context.Context, sb *sandbox.Sandbox) (func(), error) {
+	// Its config file, not Store.Get: a damaged sandbox (Damaged) is
+	// locked to be removed. Checked first too, so the lock file does not
+	// make the folder of a sandbox removed meanwhile again.
+	gone := func() error {
+		_, err := os.Stat(sb.Path(sandbox.ConfigFile))
+		return err
+	}
+	removed := func(err error) error {
+		return newErr(NotFound, sb.Config.Name, err, "list sandboxes with `sbx ls`", "sandbox %s was removed", sb.Config.Name)
+	}
+	if err := gone(); err != nil {
+		return nil, removed(err)
+	}
 	unlock, err := m.Store.LockContext(ctx, sb)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if _, gerr := m.Store.Get(sb.Config.ID); gerr != nil {
-			return nil, newErr(NotFound, sb.Config.Name, gerr, "list sandboxes with `sbx ls`", "sandbox %s was removed", sb.Config.Name)
+		if gerr := gone(); gerr != nil {
+			return nil, removed(gerr)
 		}
 		return nil, newErr(Internal, sb.Config.Name, err, "check that the state folder is writable and the disk not full (`sbx diagnose`)", "cannot lock sandbox %s", sb.Config.Name)
 	}
-	if _, err := m.Store.Get(sb.Config.ID); err != nil {
+	if err := gone(); err != nil {
 		unlock()
-		return nil, newErr(NotFound, sb.Config.Name, err, "list sandboxes with `sbx ls`", "sandbox %s was removed", sb.Config.Name)
+		// The lock file may have made the folder again: take it out
+		// (only when nothing else is in it).
+		os.Remove(sb.Path(sandbox.LockFile))
+		os.Remove(sb.Dir)
+		return nil, removed(err)
 	}
 	return unlock, nil
 }
@@ -89,7 +106,7 @@ func (m *Manager) lockedStatus(ctx context.Context, sb *sandbox.Sandbox) (func()
 	st, err := m.Store.Status(sb)
 	if err != nil {
 		unlock()
-		return nil, st, newErr(Internal, sb.Config.Name, err, "", "cannot read the state of sandbox %s", sb.Config.Name)
+		return nil, st, newErr(Internal, sb.Config.Name, err, "its state file is damaged; remove the sandbox with `sbx rm -f "+sb.Config.Name+"`", "cannot read the state of sandbox %s", sb.Config.Name)
 	}
 	return unlock, st, nil
 }

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/sbx-dev/sbx/internal/clone"
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/snapshot"
+	"github.com/sbx-dev/sbx/internal/supervisor"
 	"github.com/sbx-dev/sbx/internal/template"
 )
 
@@ -24,10 +26,20 @@ type RemoveRequest struct {
 // the leases its disk held, the host remote of a clone mode sandbox, its
 // sandbox-scoped secrets and rules; then template images and snapshots
 // nothing holds any more.
+//
+// With Force, a sandbox whose state file cannot be read (torn, garbage)
+// goes too: its supervisor, if one still answers, is told to stop first.
 func (m *Manager) Remove(ctx context.Context, sb *sandbox.Sandbox, req RemoveRequest) error {
 	unlock, st, err := m.lockedStatus(ctx, sb)
 	if err != nil {
-		return err
+		if _, ok := AsError(err); !ok || !req.Force || m.stateErr(sb) == nil {
+			return err
+		}
+		if unlock, err = m.Lock(ctx, sb); err != nil {
+			return err
+		}
+		m.stopUnknown(ctx, sb)
+		st = sandbox.State{Status: sandbox.StatusStopped}
 	}
 	defer unlock()
 	name := sb.Config.Name
@@ -82,8 +94,49 @@ func (m *Manager) Remove(ctx context.Context, sb *sandbox.Sandbox, req RemoveReq
 // failed), so they do not hold them for the grace a create in flight gets.
 func (m *Manager) ReleaseLeases(cfg sandbox.Config) {
 	disk := filepath.Join(m.Store.DirOf(cfg.ID), sandbox.DiskFile)
-	template.Release(m.Dirs.Cache, cfg.Template.ID, disk)
+	if cfg.Template.ID != "" { // unknown for a damaged sandbox
+		template.Release(m.Dirs.Cache, cfg.Template.ID, disk)
+	}
 	if cfg.Snapshot != "" {
 		snapshot.Release(m.Dirs.Cache, cfg.Snapshot, disk)
 	}
+}
+
+// errDamagedState marks a state file that exists and cannot be read.
+var errDamagedState = errors.New("damaged state file")
+
+// stateErr is errDamagedState when sb's state file cannot be read.
+func (m *Manager) stateErr(sb *sandbox.Sandbox) error {
+	if _, err := m.Store.ReadState(sb); err != nil {
+		return fmt.Errorf("%w: %w", errDamagedState, err)
+	}
+	return nil
+}
+
+// stopUnknown asks sb's supervisor to stop, when its state (and so its
+// process) is unknown, and waits a little for it to go.
+func (m *Manager) stopUnknown(ctx context.Context, sb *sandbox.Sandbox) {
+	ctx, cancel := context.WithTimeout(ctx, StopTimeout)
+	defer cancel()
+	c := supervisor.Client(m.Store, sb)
+	if err := c.Stop(ctx); err != nil {
+		m.Log.Debug("stop of a sandbox with a damaged state", "sandbox", sb.Config.Name, "err", err)
+		return
+	}
+	for ctx.Err() == nil {
+		if _, err := c.Status(ctx); err != nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Damaged is the sandbox folders of the store whose config cannot be read,
+// as placeholders Remove takes (with Force): their name is their id.
+func (m *Manager) Damaged() []*sandbox.Sandbox {
+	var out []*sandbox.Sandbox
+	for _, d := range m.Store.Damaged() {
+		out = append(out, d.Placeholder())
+	}
+	return out
 }

@@ -427,6 +427,34 @@ func (s *Store) load(id string) (*Sandbox, error) {
 	return &Sandbox{Config: cfg, Dir: dir}, nil
 }
 
+// Damaged is a sandbox folder whose config cannot be read.
+type Damaged struct {
+	ID, Dir string
+	Err     error
+}
+
+// Damaged lists the sandbox folders whose config cannot be read (torn,
+// empty, of another version). Each can still be removed: Placeholder.
+func (s *Store) Damaged() []Damaged {
+	entries, _ := os.ReadDir(s.root())
+	var out []Damaged
+	for _, e := range entries {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if _, err := s.load(e.Name()); err != nil {
+			out = append(out, Damaged{ID: e.Name(), Dir: filepath.Join(s.root(), e.Name()), Err: err})
+		}
+	}
+	return out
+}
+
+// Placeholder is a Sandbox for damaged folder d, to remove it: its name
+// and id are the folder's name, the rest of its config unknown.
+func (d Damaged) Placeholder() *Sandbox {
+	return &Sandbox{Config: Config{Version: ConfigVersion, ID: d.ID, Name: d.ID}, Dir: d.Dir}
+}
+
 // Get finds a sandbox by name, or by id.
 func (s *Store) Get(nameOrID string) (*Sandbox, error) {
 	all, listErr := s.List()
