@@ -75,7 +75,7 @@ starts keep running after it exits; stop them with sbx stop.`,
 				// /v1 with the bearer token; the rest is E2B's API
 				// (docs/e2b.md), with its own keys.
 				uid, gid := lifecycle.GuestIDs()
-				eb := &e2b.Server{M: e.manager(), APIKey: token, WorkRoot: e.dirs.Data + "-e2b", UID: uid, GID: gid, HomeAlias: true, Log: e.log,
+				eb := &e2b.Server{M: e.manager(), APIKey: token, WorkRoot: lifecycle.E2BWorkRoot(e.dirs), UID: uid, GID: gid, HomeAlias: true, Log: e.log,
 					Create: e.e2bCreate, Start: srv.Start}
 				top := http.NewServeMux()
 				top.Handle("/v1/", daemon.RequireToken(h, token))

@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -57,6 +58,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*sandbox.Sandb
 				return nil, e
 			}
 		}
+	}
+	// Checked before the snapshot, which boots a VM: a disk smaller than
+	// the template's image (raw: its size is the disk's) cannot be made.
+	if st, err := os.Stat(tmpl.Image); err == nil && cfg.DiskBytes > 0 && cfg.DiskBytes < st.Size() {
+		e := newErr(Invalid, cfg.Name, disk.ErrTooSmall, "give a larger disk size", "the disk size asked for is smaller than the template's (%d MiB)", st.Size()>>20)
+		e.Field = "disk"
+		return nil, e
 	}
 	qemuImg, err := m.QEMUImg(ctx)
 	if err != nil {

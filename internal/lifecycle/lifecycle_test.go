@@ -455,3 +455,20 @@ func TestRemoveDamaged(t *testing.T) {
 		t.Errorf("its folder stays: %v", err)
 	}
 }
+
+// Eighth review: the /v1 API took the E2B workspaces root (every E2B
+// sandbox's workspace) as a workspace. One E2B sandbox's own folder
+// inside it stays fine.
+func TestCheckWorkspacesE2BRoot(t *testing.T) {
+	f := newFixture(t)
+	root := E2BWorkRoot(f.m.Dirs)
+	if err := os.MkdirAll(filepath.Join(root, "e2b-one"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.CheckWorkspaces([]sandbox.Workspace{{Path: root}}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("the root: %v", err)
+	}
+	if err := f.m.CheckWorkspaces([]sandbox.Workspace{{Path: filepath.Join(root, "e2b-one")}}); err != nil {
+		t.Errorf("one sandbox's folder: %v", err)
+	}
+}

@@ -4,8 +4,12 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
+
+// E2BWorkRoot is the folder holding the E2B sandboxes' workspaces.
+func E2BWorkRoot(d paths.Dirs) string { return d.Data + "-e2b" }
 
 func wsErr(hint, format string, args ...any) error {
 	e := invalid(nil, hint, format, args...)
@@ -27,8 +31,22 @@ func (m *Manager) CheckWorkspaces(ws []sandbox.Workspace) error {
 		{"cache", m.Dirs.Cache, "set SBX_CACHE_DIR elsewhere"},
 		{"runtime", m.Dirs.Runtime, "set XDG_RUNTIME_DIR elsewhere"},
 	}
+	// The E2B workspaces root holds every E2B sandbox's workspace: one
+	// sandbox may have its own folder inside it, none the whole root.
+	e2bRoot := ""
+	if m.Dirs.Data != "" {
+		e2bRoot = E2BWorkRoot(m.Dirs)
+	}
 	for _, w := range ws {
 		wsPaths := realAndClean(w.Path)
+		for _, d := range realAndClean(e2bRoot) {
+			for _, p := range wsPaths {
+				if e2bRoot != "" && pathWithin(d, p) {
+					return wsErr("choose a project folder of your own",
+						"workspace %s holds the E2B sandboxes' workspaces %s, which no sandbox may reach", w.Path, e2bRoot)
+				}
+			}
+		}
 		for _, f := range folders {
 			if f.dir == "" {
 				continue
