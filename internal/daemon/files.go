@@ -109,6 +109,17 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusLengthRequired, ErrorMsg{Code: string(lifecycle.Invalid), Message: "a file upload needs a Content-Length (or send a tar archive)"})
 			return
 		}
+		// Written as path: an existing folder there would take it in
+		// under its base name instead (found by the ninth review).
+		code, err := s.M.GuestRun(r.Context(), sb, "root", []string{"sh", "-c", `[ ! -d "$1" ]`, "sh", p}, nil, io.Discard, io.Discard)
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		if code != 0 {
+			writeError(w, http.StatusConflict, ErrorMsg{Code: string(lifecycle.Conflict), Field: "path", Message: p + " is a folder in the sandbox; name the file to write, or send a tar archive"})
+			return
+		}
 		pr, pw := io.Pipe()
 		go func() {
 			tw := tar.NewWriter(pw)

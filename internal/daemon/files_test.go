@@ -75,6 +75,7 @@ func TestAPIFiles(t *testing.T) {
 	}{
 		{"raw download of a folder", func() error { _, err := f.c.Download(ctx, "files", dst, true); return err }(), 400},
 		{"a relative path", f.c.Upload(ctx, "files", "rel/x", "application/octet-stream", strings.NewReader("x")), 400},
+		{"raw bytes onto a folder", f.c.Upload(ctx, "files", dst, "application/octet-stream", strings.NewReader("x")), 409},
 		{"a JSON body", f.c.Upload(ctx, "files", raw, "application/json", strings.NewReader("{}")), 415},
 		{"a missing file", func() error { _, err := f.c.Download(ctx, "files", filepath.Join(dst, "missing"), false); return err }(), 404},
 		{"no such sandbox", f.c.Upload(ctx, "nobox", raw, "application/octet-stream", strings.NewReader("x")), 404},
@@ -193,5 +194,36 @@ func TestAPIExecTTY(t *testing.T) {
 		t.Error("an exec in a missing sandbox ran")
 	} else if s, _ := apiCode(err); s != 404 {
 		t.Errorf("missing sandbox: %v", err)
+	}
+}
+
+// Found by the ninth outside review: stdin for a process that did not
+// read it blocked the loop reading the client, so a client that went
+// away (or sent KILL) was never seen and the process ran on. The loop
+// keeps reading; past 16 MiB of waiting stdin the exec ends.
+func TestAPIExecTTYStdinBackedUp(t *testing.T) {
+	f := newAPI(t, "", false)
+	ctx := t.Context()
+	if _, err := f.c.Create(ctx, CreateRequest{Name: "stuck", Workspace: f.ws}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := f.c.ExecTTY(ctx, "stuck", TTYRequest{ExecRequest: ExecRequest{Argv: []string{"sleep", "60"}}},
+		TTYIO{Stdin: bytes.NewReader(make([]byte, 40<<20))})
+	if s, c := apiCode(err); c != "invalid" || s != 200 || time.Since(start) > 30*time.Second {
+		t.Errorf("backed-up stdin: %v after %v", err, time.Since(start))
+	}
+	// And a KILL behind unread stdin is seen.
+	ctl := make(chan TTYControl, 1)
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(make([]byte, 2<<20))
+		ctl <- TTYControl{Signal: "KILL"}
+	}()
+	defer pw.Close()
+	start = time.Now()
+	code, err := f.c.ExecTTY(ctx, "stuck", TTYRequest{ExecRequest: ExecRequest{Argv: []string{"sleep", "60"}}}, TTYIO{Stdin: pr, Control: ctl})
+	if err != nil || code == 0 || time.Since(start) > 30*time.Second {
+		t.Errorf("KILL behind stdin: code %d err %v after %v", code, err, time.Since(start))
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/coder/websocket"
 
@@ -61,6 +63,13 @@ var signalNames = map[string]syscall.Signal{
 // maxTTYMessage caps one message of the client (stdin comes in pieces).
 const maxTTYMessage = 1 << 20
 
+// maxStdinQueue caps the stdin waiting for a process that does not read
+// it; firstMessageTimeout bounds the wait for the TTYRequest.
+const (
+	maxStdinQueue       = 16 << 20
+	firstMessageTimeout = 30 * time.Second
+)
+
 func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 	sb, ok := s.sandbox(w, r)
 	if !ok {
@@ -82,7 +91,11 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	fail := func(msg ErrorMsg) { result(TTYResult{Error: &msg}) }
-	typ, data, err := c.Read(ctx)
+	// The first message within a bound: a socket that sends nothing
+	// does not hold its slot.
+	firstCtx, firstCancel := context.WithTimeout(ctx, firstMessageTimeout)
+	typ, data, err := c.Read(firstCtx)
+	firstCancel()
 	if err != nil {
 		return
 	}
@@ -102,18 +115,47 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 	defer stdin.Close()
 	resize := make(chan agentclient.Size, 4)
 	sigs := make(chan syscall.Signal, 4)
-	// The client's messages, until it goes (which ends the exec: the
-	// guest kills the process) or the exec ends.
+	// Stdin goes to the process from a queue, so the loop below never
+	// blocks on a process that does not read its input: it keeps reading,
+	// and sees the client go (which ends the exec: the guest kills the
+	// process) and its signals. Past maxStdinQueue bytes waiting, the
+	// exec ends with an error.
+	queue := make(chan []byte, maxStdinQueue/1024)
+	var queued atomic.Int64
+	go func() {
+		defer stdinW.Close()
+		for data := range queue {
+			if data == nil { // eof
+				return
+			}
+			if _, err := stdinW.Write(data); err != nil {
+				return
+			}
+			queued.Add(-int64(len(data)))
+		}
+	}()
+	backedUp := make(chan struct{})
 	go func() {
 		defer cancel()
-		defer stdinW.Close()
+		defer close(queue)
+		eof := false
 		for {
 			typ, data, err := c.Read(ctx)
 			if err != nil {
 				return
 			}
 			if typ == websocket.MessageBinary {
-				if _, err := stdinW.Write(data); err != nil && err != io.ErrClosedPipe {
+				if eof || len(data) == 0 {
+					continue
+				}
+				if queued.Add(int64(len(data))) > maxStdinQueue {
+					close(backedUp)
+					return
+				}
+				select {
+				case queue <- data:
+				default:
+					close(backedUp)
 					return
 				}
 				continue
@@ -134,8 +176,14 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 				default:
 				}
 			}
-			if ctl.EOF {
-				stdinW.Close()
+			if ctl.EOF && !eof {
+				eof = true
+				select {
+				case queue <- nil:
+				default:
+					close(backedUp)
+					return
+				}
 			}
 		}
 	}()
@@ -153,6 +201,19 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 	ereq := agentapi.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Dir, User: req.User, TTY: tty, Rows: req.Rows, Cols: req.Cols, Term: req.Term}
 	st, err := s.M.Exec(ctx, sb, lifecycle.ExecRequest{ExecRequest: ereq},
 		agentclient.ExecIO{Stdin: stdin, Stdout: out(StreamStdout), Stderr: out(StreamStderr), Resize: resize, Signals: sigs})
+	select {
+	case <-backedUp:
+		// ctx is cancelled: answer on a fresh one.
+		data, _ := json.Marshal(TTYResult{Error: &ErrorMsg{Code: string(lifecycle.Invalid), Field: "stdin",
+			Message: "the process did not read its input: more than 16 MiB of stdin waited; the exec was ended"}})
+		wctx, wcancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
+		defer wcancel()
+		if c.Write(wctx, websocket.MessageText, data) == nil {
+			c.Close(websocket.StatusPolicyViolation, "stdin backed up")
+		}
+		return
+	default:
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			fail(errorMsg(err))

@@ -39,14 +39,6 @@ func (m *Manager) CheckWorkspaces(ws []sandbox.Workspace) error {
 	}
 	for _, w := range ws {
 		wsPaths := realAndClean(w.Path)
-		for _, d := range realAndClean(e2bRoot) {
-			for _, p := range wsPaths {
-				if e2bRoot != "" && pathWithin(d, p) {
-					return wsErr("choose a project folder of your own",
-						"workspace %s holds the E2B sandboxes' workspaces %s, which no sandbox may reach", w.Path, e2bRoot)
-				}
-			}
-		}
 		for _, f := range folders {
 			if f.dir == "" {
 				continue
@@ -61,6 +53,17 @@ func (m *Manager) CheckWorkspaces(ws []sandbox.Workspace) error {
 						return wsErr("choose a project folder outside it, or "+f.hint,
 							"workspace %s lies inside sbx's %s folder %s, which the sandbox must not reach", w.Path, f.what, f.dir)
 					}
+				}
+			}
+		}
+		if e2bRoot == "" {
+			continue
+		}
+		for _, d := range realAndClean(e2bRoot) {
+			for _, p := range wsPaths {
+				if pathWithin(d, p) {
+					return wsErr("choose a project folder of your own",
+						"workspace %s holds the E2B sandboxes' workspaces %s, which no sandbox may reach", w.Path, e2bRoot)
 				}
 			}
 		}

@@ -424,6 +424,11 @@ func (s *Store) load(id string) (*Sandbox, error) {
 	if cfg.Version != ConfigVersion {
 		return nil, fmt.Errorf("%s: %w %d (this sbx reads %d)", filepath.Join(dir, ConfigFile), ErrConfigVersion, cfg.Version, ConfigVersion)
 	}
+	// Paths are made of the id (its runtime folder, its leases): one
+	// that is not its folder's name ("../x") is a damaged config.
+	if cfg.ID != id {
+		return nil, fmt.Errorf("%s: its id %q is not its folder's name", filepath.Join(dir, ConfigFile), cfg.ID)
+	}
 	return &Sandbox{Config: cfg, Dir: dir}, nil
 }
 

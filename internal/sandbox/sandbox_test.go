@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -128,5 +129,33 @@ func TestParsePort(t *testing.T) {
 		if _, err := ParsePort(in); err == nil {
 			t.Errorf("ParsePort(%q) succeeded", in)
 		}
+	}
+}
+
+// Found by the ninth outside review: a config whose id was "../x" made
+// `sbx rm` delete a folder outside the store (the runtime folder is
+// named by the id). Such a config is damaged; its folder is what rm
+// takes out.
+func TestLoadRefusesForeignID(t *testing.T) {
+	dirs := paths.Dirs{Data: t.TempDir(), Runtime: t.TempDir()}
+	s := NewStore(dirs)
+	sb, err := s.Create(Config{ID: "0123456789ab", Name: "good"})
+	if err == nil {
+		err = s.Commit(sb)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := s.DirOf("0123456789ab")
+	data, _ := os.ReadFile(filepath.Join(dir, ConfigFile))
+	data = bytes.Replace(data, []byte(`"0123456789ab"`), []byte(`"../victim"`), 1)
+	if err := os.WriteFile(filepath.Join(dir, ConfigFile), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get("good"); err == nil {
+		t.Error("a config with a foreign id was loaded")
+	}
+	if d := s.Damaged(); len(d) != 1 || d[0].Placeholder().Config.ID != "0123456789ab" {
+		t.Errorf("damaged: %+v", d)
 	}
 }

@@ -80,7 +80,7 @@ assert.equal(await sbx.files.exists('/nope'), false)
 // land in /home/user under its base name).
 const many = await sbx.files.write([{ path: '/tmp/deep/a.txt', data: 'A' }, { path: '/home/user/sub/a.txt', data: 'B' }])
 console.log('write many', many)
-assert.deepEqual(many.map((w) => w.path), ['/tmp/deep/a.txt', '/home/agent/sub/a.txt'])
+assert.deepEqual(many.map((w) => w.path), ['/tmp/deep/a.txt', '/home/user/sub/a.txt'])
 assert.equal(await sbx.files.read('/tmp/deep/a.txt'), 'A')
 assert.equal(await sbx.files.read('/home/user/sub/a.txt'), 'B')
 assert.equal(await sbx.files.exists('/home/user/a.txt'), false)
