@@ -23,9 +23,6 @@ import (
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
-// AuditFile is the per-sandbox audit log written by the supervisor.
-const AuditFile = "audit.jsonl"
-
 func newPolicyCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",
@@ -252,13 +249,12 @@ func newPolicyLsCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			f := struct{ Default policy.Preset }{policy.Preset(out.Default)}
 			if asJSON {
 				enc := json.NewEncoder(e.stdout)
 				enc.SetIndent("", "  ")
 				return enc.Encode(out)
 			}
-			fmt.Fprintf(e.stdout, "default: %s (%s)\n", f.Default, presetHelp(f.Default))
+			fmt.Fprintf(e.stdout, "default: %s (%s)\n", out.Default, presetHelp(policy.Preset(out.Default)))
 			tw := tabwriter.NewWriter(e.stdout, 0, 4, 3, ' ', 0)
 			if len(out.Rules) == 0 {
 				fmt.Fprintln(e.stdout, "no rules; add one with: sbx policy allow network example.com")

@@ -16,6 +16,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/supervisor"
 )
 
 // sbxResult is the outcome of one in-process command.
@@ -237,7 +238,7 @@ func TestPolicyLog(t *testing.T) {
 	if r := runSbx(t, "policy", "log"); r.code != 0 || !strings.Contains(r.out, "no network activity") {
 		t.Errorf("empty log: %+v", r)
 	}
-	l, err := audit.Open(filepath.Join(sb.Dir, AuditFile), nil)
+	l, err := audit.Open(filepath.Join(sb.Dir, supervisor.AuditFile), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/internal/audit"
+	"github.com/sbx-dev/sbx/internal/supervisor"
 )
 
 // Found by the third outside review: `sbx policy log` prints audit hosts as they are; the host of a
@@ -16,7 +17,7 @@ import (
 // rows into the terminal of the user reviewing what it did.
 func TestPolicyLogEscapesGuestControlBytes(t *testing.T) {
 	_, sb := policySandbox(t)
-	l, err := audit.Open(filepath.Join(sb.Dir, AuditFile), nil)
+	l, err := audit.Open(filepath.Join(sb.Dir, supervisor.AuditFile), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
