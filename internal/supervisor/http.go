@@ -65,9 +65,10 @@ func (s *Supervisor) handleDetach(w http.ResponseWriter, _ *http.Request) {
 	s.mu.Lock()
 	already := s.detached
 	s.detached = true
-	running := s.state == controlapi.StateRunning
 	s.mu.Unlock()
-	if !already && running {
+	if !already {
+		// recordRunning writes only once the VM runs; it waits for a
+		// markRunning under way, which may have read the old flag.
 		s.recordRunning()
 	}
 	w.WriteHeader(http.StatusOK)

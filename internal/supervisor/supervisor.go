@@ -306,13 +306,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 	}
 	cleanups = append(cleanups, func() { inst.Kill() })
 
-	s.mu.Lock()
-	s.state = controlapi.StateRunning
-	s.phase = ""
-	s.started = started
-	s.idleSince = time.Now()
-	s.mu.Unlock()
-	s.recordRunning()
+	s.markRunning(started)
 	s.log.Info("sandbox running", "component", "supervisor")
 	s.ports.restore(netCtx)
 	idleCtx, stopIdle := context.WithCancel(ctx)
@@ -392,6 +386,26 @@ func (s *Supervisor) stopWhenIdle(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// markRunning records the running state on disk and only then reports it
+// over the control socket: a client that saw "running" there (Launch waits
+// for it) must find it in the state file too.
+func (s *Supervisor) markRunning(started time.Time) {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	s.mu.Lock()
+	detached, share, why := s.detached, string(s.share), s.shareWhy
+	s.mu.Unlock()
+	if err := s.store.SetState(s.sb, sandbox.State{Status: sandbox.StatusRunning, PID: os.Getpid(), Detached: detached, Started: started, Share: share, ShareWhy: why}); err != nil {
+		s.log.Error("record state", "err", err)
+	}
+	s.mu.Lock()
+	s.state = controlapi.StateRunning
+	s.phase = ""
+	s.started = started
+	s.idleSince = time.Now()
+	s.mu.Unlock()
 }
 
 // recordRunning writes the running state, with the detached flag, unless
