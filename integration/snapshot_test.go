@@ -176,6 +176,65 @@ func TestSnapshot(t *testing.T) {
 		t.Errorf("after a kernel change: stdout %q stderr:\n%s", res.stdout, res.stderr)
 	}
 
+	// The save ran in a snapshot supervisor, whose log is the cache's.
+	snapDir := filepath.Join(cacheDir(t), "snapshots")
+	if log, err := os.ReadFile(filepath.Join(snapDir, "build.log")); err != nil || !strings.Contains(string(log), "snapshot supervisor started") || !strings.Contains(string(log), "snapshot saved") {
+		t.Errorf("the snapshot supervisor's log: %v\n%s", err, log)
+	}
+
+	// Ctrl-C during a save: the create ends, and the snapshot VM and its
+	// half-made folder go with it (yet another kernel: a save is needed).
+	kcopy2 := filepath.Join(t.TempDir(), "vmlinux")
+	if out, err := exec.Command("cp", kernels[0], kcopy2).CombinedOutput(); err != nil {
+		t.Fatalf("copy kernel: %v %s", err, out)
+	}
+	cmd := exec.Command(sbxBin, "create", "--name", "snap-e", wsB)
+	cmd.Env = append(h.env, "SBX_KERNEL="+kcopy2)
+	var cerr strings.Builder
+	cmd.Stderr = &cerr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tmps := func() []string { m, _ := filepath.Glob(filepath.Join(snapDir, ".tmp-*")); return m }
+	saving := false
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline) && !saving; time.Sleep(100 * time.Millisecond) {
+		saving = len(tmps()) > 0
+	}
+	if !saving {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("no snapshot save began: %s", cerr.String())
+	}
+	tmp := tmps()[0]
+	time.Sleep(time.Second) // QEMU is up
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err == nil {
+		t.Errorf("an interrupted create succeeded: %s", cerr.String())
+	}
+	gone := false
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && !gone; time.Sleep(200 * time.Millisecond) {
+		out, _ := exec.Command("pgrep", "-f", filepath.Base(tmp)).Output()
+		_, serr := os.Stat(tmp)
+		gone = len(strings.TrimSpace(string(out))) == 0 && os.IsNotExist(serr)
+	}
+	if !gone {
+		out, _ := exec.Command("pgrep", "-af", filepath.Base(tmp)).Output()
+		t.Errorf("after Ctrl-C during the save, left: processes %q, folder %s", out, tmp)
+	}
+	// Stopped, not finished in the background, and not marked failed.
+	key := strings.TrimPrefix(filepath.Base(tmp), ".tmp-")
+	key = key[:strings.LastIndex(key, "-")]
+	for _, left := range []string{filepath.Join(snapDir, key), filepath.Join(snapDir, key+".failed")} {
+		if _, err := os.Stat(left); err == nil {
+			t.Errorf("an interrupted save left %s", left)
+		}
+	}
+	for _, r := range h.ls() {
+		if r.Name == "snap-e" {
+			t.Errorf("an interrupted create left sandbox %+v", r)
+		}
+	}
+
 	// --cold: no snapshot at all.
 	res = h.mustSbx("--debug", "run", "--rm", "--cold", "--name", "snap-d", "shell", wsB, "--", "-c", "true")
 	if !strings.Contains(res.stderr, "boot: cold") {

@@ -93,6 +93,7 @@ traffic the policy allows (see ` + "`sbx policy`" + `) cross between it and the 
 		newDiagnoseCmd(e),
 		newVersionCmd(e),
 		newSuperviseCmd(e),
+		newSuperviseSnapshotCmd(e),
 		newPolicyCmd(e),
 		newPortsCmd(e),
 		newSecretCmd(e),

@@ -19,7 +19,6 @@ import (
 	"github.com/sbx-dev/sbx/internal/supervisor"
 	"github.com/sbx-dev/sbx/internal/template"
 	"github.com/sbx-dev/sbx/internal/vm"
-	"github.com/sbx-dev/sbx/internal/vm/qemu"
 )
 
 // Boot preparation: what a start needs resolved on the host (QEMU, the
@@ -314,9 +313,11 @@ func (m *Manager) PrepareSnapshot(ctx context.Context, cfg sandbox.Config, tmpl 
 	if err != nil {
 		return nil, err
 	}
-	snap, err := snapshot.Ensure(ctx, m.Dirs.Cache, spec, snapshot.Options{
-		QEMUImg: qemuImg, Backend: qemu.New(boot.QEMU), Progress: m.progressOut(), Log: m.Log,
-	})
+	save := m.SaveSnapshot
+	if save == nil {
+		save = supervisor.SaveSnapshot
+	}
+	snap, err := save(ctx, supervisor.SnapshotJob{Cache: m.Dirs.Cache, QEMUImg: qemuImg, Spec: spec}, m.progressOut())
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
 			return nil, err

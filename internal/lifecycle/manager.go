@@ -14,6 +14,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 	"github.com/sbx-dev/sbx/internal/secrets"
+	"github.com/sbx-dev/sbx/internal/snapshot"
 	"github.com/sbx-dev/sbx/internal/supervisor"
 )
 
@@ -32,6 +33,9 @@ type Manager struct {
 	// Launch starts a supervisor; nil is supervisor.Launch (a process of
 	// its own).
 	Launch LaunchFunc
+	// SaveSnapshot returns a template's snapshot, saving it first; nil is
+	// supervisor.SaveSnapshot (a snapshot supervisor process).
+	SaveSnapshot func(ctx context.Context, job supervisor.SnapshotJob, progress io.Writer) (*snapshot.Snapshot, error)
 	// Secrets opens the credential store whose sandbox-scoped secrets go
 	// with a removed sandbox; nil leaves them.
 	Secrets func() *secrets.Store

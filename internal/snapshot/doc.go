@@ -23,6 +23,7 @@
 //	<cache>/snapshots/<key>/empty/      the folder unused share slots export
 //	<cache>/snapshots/<key>/console.log the snapshot VM's boot
 //	<cache>/snapshots/<key>.failed      why a build failed (not retried)
+//	<cache>/snapshots/build.log         the snapshot supervisors' log
 //	<cache>/snapshots/.leases/<key>/    one file per sandbox disk backed by it,
 //	                                    and pending-* leases of creates under way
 //

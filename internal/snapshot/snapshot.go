@@ -319,6 +319,18 @@ func DiskOf(cacheDir, key string) string { return filepath.Join(Dir(cacheDir), k
 // Lookup returns the snapshot with key, if it is complete.
 func Lookup(cacheDir, key string) (*Snapshot, error) { return open(Dir(cacheDir), key) }
 
+// Existing returns spec's snapshot when it has been saved, held by a
+// pending lease like Ensure's, without the lock or a build.
+func Existing(cacheDir string, spec Spec) (*Snapshot, error) {
+	dir := Dir(cacheDir)
+	key := spec.Key()
+	s, err := open(dir, key)
+	if err != nil {
+		return nil, err
+	}
+	return s, pendingLease(dir, key)
+}
+
 // Options of Ensure.
 type Options struct {
 	// QEMUImg is the qemu-img binary.
