@@ -9,24 +9,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-func TestAgentArgv(t *testing.T) {
-	shell, _ := findAgent("shell")
-	for _, c := range []struct {
-		extra, want []string
-	}{
-		{nil, []string{"bash", "-l"}},
-		{[]string{"-c", "make test"}, []string{"bash", "-l", "-c", "make test"}},
-		{[]string{"script.sh", "arg"}, []string{"bash", "script.sh", "arg"}},
-	} {
-		if diff := cmp.Diff(c.want, agentArgv(shell, c.extra)); diff != "" {
-			t.Errorf("agentArgv(%q) (-want +got):\n%s", c.extra, diff)
-		}
-	}
-	if shell.Argv[1] != "-l" {
-		t.Fatal("agentArgv modified the agent table")
-	}
-}
-
 func TestRender(t *testing.T) {
 	for _, c := range []struct {
 		err   error

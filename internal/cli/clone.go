@@ -15,22 +15,6 @@ import (
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
-// cloneWorkspaces turns a clone mode target into its one workspace (the
-// host repository, recorded but not shared) and setup.
-func (e *env) cloneWorkspaces(ctx context.Context, f *createFlags, t target) ([]sandbox.Workspace, *sandbox.Clone, error) {
-	if len(t.workspaces) != 1 || t.workspaces[0].ReadOnly {
-		return nil, nil, userErr(nil, "give one repository folder", "--clone takes exactly one writable workspace, the repository (got %s)", describeWorkspaces(t.workspaces))
-	}
-	if len(f.protect) > 0 || f.protectDefaults {
-		return nil, nil, userErr(nil, "leave --protect out: in clone mode the host repository is read-only to the sandbox", "--clone with --protect")
-	}
-	ws, c, err := e.manager().CloneWorkspace(ctx, t.workspaces[0].Path, f.cloneUntracked)
-	if err != nil {
-		return nil, nil, err
-	}
-	return []sandbox.Workspace{ws}, c, nil
-}
-
 // guestRun runs argv in sb's guest as user (lifecycle.Manager.GuestRun).
 func (e *env) guestRun(ctx context.Context, sb *sandbox.Sandbox, user string, argv []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	return e.manager().GuestRun(ctx, sb, user, argv, stdin, stdout, stderr)

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -55,7 +54,7 @@ starts keep running after it exits; stop them with sbx stop.`,
 			}
 			// No prompts: requests decide nothing on a terminal.
 			e.stdin = strings.NewReader("")
-			srv := &daemon.Server{M: e.manager(), Create: e.apiCreate, Log: e.log,
+			srv := &daemon.Server{M: e.manager(), Log: e.log,
 				Start: func(ctx context.Context, sb *sandbox.Sandbox) error {
 					return e.ensureRunning(ctx, sb, startInBackground)
 				}}
@@ -76,7 +75,7 @@ starts keep running after it exits; stop them with sbx stop.`,
 				// (docs/e2b.md), with its own keys.
 				uid, gid := lifecycle.GuestIDs()
 				eb := &e2b.Server{M: e.manager(), APIKey: token, WorkRoot: lifecycle.E2BWorkRoot(e.dirs), UID: uid, GID: gid, HomeAlias: true, Log: e.log,
-					Create: e.e2bCreate, Start: srv.Start}
+					Start: srv.Start}
 				top := http.NewServeMux()
 				top.Handle("/v1/", daemon.RequireToken(h, token))
 				top.Handle("/", eb.Handler())
@@ -120,63 +119,4 @@ const maxConns = 1024
 // is closed, so nobody holds the daemon's connections open for nothing.
 func newHTTPServer(h http.Handler) *http.Server {
 	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second}
-}
-
-// apiCreate is the daemon's create: the same checks, defaults and
-// templates as `sbx create`, from a request instead of flags.
-func (e *env) apiCreate(ctx context.Context, req daemon.CreateRequest) (*sandbox.Sandbox, error) {
-	cmd := &cobra.Command{Use: "create"}
-	var f createFlags
-	f.register(cmd)
-	var args []string
-	for _, kv := range []struct{ flag, v string }{{"--name", req.Name}, {"--template", req.Template}, {"--memory", req.Memory}, {"--disk", req.Disk}} {
-		if kv.v != "" {
-			args = append(args, kv.flag, kv.v)
-		}
-	}
-	if req.CPUs != 0 {
-		args = append(args, "--cpus", strconv.Itoa(req.CPUs))
-	}
-	if req.Cold {
-		args = append(args, "--cold")
-	}
-	if err := cmd.ParseFlags(args); err != nil {
-		return nil, &lifecycle.Error{Code: lifecycle.Invalid, Msg: err.Error()}
-	}
-	cmd.SetContext(ctx)
-	var pos []string
-	if req.Agent != "" {
-		if _, ok := findAgent(req.Agent); !ok {
-			return nil, &lifecycle.Error{Code: lifecycle.Invalid, Field: "agent", Msg: fmt.Sprintf("no agent named %q", req.Agent), Hint: "see `sbx run --help` for the agents"}
-		}
-		pos = append(pos, req.Agent)
-	}
-	t, err := e.resolveTarget(append(pos, req.Workspace))
-	if err != nil {
-		return nil, err
-	}
-	sb, created, err := e.findOrCreate(cmd, &f, t, netFlags{})
-	if err != nil {
-		return nil, err
-	}
-	if !created {
-		return nil, &lifecycle.Error{Code: lifecycle.Conflict, Field: "name", Sandbox: sb.Config.Name,
-			Msg: fmt.Sprintf("sandbox %s already exists for %s", sb.Config.Name, sb.PrimaryWorkspace()), Hint: "start it, or give another name"}
-	}
-	return sb, nil
-}
-
-// e2bCreate is the E2B API's create: template "base" is the default shell
-// sandbox, an agent name that agent's, anything else an sbx template; a
-// new sandbox on workspace, not started.
-func (e *env) e2bCreate(ctx context.Context, name, tmpl, workspace string) (*sandbox.Sandbox, error) {
-	req := daemon.CreateRequest{Name: name, Workspace: workspace, NoStart: true}
-	switch _, isAgent := findAgent(tmpl); {
-	case tmpl == "base" || tmpl == "":
-	case isAgent:
-		req.Agent = tmpl
-	default:
-		req.Template = tmpl
-	}
-	return e.apiCreate(ctx, req)
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/internal/agents"
 )
 
 func newRunCmd(e *env) *cobra.Command {
@@ -107,7 +109,7 @@ the workspace since the sandbox started goes to stderr, risky changes first
 			}
 			_, isTerm := terminalFd(e.stdin)
 			code, err := e.attach(ctx, sb, session{
-				argv:  loginArgv(t.agent, agentArgv(t.agent, extra)),
+				argv:  agents.LoginArgv(t.agent, agents.Argv(t.agent, extra)),
 				env:   env,
 				dir:   sb.PrimaryWorkspace(),
 				user:  "agent",

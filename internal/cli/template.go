@@ -286,9 +286,3 @@ disks. Loading an image needs root (its files keep their owners).`,
 	cmd.Flags().BoolVar(&force, "force", false, "replace a template of the same name that came from elsewhere")
 	return cmd
 }
-
-// resolveTemplate returns the template a new sandbox for agent boots
-// from (lifecycle.Manager.ResolveTemplate).
-func (e *env) resolveTemplate(ctx context.Context, ref string, agent agentSpec) (template.Template, error) {
-	return e.manager().ResolveTemplate(ctx, ref, agent.Template)
-}

@@ -81,7 +81,7 @@ func TestCheckStateWorkspaces(t *testing.T) {
 		filepath.Join(home, "proj"):            false,
 		filepath.Join(home, "data", "sbx2"):    false,
 	} {
-		err := e.checkStateWorkspaces([]sandbox.Workspace{{Path: ws}})
+		err := e.manager().CheckWorkspaces([]sandbox.Workspace{{Path: ws}})
 		if (err != nil) != bad {
 			t.Errorf("%s: err %v, want refused %v", ws, err, bad)
 		}

@@ -10,6 +10,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -74,8 +75,9 @@ type ErrorMsg struct {
 // Server serves the API of one store's lifecycle.
 type Server struct {
 	M *lifecycle.Manager
-	// Create makes a new sandbox from a request (the CLI's create, with
-	// its checks and templates); one that exists is a Conflict.
+	// Create makes a new sandbox from a request; nil is the lifecycle's
+	// (newSandbox: Manager.New, with the checks, defaults and templates
+	// of `sbx create`). One that exists is a Conflict.
 	Create func(ctx context.Context, req CreateRequest) (*sandbox.Sandbox, error)
 	// Start starts a sandbox in the background (the CLI's start, with
 	// its steps: workspace check, diff baseline, clone setup).
@@ -198,7 +200,11 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, ErrorMsg{Code: string(lifecycle.Invalid), Field: "workspace", Message: "workspace must be an absolute path"})
 		return
 	}
-	sb, err := s.Create(r.Context(), req)
+	create := s.Create
+	if create == nil {
+		create = s.newSandbox
+	}
+	sb, err := create(r.Context(), req)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -215,6 +221,29 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusCreated, s.M.Info(sb))
+}
+
+// newSandbox is the create of a Server without a Create hook: the same
+// checks, defaults and templates as `sbx create` (lifecycle.Manager.New).
+// Without a name, a sandbox of the same agent on the same workspace is a
+// Conflict, as `sbx create` finds it rather than making a second.
+func (s *Server) newSandbox(ctx context.Context, req CreateRequest) (*sandbox.Sandbox, error) {
+	ws, err := lifecycle.ResolveWorkspaces([]string{req.Workspace})
+	if err != nil {
+		return nil, err
+	}
+	agent := req.Agent
+	if agent == "" {
+		agent = "shell"
+	}
+	if req.Name == "" {
+		if sb, ok := s.M.FindFor(agent, ws[0].Path); ok {
+			return nil, &lifecycle.Error{Code: lifecycle.Conflict, Field: "name", Sandbox: sb.Config.Name,
+				Msg: fmt.Sprintf("sandbox %s already exists for %s", sb.Config.Name, sb.PrimaryWorkspace()), Hint: "start it, or give another name"}
+		}
+	}
+	return s.M.New(ctx, lifecycle.NewRequest{Name: req.Name, Agent: agent, Workspaces: ws, Template: req.Template,
+		CPUs: req.CPUs, Memory: req.Memory, Disk: req.Disk, Cold: req.Cold})
 }
 
 func (s *Server) start(w http.ResponseWriter, r *http.Request) {

@@ -31,6 +31,7 @@ import (
 
 	"github.com/sbx-dev/sbx/api/agentapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
+	"github.com/sbx-dev/sbx/internal/agents"
 	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/sandbox"
@@ -60,7 +61,8 @@ func lifetime(secs int64) (time.Duration, error) {
 type Server struct {
 	M *lifecycle.Manager
 	// Create makes (not starts) a sandbox called name of template (an
-	// sbx template or agent name; "base" is the default) on workspace.
+	// sbx template or agent name; "base" is the default) on workspace;
+	// nil is newSandbox (lifecycle.Manager.New).
 	Create func(ctx context.Context, name, template, workspace string) (*sandbox.Sandbox, error)
 	// Start starts a sandbox in the background.
 	Start func(ctx context.Context, sb *sandbox.Sandbox) error
@@ -241,7 +243,11 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		apiError(w, status, msg)
 	}
 	ctx := r.Context()
-	sb, err := s.Create(ctx, id, body.TemplateID, dir)
+	create := s.Create
+	if create == nil {
+		create = s.newSandbox
+	}
+	sb, err := create(ctx, id, body.TemplateID, dir)
 	if err != nil {
 		fail(err)
 		return
@@ -447,3 +453,22 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 }
 
 func (l *limitedBuffer) String() string { return string(l.b) }
+
+// newSandbox makes a sandbox for E2B's create: template "base" (or none)
+// is the default shell sandbox, an agent's name that agent's, anything
+// else an sbx template.
+func (s *Server) newSandbox(ctx context.Context, name, tmpl, workspace string) (*sandbox.Sandbox, error) {
+	ws, err := lifecycle.ResolveWorkspaces([]string{workspace})
+	if err != nil {
+		return nil, err
+	}
+	req := lifecycle.NewRequest{Name: name, Workspaces: ws}
+	switch _, isAgent := agents.Find(tmpl); {
+	case tmpl == "base" || tmpl == "":
+	case isAgent:
+		req.Agent = tmpl
+	default:
+		req.Template = tmpl
+	}
+	return s.M.New(ctx, req)
+}

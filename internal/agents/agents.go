@@ -1,4 +1,6 @@
-package cli
+// Package agents is the table of the coding agents sbx knows how to start:
+// their command lines, default templates, network domains and secrets.
+package agents
 
 import (
 	"slices"
@@ -7,8 +9,8 @@ import (
 	"github.com/sbx-dev/sbx/internal/template"
 )
 
-// agentSpec is one agent sbx knows how to start.
-type agentSpec struct {
+// Spec is one agent sbx knows how to start.
+type Spec struct {
 	Name string
 	// Argv is the default command line, run as user agent in the workspace.
 	Argv []string
@@ -22,10 +24,10 @@ type agentSpec struct {
 	Secret string
 }
 
-// agents is the table of known agents; docs/agents.md shows the same.
+// All is the table of known agents; docs/agents.md shows the same.
 // Each coding agent starts in its unattended mode: the sandbox is the
 // safety boundary.
-var agents = []agentSpec{
+var All = []Spec{
 	{Name: "shell", Argv: []string{"bash", "-l"}, Template: template.DefaultName},
 	{
 		Name: "claude", Argv: []string{"claude", "--dangerously-skip-permissions"}, Template: template.AgentsName,
@@ -53,28 +55,30 @@ var agents = []agentSpec{
 	},
 }
 
-func findAgent(name string) (agentSpec, bool) {
-	for _, a := range agents {
+// Find returns the agent called name.
+func Find(name string) (Spec, bool) {
+	for _, a := range All {
 		if a.Name == name {
 			return a, true
 		}
 	}
-	return agentSpec{}, false
+	return Spec{}, false
 }
 
-func agentNames() string {
+// Names lists the agents, for messages.
+func Names() string {
 	var n []string
-	for _, a := range agents {
+	for _, a := range All {
 		n = append(n, a.Name)
 	}
 	return strings.Join(n, ", ")
 }
 
-// agentArgv applies the arguments given after "--" to the agent's command:
+// Argv applies the arguments given after "--" to the agent's command:
 // when the first starts with "-" they are appended to the default
 // arguments, else they replace the default arguments (the agent's program
 // stays).
-func agentArgv(a agentSpec, extra []string) []string {
+func Argv(a Spec, extra []string) []string {
 	if len(extra) == 0 {
 		return slices.Clone(a.Argv)
 	}
@@ -84,12 +88,15 @@ func agentArgv(a agentSpec, extra []string) []string {
 	return append([]string{a.Argv[0]}, extra...)
 }
 
-// loginArgv runs argv through a login shell, so /etc/profile,
+// LoginArgv runs argv through a login shell, so /etc/profile,
 // /etc/profile.d and /etc/sandbox-persistent.sh set the agent's
 // environment as they do for `bash -l`. The shell agent is one already.
-func loginArgv(a agentSpec, argv []string) []string {
+func LoginArgv(a Spec, argv []string) []string {
 	if a.Name == "shell" && len(argv) > 0 && argv[0] == "bash" {
 		return argv
 	}
 	return append([]string{"bash", "-lc", `exec "$@"`, "bash"}, argv...)
 }
+
+// Origin is the origin of the rules an agent brings ("agent:NAME").
+func Origin(a Spec) string { return "agent:" + a.Name }
