@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -406,6 +407,21 @@ type extractor struct {
 	tree    *os.Root // the copied tree, once the top-level entry is a directory
 	dirs    []dirMode
 	dirsOK  map[string]bool // tree paths checked to be real directories
+	seq     int             // temporary names made
+	// made holds the files this extraction wrote into the tree, by path,
+	// with their inode: the only files a hard link entry may name.
+	made map[string]fileID
+}
+
+// fileID is a file's device and inode.
+type fileID struct{ dev, ino uint64 }
+
+func idOf(fi fs.FileInfo) (fileID, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileID{}, false
+	}
+	return fileID{uint64(st.Dev), st.Ino}, true
 }
 
 func (x *extractor) close() {
@@ -619,48 +635,78 @@ func (x *extractor) place(root *os.Root, p string, hdr *tar.Header, tr io.Reader
 				return fmt.Errorf("hard link target: %w", err)
 			}
 		}
-		if exists {
-			if existing.IsDir() {
-				return fmt.Errorf("cannot overwrite directory with a non-directory")
-			}
-			if err := root.Remove(p); err != nil {
-				return fmt.Errorf("replace existing file: %w", err)
-			}
+		if exists && existing.IsDir() {
+			return fmt.Errorf("cannot overwrite directory with a non-directory")
 		}
-		switch hdr.Typeflag {
-		case tar.TypeReg:
-			// O_EXCL: the name was just freed; never opens through a symlink.
-			f, err := root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-			if err != nil {
-				return fmt.Errorf("create: %w", err)
-			}
-			cerr := copySparse(f, tr)
-			if cerr == nil {
-				cerr = f.Chmod(x.modeOf(hdr))
-			}
-			if err := f.Close(); cerr == nil {
-				cerr = err
-			}
-			if cerr != nil {
-				return fmt.Errorf("write: %w", cerr)
-			}
+		// Made under a temporary name beside p and renamed over it once
+		// complete: an entry cut short (a client gone, a full disk)
+		// leaves whatever was at p as it was.
+		x.seq++
+		tmp := path.Join(path.Dir(p), fmt.Sprintf(".sbx-partial-%d-%d", os.Getpid(), x.seq))
+		if err := x.placeAt(root, tmp, old, hdr, tr); err != nil {
+			_ = root.Remove(tmp)
+			return err
+		}
+		if err := x.chown(root, tmp, hdr); err != nil {
+			_ = root.Remove(tmp)
+			return err
+		}
+		if err := root.Rename(tmp, p); err != nil {
+			_ = root.Remove(tmp)
+			return fmt.Errorf("replace: %w", err)
+		}
+		if root == x.tree {
+			delete(x.made, p)
+		}
+		if hdr.Typeflag == tar.TypeReg {
 			if fi, err := root.Lstat(p); err == nil && fi.Mode().IsRegular() {
 				_ = root.Chtimes(p, hdr.ModTime, hdr.ModTime)
-			}
-		case tar.TypeSymlink:
-			// Created as-is; later entries never pass through it.
-			if err := root.Symlink(hdr.Linkname, p); err != nil {
-				return fmt.Errorf("symlink: %w", err)
-			}
-		case tar.TypeLink:
-			if err := x.tree.Link(old, p); err != nil {
-				return fmt.Errorf("hard link: %w", err)
+				if id, ok := idOf(fi); ok && root == x.tree {
+					if x.made == nil {
+						x.made = map[string]fileID{}
+					}
+					x.made[p] = id
+				}
 			}
 		}
+		return nil
 	default:
 		return fmt.Errorf("unsupported entry type %q", hdr.Typeflag)
 	}
 	return x.chown(root, p, hdr)
+}
+
+// placeAt makes the file, symlink or hard link (to old) of hdr at the
+// free name p.
+func (x *extractor) placeAt(root *os.Root, p, old string, hdr *tar.Header, tr io.Reader) error {
+	switch hdr.Typeflag {
+	case tar.TypeReg:
+		// O_EXCL: a fresh name; never opens through a symlink.
+		f, err := root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return fmt.Errorf("create: %w", err)
+		}
+		cerr := copySparse(f, tr)
+		if cerr == nil {
+			cerr = f.Chmod(x.modeOf(hdr))
+		}
+		if err := f.Close(); cerr == nil {
+			cerr = err
+		}
+		if cerr != nil {
+			return fmt.Errorf("write: %w", cerr)
+		}
+	case tar.TypeSymlink:
+		// Created as-is; later entries never pass through it.
+		if err := root.Symlink(hdr.Linkname, p); err != nil {
+			return fmt.Errorf("symlink: %w", err)
+		}
+	case tar.TypeLink:
+		if err := x.tree.Link(old, p); err != nil {
+			return fmt.Errorf("hard link: %w", err)
+		}
+	}
+	return nil
 }
 
 // linkTarget maps a hard link's target to a regular file already in the
@@ -682,6 +728,12 @@ func (x *extractor) linkTarget(name string) (string, error) {
 	}
 	if !fi.Mode().IsRegular() {
 		return "", fmt.Errorf("%w: %q is not a regular file", ErrUnsafeEntry, name)
+	}
+	// Only a file this copy made: a link to one that was there before
+	// (the destination's own .git/config, a key beside the workspace)
+	// would hand it to whoever writes the copy's files.
+	if id, ok := idOf(fi); !ok || x.made[rest] != id {
+		return "", fmt.Errorf("%w: hard link to %q, which this copy did not write", ErrUnsafeEntry, name)
 	}
 	return rest, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -231,5 +232,57 @@ func TestExtractName(t *testing.T) {
 	}
 	if err := Extract(makeTar(t, []entry{{name: "a", typ: tar.TypeReg}}), dst, Options{Name: ".."}); err == nil {
 		t.Error("Name .. accepted")
+	}
+}
+
+// Found by the tenth outside review: an entry cut short (a client gone
+// mid-copy) had already removed the file it replaced.
+func TestExtractCutShortKeepsOriginal(t *testing.T) {
+	dst := filepath.Join(t.TempDir(), "keep.txt")
+	os.WriteFile(dst, []byte("precious\n"), 0o644)
+	full := makeTar(t, []entry{{name: "keep.txt", body: string(bytes.Repeat([]byte("y"), 100000)), typ: tar.TypeReg}})
+	cut := bytes.NewReader(full.Bytes()[:512+30000])
+	if err := Extract(cut, dst, Options{}); err == nil {
+		t.Fatal("a cut-short archive extracted")
+	}
+	if b, _ := os.ReadFile(dst); string(b) != "precious\n" {
+		t.Errorf("the original now holds %d bytes", len(b))
+	}
+	ents, _ := os.ReadDir(filepath.Dir(dst))
+	if len(ents) != 1 {
+		t.Errorf("left behind: %v", ents)
+	}
+	// A whole one replaces it.
+	if err := Extract(makeTar(t, []entry{{name: "keep.txt", body: "new\n", typ: tar.TypeReg}}), dst, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(dst); string(b) != "new\n" {
+		t.Errorf("replaced: %q", b)
+	}
+}
+
+// Found by the tenth outside review: copying a folder's contents into an
+// existing folder let a hard link entry name a file already there (its
+// .git/config), which the copy's own file then shared.
+func TestExtractLinksOnlyToItsOwnFiles(t *testing.T) {
+	dst := t.TempDir()
+	os.MkdirAll(filepath.Join(dst, ".git"), 0o755)
+	cfg := filepath.Join(dst, ".git", "config")
+	os.WriteFile(cfg, []byte("[core]\n"), 0o644)
+	evil := makeTar(t, []entry{{name: ".", typ: tar.TypeDir}, {name: "./out.txt", link: "./.git/config", typ: tar.TypeLink}})
+	if err := Extract(evil, filepath.Join(dst, "."), Options{}); !errors.Is(err, ErrUnsafeEntry) {
+		t.Errorf("a link to a file the copy did not write: %v", err)
+	}
+	if fi, err := os.Stat(cfg); err != nil || fi.Sys().(*syscall.Stat_t).Nlink != 1 {
+		t.Errorf(".git/config gained a link: %v", err)
+	}
+	// Links between the copy's own files still work.
+	ok := makeTar(t, []entry{{name: "d", typ: tar.TypeDir}, {name: "d/a", body: "x", typ: tar.TypeReg}, {name: "d/b", link: "d/a", typ: tar.TypeLink}})
+	out := filepath.Join(t.TempDir(), "d")
+	if err := Extract(ok, out, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(out, "b")); err != nil || fi.Sys().(*syscall.Stat_t).Nlink != 2 {
+		t.Errorf("own link: %v", err)
 	}
 }
