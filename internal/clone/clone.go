@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -188,8 +189,13 @@ func Check(ctx context.Context, dir string) (Source, error) {
 			continue
 		}
 		name := strings.TrimSuffix(strings.TrimPrefix(k, "remote."), ".url")
-		if ForgeURL(v) && validRemoteName(name) {
-			s.Remotes = append(s.Remotes, Remote{Name: name, URL: v})
+		if !ForgeURL(v) || !validRemoteName(name) {
+			continue
+		}
+		// A token in the URL stays on the host: the proxy brings the
+		// forge's credentials.
+		if u, ok := WithoutCredentials(v); ok {
+			s.Remotes = append(s.Remotes, Remote{Name: name, URL: u})
 		}
 	}
 	return s, nil
@@ -216,6 +222,36 @@ func ForgeURL(u string) bool {
 		return false
 	}
 	return !strings.HasPrefix(u, "/") && !strings.HasPrefix(u, ".") && scpLike.MatchString(u)
+}
+
+// WithoutCredentials returns forge URL u without what could be a secret in
+// it: any user information of an http(s) URL (https://TOKEN@host/,
+// https://user:TOKEN@host/), the password of any other; false when u
+// cannot be read, and then it is not copied at all.
+func WithoutCredentials(u string) (string, bool) {
+	if !strings.Contains(u, "://") {
+		// scp-like [user@]host:path: a user name only; a colon before
+		// the first "@" may be a password (or a path with an "@" in it;
+		// either way it is not copied).
+		if at := strings.Index(u, "@"); at >= 0 && strings.Contains(u[:at], ":") {
+			return "", false
+		}
+		return u, true
+	}
+	p, err := url.Parse(u)
+	if err != nil {
+		return "", false
+	}
+	if p.User == nil {
+		return u, true
+	}
+	switch strings.ToLower(p.Scheme) {
+	case "http", "https":
+		p.User = nil
+	default:
+		p.User = url.User(p.User.Username())
+	}
+	return p.String(), true
 }
 
 // shellQuote quotes s for sh.

@@ -95,6 +95,30 @@ func TestForgeURL(t *testing.T) {
 	}
 }
 
+// Found by the tenth outside review: a token in a remote's URL reached
+// the clone's .git/config in the guest.
+func TestWithoutCredentials(t *testing.T) {
+	for u, want := range map[string]string{
+		"https://x-access-token:ghp_SECRET@example.invalid/o/r.git": "https://example.invalid/o/r.git",
+		"https://ghp_SECRET@example.invalid/o/r.git":                "https://example.invalid/o/r.git",
+		"http://oauth2:glpat-SECRET@example.invalid:8080/r":         "http://example.invalid:8080/r",
+		"ssh://git:SECRET@example.invalid/r":                        "ssh://git@example.invalid/r",
+		"ssh://git@example.invalid/r":                               "ssh://git@example.invalid/r",
+		"git@example.invalid:o/r.git":                               "git@example.invalid:o/r.git",
+		"user:SECRET@example.invalid:o/r":                           "",
+		"https://example.invalid/r.git":                             "https://example.invalid/r.git",
+		"https://exa mple/%zz":                                      "",
+	} {
+		got, ok := WithoutCredentials(u)
+		if got != want || ok != (want != "") {
+			t.Errorf("WithoutCredentials(%q) = %q, %v; want %q", u, got, ok, want)
+		}
+		if strings.Contains(got, "SECRET") {
+			t.Errorf("%q kept its secret: %q", u, got)
+		}
+	}
+}
+
 // The script makes a clone with the history, the forge remotes, the
 // untracked files only when asked, and no file from the source's .git.
 // TestScript: the clone is made from a bundle of the host repository's
