@@ -311,6 +311,14 @@ func (s *Server) copyOut(stream net.Conn, req *agentapi.CopyOutRequest) {
 		return
 	}
 	s.respond(stream, agentapi.Response{OK: true})
+	// The host reads to the end and only then closes. Its close (or
+	// anything it sends) before that means it has gone: the stream is
+	// closed, so the write below fails instead of waiting for a reader
+	// forever, holding lifeMu and with it the power-off.
+	go func() {
+		_, _ = io.Copy(io.Discard, stream)
+		stream.Close()
+	}()
 	fw := agentapi.NewFrameWriter(stream)
 	dw := agentapi.NewDataWriter(fw)
 	if err := archive.Write(dw, src); err != nil {

@@ -583,3 +583,42 @@ func readTree(t *testing.T, root string) map[string]string {
 }
 
 var _ io.Writer = (*lineWatcher)(nil)
+
+// Found by the tenth outside review: a host that went away during a
+// copy-out (a cancelled download) left the guest's copy waiting for a
+// reader forever, and with it every later power-off.
+func TestCopyOutHostGoneLetsShutdownThrough(t *testing.T) {
+	powered := make(chan struct{})
+	c := startAgentWith(t, Config{PowerOff: func() { close(powered) }})
+	big := filepath.Join(t.TempDir(), "big")
+	f, _ := os.Create(big)
+	f.Write(bytes.Repeat([]byte{0x5a}, 8<<20))
+	f.Close()
+	s, err := c.OpenStream(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agentapi.WriteJSON(s, agentapi.FrameRequest, agentapi.Request{Op: agentapi.OpCopyOut, CopyOut: &agentapi.CopyOutRequest{Path: big}}); err != nil {
+		t.Fatal(err)
+	}
+	var resp agentapi.Response
+	if err := agentapi.ReadJSON(s, agentapi.FrameResponse, &resp); err != nil || !resp.OK {
+		t.Fatalf("copy-out: %+v %v", resp, err)
+	}
+	s.Close() // gone, having read nothing of the archive
+	time.Sleep(200 * time.Millisecond)
+	ss, err := c.OpenStream(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := agentclient.Call(t.Context(), ss, agentapi.Request{Op: agentapi.OpShutdown, Shutdown: &agentapi.ShutdownRequest{}})
+		done <- err
+	}()
+	select {
+	case <-powered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the power-off waits on the abandoned copy-out")
+	}
+}
