@@ -190,7 +190,7 @@ func codeOf(err error) agentapi.ErrorCode {
 		return agentapi.CodeNotFound
 	case errors.Is(err, fs.ErrPermission):
 		return agentapi.CodePermission
-	case errors.Is(err, archive.ErrUnsafeEntry):
+	case errors.Is(err, archive.ErrUnsafeEntry), errors.Is(err, archive.ErrNotCopyable):
 		return agentapi.CodeInvalid
 	}
 	return agentapi.CodeInternal
@@ -303,11 +303,16 @@ func (s *Server) copyOut(stream net.Conn, req *agentapi.CopyOutRequest) {
 		return
 	}
 	src, err := archive.FollowParents(req.Path)
+	var fi os.FileInfo
 	if err == nil {
-		_, err = os.Lstat(strings.TrimSuffix(src, "/."))
+		fi, err = os.Lstat(strings.TrimSuffix(src, "/."))
 	}
 	if err != nil {
 		s.respondErr(stream, codeOf(err), fmt.Errorf("could not find the file %s in the guest: %w", req.Path, err))
+		return
+	}
+	if err := archive.CheckCopyable(req.Path, fi.Mode()); err != nil {
+		s.respondErr(stream, agentapi.CodeInvalid, err)
 		return
 	}
 	s.respond(stream, agentapi.Response{OK: true})

@@ -101,8 +101,8 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	case "application/x-tar":
 	case "application/octet-stream":
 		name := path.Base(path.Clean(p))
-		if name == "/" || name == "." || name == ".." {
-			writeError(w, http.StatusBadRequest, ErrorMsg{Code: string(lifecycle.Invalid), Field: "path", Message: "path must name a file"})
+		if name == "/" || name == "." || name == ".." || strings.HasSuffix(p, "/") {
+			writeError(w, http.StatusBadRequest, ErrorMsg{Code: string(lifecycle.Invalid), Field: "path", Message: "path must name a file (no / at its end)"})
 			return
 		}
 		if r.ContentLength < 0 {

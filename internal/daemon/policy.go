@@ -96,6 +96,12 @@ func (s *Server) addRules(w http.ResponseWriter, r *http.Request) {
 		}
 		res = append(res, rs...)
 	}
+	// Checked before the default is chosen: a refused request changes
+	// nothing.
+	if err := lifecycle.CheckRules(policy.Action(req.Action), res); err != nil {
+		s.fail(w, err)
+		return
+	}
 	if err := s.M.EnsurePolicyDefault(nil); err != nil {
 		s.fail(w, err)
 		return

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -102,7 +103,7 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 	var req TTYRequest
 	dec := json.NewDecoder(strings.NewReader(string(data)))
 	dec.DisallowUnknownFields()
-	if typ != websocket.MessageText || dec.Decode(&req) != nil {
+	if typ != websocket.MessageText || dec.Decode(&req) != nil || !atEOF(dec) {
 		fail(ErrorMsg{Code: string(lifecycle.Invalid), Message: "the first message must be a JSON TTYRequest (text)"})
 		return
 	}
@@ -134,7 +135,9 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 			queued.Add(-int64(len(data)))
 		}
 	}()
-	backedUp := make(chan struct{})
+	// abort ends the exec with its message: stdin backed up, or a
+	// control message that is not one.
+	abort := make(chan ErrorMsg, 1)
 	go func() {
 		defer cancel()
 		defer close(queue)
@@ -149,20 +152,27 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 					continue
 				}
 				if queued.Add(int64(len(data))) > maxStdinQueue {
-					close(backedUp)
+					abort <- stdinBackedUp
 					return
 				}
 				select {
 				case queue <- data:
 				default:
-					close(backedUp)
+					abort <- stdinBackedUp
 					return
 				}
 				continue
 			}
 			var ctl TTYControl
-			if json.Unmarshal(data, &ctl) != nil {
-				continue
+			cdec := json.NewDecoder(strings.NewReader(string(data)))
+			cdec.DisallowUnknownFields()
+			if cdec.Decode(&ctl) != nil || !atEOF(cdec) || (ctl.Resize == nil && ctl.Signal == "" && !ctl.EOF) {
+				abort <- ErrorMsg{Code: string(lifecycle.Invalid), Field: "control", Message: fmt.Sprintf("a text message must be a control message: {\"resize\":{\"rows\":R,\"cols\":C}}, {\"signal\":\"NAME\"} or {\"eof\":true}; got %.80q", data)}
+				return
+			}
+			if _, ok := signalNames[strings.TrimPrefix(strings.ToUpper(ctl.Signal), "SIG")]; ctl.Signal != "" && !ok {
+				abort <- ErrorMsg{Code: string(lifecycle.Invalid), Field: "signal", Message: fmt.Sprintf("no signal named %.20q: use INT, TERM, HUP, KILL, QUIT, USR1, USR2 or WINCH", ctl.Signal)}
+				return
 			}
 			if ctl.Resize != nil {
 				select {
@@ -181,7 +191,7 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 				select {
 				case queue <- nil:
 				default:
-					close(backedUp)
+					abort <- stdinBackedUp
 					return
 				}
 			}
@@ -202,14 +212,13 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 	st, err := s.M.Exec(ctx, sb, lifecycle.ExecRequest{ExecRequest: ereq},
 		agentclient.ExecIO{Stdin: stdin, Stdout: out(StreamStdout), Stderr: out(StreamStderr), Resize: resize, Signals: sigs})
 	select {
-	case <-backedUp:
+	case msg := <-abort:
 		// ctx is cancelled: answer on a fresh one.
-		data, _ := json.Marshal(TTYResult{Error: &ErrorMsg{Code: string(lifecycle.Invalid), Field: "stdin",
-			Message: "the process did not read its input: more than 16 MiB of stdin waited; the exec was ended"}})
+		data, _ := json.Marshal(TTYResult{Error: &msg})
 		wctx, wcancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
 		defer wcancel()
 		if c.Write(wctx, websocket.MessageText, data) == nil {
-			c.Close(websocket.StatusPolicyViolation, "stdin backed up")
+			c.Close(websocket.StatusPolicyViolation, msg.Field)
 		}
 		return
 	default:
@@ -222,6 +231,15 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 	}
 	code := st.Code
 	result(TTYResult{Exit: &code})
+}
+
+var stdinBackedUp = ErrorMsg{Code: string(lifecycle.Invalid), Field: "stdin",
+	Message: "the process did not read its input: more than 16 MiB of stdin waited; the exec was ended"}
+
+// atEOF reports whether dec has nothing after the value it decoded.
+func atEOF(dec *json.Decoder) bool {
+	_, err := dec.Token()
+	return err == io.EOF
 }
 
 type writerFunc func([]byte) (int, error)

@@ -115,20 +115,29 @@ func (m *Manager) Policy(sb *sandbox.Sandbox) (PolicyView, error) {
 	return v, nil
 }
 
+// CheckRules refuses rules AddRules would refuse, for a caller that
+// checks before it changes anything else.
+func CheckRules(action policy.Action, res []policy.Resource) error {
+	if action != policy.Allow && action != policy.Deny {
+		e := newErr(Invalid, "", nil, "", "a rule's action is allow or deny, not %q", action)
+		e.Field = "action"
+		return e
+	}
+	if len(res) == 0 {
+		e := newErr(Invalid, "", nil, "name a destination such as example.com", "no resource given")
+		e.Field = "resources"
+		return e
+	}
+	return nil
+}
+
 // AddRules adds a rule of action for each resource, global or (with sb)
 // for that sandbox only; origin says who asked (policy.OriginUser, ...).
 // Rules that exist already come back in existing, not added twice. The
 // supervisors read the file on each decision: a rule counts at once.
 func (m *Manager) AddRules(action policy.Action, res []policy.Resource, sb *sandbox.Sandbox, origin string) (added, existing []policy.Rule, err error) {
-	if action != policy.Allow && action != policy.Deny {
-		e := newErr(Invalid, "", nil, "", "a rule's action is allow or deny, not %q", action)
-		e.Field = "action"
-		return nil, nil, e
-	}
-	if len(res) == 0 {
-		e := newErr(Invalid, "", nil, "name a destination such as example.com", "no resource given")
-		e.Field = "resources"
-		return nil, nil, e
+	if err := CheckRules(action, res); err != nil {
+		return nil, nil, err
 	}
 	scope := ""
 	if sb != nil {

@@ -32,6 +32,28 @@ import (
 // the destination tree.
 var ErrUnsafeEntry = errors.New("archive entry escapes the destination")
 
+// ErrNotCopyable means the source of a copy is a FIFO, socket or device:
+// only files, folders and links are copied.
+var ErrNotCopyable = errors.New("only files, folders and symbolic links are copied")
+
+// CheckCopyable refuses a copy's source of mode m that Write would not
+// archive.
+func CheckCopyable(src string, m fs.FileMode) error {
+	if m.IsDir() || m.IsRegular() || m&fs.ModeSymlink != 0 {
+		return nil
+	}
+	kind := "a special file"
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		kind = "a FIFO"
+	case m&fs.ModeSocket != 0:
+		kind = "a socket"
+	case m&fs.ModeDevice != 0:
+		kind = "a device"
+	}
+	return fmt.Errorf("%s is %s: %w", src, kind, ErrNotCopyable)
+}
+
 // FollowParents is src with the symbolic links on the way to it resolved
 // (its folders; all of it for "DIR/." or "."), for a caller that means to
 // follow them: Write follows none. The guest's copy-out uses it; the host
@@ -93,6 +115,9 @@ func Write(w io.Writer, src string) error {
 	defer unix.Close(pfd)
 	if last == "" {
 		last = "."
+	}
+	if err := CheckCopyable(clean, fi.Mode()); err != nil {
+		return fmt.Errorf("archive %s: %w", src, err)
 	}
 	tw := tar.NewWriter(w)
 	switch {
@@ -364,7 +389,9 @@ func Extract(r io.Reader, dst string, opts Options) error {
 			return fmt.Errorf("extract %q to %s: %w", hdr.Name, dst, err)
 		}
 	}
-	if x.top == "" && name != "" {
+	if x.top == "" {
+		// Into a folder too: a copy that writes nothing is refused, not
+		// reported done.
 		return fmt.Errorf("extract to %s: archive is empty", dst)
 	}
 	// Apply directory modes last so read-only directories can be filled.

@@ -286,3 +286,20 @@ func TestExtractLinksOnlyToItsOwnFiles(t *testing.T) {
 		t.Errorf("own link: %v", err)
 	}
 }
+
+// Found by the tenth outside review: an empty archive into a folder was
+// reported done, and a FIFO came out as an empty archive.
+func TestEmptyAndSpecial(t *testing.T) {
+	dst := t.TempDir()
+	var empty bytes.Buffer
+	tar.NewWriter(&empty).Close()
+	if err := Extract(&empty, dst, Options{}); err == nil {
+		t.Error("an empty archive into a folder extracted")
+	}
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	syscall.Mkfifo(fifo, 0o644)
+	var out bytes.Buffer
+	if err := Write(&out, fifo); !errors.Is(err, ErrNotCopyable) {
+		t.Errorf("a FIFO: %v", err)
+	}
+}

@@ -1,0 +1,117 @@
+package daemon
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Found by the tenth outside review: a refused rule request chose the
+// default policy, a body with data after its JSON was taken, and a text
+// message that was no control message (or an unknown signal) was dropped
+// without a word.
+func TestAPIRefusesWhatItCannotRead(t *testing.T) {
+	f := newAPI(t, "", false)
+	ctx := t.Context()
+	if _, err := f.c.AddRules(ctx, RulesRequest{Action: "maybe", Resources: []string{"x.com"}}); err == nil {
+		t.Fatal("action maybe was taken")
+	}
+	if v, err := f.c.Policy(ctx, ""); err != nil || v.Default != "" {
+		t.Errorf("a refused request chose the default: %q %v", v.Default, err)
+	}
+	for _, body := range []string{`{"default":"deny-all"} {"x":1}`, `{"default":"deny-all"}x`} {
+		req, _ := http.NewRequestWithContext(ctx, "PUT", f.c.Base+"/v1/policy/default", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := f.c.HTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || !strings.Contains(string(b), "after the JSON value") {
+			t.Errorf("%s: %d %s", body, resp.StatusCode, b)
+		}
+	}
+	if v, _ := f.c.Policy(ctx, ""); v.Default != "" {
+		t.Errorf("a refused body changed the default to %q", v.Default)
+	}
+
+	if _, err := f.c.Create(ctx, CreateRequest{Name: "ctl", Workspace: f.ws}); err != nil {
+		t.Fatal(err)
+	}
+	u := strings.Replace(f.c.Base, "http", "ws", 1) + "/v1/sandboxes/ctl/exec"
+	for _, c := range []struct{ first, ctl, want string }{
+		{`{"argv":["true"]} trailing`, "", "first message"},
+		{`{"argv":["sleep","30"]}`, `{"signal":"FOO"}`, "no signal named"},
+		{`{"argv":["sleep","30"]}`, `{"bogus":true}`, "control message"},
+		{`{"argv":["sleep","30"]}`, `not json`, "control message"},
+	} {
+		conn, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: f.c.HTTP})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		conn.Write(ctx, websocket.MessageText, []byte(c.first))
+		if c.ctl != "" {
+			conn.Write(ctx, websocket.MessageText, []byte(c.ctl))
+		}
+		var res TTYResult
+		for {
+			typ, data, err := conn.Read(ctx)
+			if err != nil {
+				t.Errorf("%s %s: no result: %v", c.first, c.ctl, err)
+				break
+			}
+			if typ == websocket.MessageText {
+				json.Unmarshal(data, &res)
+				break
+			}
+		}
+		conn.CloseNow()
+		if res.Error == nil || !strings.Contains(res.Error.Message, c.want) || time.Since(start) > 20*time.Second {
+			t.Errorf("%s %s: %+v after %v", c.first, c.ctl, res, time.Since(start))
+		}
+	}
+	var out bytes.Buffer
+	if code, err := f.c.ExecTTY(ctx, "ctl", TTYRequest{ExecRequest: ExecRequest{Argv: []string{"echo", "ok"}}}, TTYIO{Stdout: &out}); err != nil || code != 0 {
+		t.Errorf("a good exec after: %d %v", code, err)
+	}
+}
+
+// Found by the tenth outside review: a raw upload to "dir/" made a file
+// called dir, and a FIFO downloaded as an empty archive or a 502.
+func TestAPIFilesOddPaths(t *testing.T) {
+	f := newAPI(t, "", false)
+	ctx := t.Context()
+	if _, err := f.c.Create(ctx, CreateRequest{Name: "odd", Workspace: f.ws}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := f.c.Upload(ctx, "odd", dir+"/newdir/", "application/octet-stream", strings.NewReader("x")); err == nil {
+		t.Error("a raw upload to a path ending in / worked")
+	} else if s, _ := apiCode(err); s != 400 {
+		t.Errorf("trailing /: %v", err)
+	}
+	fifo := dir + "/fifo"
+	if err := syscallMkfifo(fifo); err != nil {
+		t.Fatal(err)
+	}
+	for _, raw := range []bool{false, true} {
+		rc, err := f.c.Download(ctx, "odd", fifo, raw)
+		if err == nil {
+			rc.Close()
+			t.Errorf("raw=%v: a FIFO downloaded", raw)
+		} else if s, _ := apiCode(err); s != 400 || !strings.Contains(err.Error(), "FIFO") {
+			t.Errorf("raw=%v: %v", raw, err)
+		}
+	}
+}
+
+func syscallMkfifo(p string) error { return syscall.Mkfifo(p, 0o644) }
