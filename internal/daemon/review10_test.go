@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -115,3 +117,35 @@ func TestAPIFilesOddPaths(t *testing.T) {
 }
 
 func syscallMkfifo(p string) error { return syscall.Mkfifo(p, 0o644) }
+
+// Found by the tenth outside review: a sandbox whose config is damaged
+// was missing from the API's list and could not be removed through it.
+func TestAPIDamagedSandbox(t *testing.T) {
+	f := newAPI(t, "", false)
+	ctx := t.Context()
+	in, err := f.c.Create(ctx, CreateRequest{Name: "torn", Workspace: f.ws, NoStart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.m.Store.DirOf(in.ID), "config.json"), []byte("{garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	list, err := f.c.List(ctx)
+	if err != nil || len(list) != 1 || list[0].ID != in.ID || list[0].Status != "unknown" || !strings.Contains(list[0].Reason, "config") {
+		t.Fatalf("list: %+v %v", list, err)
+	}
+	if err := f.c.Remove(ctx, in.ID, false); err == nil {
+		t.Error("a damaged sandbox went without force")
+	} else if s, _ := apiCode(err); s != 409 {
+		t.Errorf("without force: %v", err)
+	}
+	if err := f.c.Remove(ctx, in.ID, true); err != nil {
+		t.Fatalf("with force: %v", err)
+	}
+	if list, _ := f.c.List(ctx); len(list) != 0 {
+		t.Errorf("after remove: %+v", list)
+	}
+	if _, err := os.Stat(f.m.Store.DirOf(in.ID)); err == nil {
+		t.Error("its folder is still there")
+	}
+}

@@ -271,12 +271,24 @@ func (s *Server) stop(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) remove(w http.ResponseWriter, r *http.Request) {
-	sb, ok := s.sandbox(w, r)
-	if !ok {
-		return
-	}
 	force := r.URL.Query().Get("force")
-	if err := s.M.Remove(r.Context(), sb, lifecycle.RemoveRequest{Force: force == "1" || force == "true"}); err != nil {
+	forced := force == "1" || force == "true"
+	sb, err := s.M.Get(r.PathValue("name"))
+	if err != nil {
+		// A folder whose config is damaged goes by its id, with force.
+		d, ok := s.M.GetDamaged(r.PathValue("name"))
+		switch {
+		case !ok:
+			s.fail(w, err)
+			return
+		case !forced:
+			writeError(w, http.StatusConflict, ErrorMsg{Code: string(lifecycle.Conflict),
+				Message: "sandbox folder " + d.Config.ID + " is damaged (its config cannot be read)", Hint: "remove it with force=true"})
+			return
+		}
+		sb = d
+	}
+	if err := s.M.Remove(r.Context(), sb, lifecycle.RemoveRequest{Force: forced}); err != nil {
 		s.fail(w, err)
 		return
 	}

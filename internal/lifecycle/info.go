@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/sbx-dev/sbx/internal/sandbox"
@@ -64,6 +65,13 @@ func (m *Manager) List() ([]Info, error) {
 	out := []Info{}
 	for _, sb := range all {
 		out = append(out, m.Info(sb))
+	}
+	// Folders whose config cannot be read are listed too, by their id,
+	// so that whoever lists sees them and can remove them.
+	for _, d := range m.Store.Damaged() {
+		out = append(out, Info{Name: d.ID, ID: d.ID, Status: "unknown",
+			Reason:     fmt.Sprintf("its config cannot be read (%v); remove it with `sbx rm -f %s`", d.Err, d.ID),
+			Workspaces: []sandbox.Workspace{}, Ports: []sandbox.Port{}, Mode: "unknown"})
 	}
 	return out, err
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/policy"
 	"github.com/sbx-dev/sbx/internal/sandbox"
+	"github.com/sbx-dev/sbx/internal/supervisor"
 	"github.com/sbx-dev/sbx/internal/template"
 )
 
@@ -150,5 +151,21 @@ func TestDefaultName(t *testing.T) {
 	n, err := m.DefaultName("codex", ws)
 	if err != nil || !strings.HasPrefix(n, "codex-My") || sandbox.ValidateName(n) != nil {
 		t.Errorf("%q %v", n, err)
+	}
+}
+
+// Found by the tenth outside review: the network log of a sandbox that
+// could not be read answered "nothing recorded".
+func TestPolicyLogUnreadable(t *testing.T) {
+	m, _ := newTestManager(t)
+	sb := &sandbox.Sandbox{Config: sandbox.Config{Name: "logs", ID: "0123456789ab"}, Dir: t.TempDir()}
+	if rows, err := m.PolicyLog([]*sandbox.Sandbox{sb}, 0); err != nil || len(rows) != 0 {
+		t.Fatalf("no log yet: %v %v", rows, err)
+	}
+	if err := os.Mkdir(sb.Path(supervisor.AuditFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.PolicyLog([]*sandbox.Sandbox{sb}, 0); err == nil {
+		t.Errorf("an unreadable log: %v", err)
 	}
 }

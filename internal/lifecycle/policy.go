@@ -249,12 +249,18 @@ func (m *Manager) RemoveRules(req RemoveRulesRequest) ([]policy.Rule, error) {
 // sandbox whose log cannot be read is left out, with a Warning event.
 func (m *Manager) PolicyLog(sbs []*sandbox.Sandbox, limit int) ([]audit.Row, error) {
 	var listErr error
+	named := sbs != nil
 	if sbs == nil {
 		sbs, listErr = m.Store.List()
 	}
 	var events []audit.Event
 	for _, sb := range sbs {
 		evs, err := audit.ReadFile(sb.Path(supervisor.AuditFile), 0)
+		if err != nil && named {
+			// The log asked for cannot be read: an empty answer would
+			// say the sandbox reached nothing.
+			return nil, newErr(Internal, sb.Config.Name, err, "check the file's permissions, or remove it to start a new log", "cannot read the network log of %s (%s): %v", sb.Config.Name, sb.Path(supervisor.AuditFile), err)
+		}
 		if err != nil {
 			m.emit(Event{Kind: Warning, Sandbox: sb.Config.Name, Text: fmt.Sprintf("audit log of %s: %v", sb.Config.Name, err)})
 			continue

@@ -140,3 +140,14 @@ func (m *Manager) Damaged() []*sandbox.Sandbox {
 	}
 	return out
 }
+
+// GetDamaged is the placeholder of the damaged sandbox folder id
+// (Damaged), if there is one.
+func (m *Manager) GetDamaged(id string) (*sandbox.Sandbox, bool) {
+	for _, d := range m.Damaged() {
+		if d.Config.ID == id {
+			return d, true
+		}
+	}
+	return nil, false
+}
