@@ -84,9 +84,12 @@ func (r Request) Validate() error {
 // Response answers a Request. OK=false carries Error (human text) and Code;
 // otherwise the field matching the request's op, if the op has results.
 type Response struct {
-	OK     bool            `json:"ok"`
-	Error  string          `json:"error,omitempty"`
-	Code   ErrorCode       `json:"code,omitempty"`
+	OK    bool      `json:"ok"`
+	Error string    `json:"error,omitempty"`
+	Code  ErrorCode `json:"code,omitempty"`
+	// Field names the request field a failed exec is about ("user",
+	// "dir", "argv"), when the guest knows.
+	Field  string          `json:"field,omitempty"`
 	Hello  *HelloResponse  `json:"hello,omitempty"`
 	Exec   *ExecResponse   `json:"exec,omitempty"`
 	Health *HealthResponse `json:"health,omitempty"`

@@ -32,8 +32,9 @@ const (
 
 // startError is a failure to start a process, with its protocol code.
 type startError struct {
-	code agentapi.ErrorCode
-	msg  string
+	code  agentapi.ErrorCode
+	msg   string
+	field string // the request field at fault, "" for argv
 }
 
 func (e *startError) Error() string { return e.msg }
@@ -148,9 +149,9 @@ func lookPath(file string, env []string) (string, error) {
 		case err == nil:
 			return file, nil
 		case errors.Is(err, os.ErrPermission):
-			return "", &startError{agentapi.CodePermission, fmt.Sprintf("exec: %q: permission denied", file)}
+			return "", &startError{code: agentapi.CodePermission, msg: fmt.Sprintf("exec: %q: permission denied", file)}
 		default:
-			return "", &startError{agentapi.CodeNotFound, fmt.Sprintf("exec: %q: stat %s: no such file or directory", file, file)}
+			return "", &startError{code: agentapi.CodeNotFound, msg: fmt.Sprintf("exec: %q: stat %s: no such file or directory", file, file)}
 		}
 	}
 	denied := false
@@ -168,15 +169,15 @@ func lookPath(file string, env []string) (string, error) {
 		}
 	}
 	if denied {
-		return "", &startError{agentapi.CodePermission, fmt.Sprintf("exec: %q: permission denied", file)}
+		return "", &startError{code: agentapi.CodePermission, msg: fmt.Sprintf("exec: %q: permission denied", file)}
 	}
-	return "", &startError{agentapi.CodeNotFound, fmt.Sprintf("exec: %q: executable file not found in $PATH", file)}
+	return "", &startError{code: agentapi.CodeNotFound, msg: fmt.Sprintf("exec: %q: executable file not found in $PATH", file)}
 }
 
 // start starts the process described by req.
 func (s *Server) start(req *agentapi.ExecRequest) (*process, error) {
 	if len(req.Argv) == 0 || req.Argv[0] == "" {
-		return nil, &startError{agentapi.CodeInvalid, "exec: no command given"}
+		return nil, &startError{code: agentapi.CodeInvalid, msg: "exec: no command given"}
 	}
 	userSpec := req.User
 	if userSpec == "" {
@@ -184,7 +185,7 @@ func (s *Server) start(req *agentapi.ExecRequest) (*process, error) {
 	}
 	acct, err := lookupAccount(s.cfg.EtcDir, userSpec)
 	if err != nil {
-		return nil, &startError{agentapi.CodeNotFound, err.Error()}
+		return nil, &startError{agentapi.CodeNotFound, err.Error(), "user"}
 	}
 	var base []string
 	if s.cfg.BaseEnv != nil {
@@ -199,9 +200,9 @@ func (s *Server) start(req *agentapi.ExecRequest) (*process, error) {
 		}
 	}
 	if fi, err := os.Stat(dir); err != nil {
-		return nil, &startError{codeOf(err), fmt.Sprintf("chdir to cwd (%q) set in exec request: %v", dir, errors.Unwrap(err))}
+		return nil, &startError{codeOf(err), fmt.Sprintf("chdir to cwd (%q) set in exec request: %v", dir, errors.Unwrap(err)), "dir"}
 	} else if !fi.IsDir() {
-		return nil, &startError{agentapi.CodeInvalid, fmt.Sprintf("chdir to cwd (%q) set in exec request: not a directory", dir)}
+		return nil, &startError{agentapi.CodeInvalid, fmt.Sprintf("chdir to cwd (%q) set in exec request: not a directory", dir), "dir"}
 	}
 	path, err := lookPath(req.Argv[0], env)
 	if err != nil {
@@ -217,7 +218,7 @@ func (s *Server) start(req *agentapi.ExecRequest) (*process, error) {
 	if req.TTY {
 		master, slave, err := openPTY()
 		if err != nil {
-			return nil, &startError{agentapi.CodeInternal, fmt.Sprintf("exec: open pty: %v", err)}
+			return nil, &startError{code: agentapi.CodeInternal, msg: fmt.Sprintf("exec: open pty: %v", err)}
 		}
 		rows, cols := req.Rows, req.Cols
 		if rows == 0 || cols == 0 {
@@ -226,7 +227,7 @@ func (s *Server) start(req *agentapi.ExecRequest) (*process, error) {
 		if err := setWinsize(master, rows, cols); err != nil {
 			master.Close()
 			slave.Close()
-			return nil, &startError{agentapi.CodeInternal, fmt.Sprintf("exec: set terminal size: %v", err)}
+			return nil, &startError{code: agentapi.CodeInternal, msg: fmt.Sprintf("exec: set terminal size: %v", err)}
 		}
 		p.tty = master
 		childFiles = []*os.File{slave, slave, slave}
@@ -241,7 +242,7 @@ func (s *Server) start(req *agentapi.ExecRequest) (*process, error) {
 					f.Close()
 				}
 			}
-			return nil, &startError{agentapi.CodeInternal, fmt.Sprintf("exec: create pipes: %v", err)}
+			return nil, &startError{code: agentapi.CodeInternal, msg: fmt.Sprintf("exec: create pipes: %v", err)}
 		}
 		p.stdin, p.stdout, p.stderr = inW, outR, errR
 		childFiles = []*os.File{inR, outW, errW}
@@ -270,13 +271,13 @@ func (s *Server) start(req *agentapi.ExecRequest) (*process, error) {
 		// folder the user cannot enter fails the same way (EACCES) as a
 		// command it cannot run; tell them apart.
 		if errors.Is(err, unix.EACCES) && !canEnter(dir, acct) {
-			return nil, &startError{agentapi.CodePermission, fmt.Sprintf("cannot enter working folder %s as user %s: permission denied", dir, acct.Name)}
+			return nil, &startError{agentapi.CodePermission, fmt.Sprintf("cannot enter working folder %s as user %s: permission denied", dir, acct.Name), "dir"}
 		}
 		code := agentapi.CodePermission
 		if errors.Is(err, os.ErrNotExist) {
 			code = agentapi.CodeNotFound
 		}
-		return nil, &startError{code, fmt.Sprintf("exec: %q: %v", req.Argv[0], errors.Unwrap(err))}
+		return nil, &startError{code: code, msg: fmt.Sprintf("exec: %q: %v", req.Argv[0], errors.Unwrap(err))}
 	}
 	p.pid, p.exited = pid, exited
 	return p, nil
@@ -334,7 +335,7 @@ func (s *Server) exec(ctx context.Context, stream net.Conn, req *agentapi.ExecRe
 	if err != nil {
 		var se *startError
 		if errors.As(err, &se) {
-			s.respondErr(stream, se.code, se)
+			s.respond(stream, agentapi.Response{Code: se.code, Error: se.msg, Field: se.field})
 		} else {
 			s.respondErr(stream, agentapi.CodeInternal, err)
 		}

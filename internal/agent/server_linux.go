@@ -61,7 +61,7 @@ type Server struct {
 }
 
 // errStopping answers execs and copies that arrive after a shutdown.
-var errStopping = &startError{agentapi.CodeInternal, "the sandbox is shutting down"}
+var errStopping = &startError{code: agentapi.CodeInternal, msg: "the sandbox is shutting down"}
 
 // whileUp runs fn holding lifeMu shared, unless the guest is shutting
 // down; then it returns errStopping.

@@ -45,6 +45,8 @@ type StartError struct {
 	ExitCode int
 	Code     agentapi.ErrorCode
 	Message  string
+	// Field is the request field at fault ("user", "dir"), "" for argv.
+	Field string
 }
 
 // Error returns the guest's message.
@@ -74,9 +76,9 @@ func Exec(ctx context.Context, stream io.ReadWriteCloser, req agentapi.ExecReque
 	if !resp.OK {
 		switch resp.Code {
 		case agentapi.CodeNotFound:
-			return ExitStatus{}, &StartError{ExitCode: 127, Code: resp.Code, Message: resp.Error}
+			return ExitStatus{}, &StartError{ExitCode: 127, Code: resp.Code, Message: resp.Error, Field: resp.Field}
 		case agentapi.CodePermission:
-			return ExitStatus{}, &StartError{ExitCode: 126, Code: resp.Code, Message: resp.Error}
+			return ExitStatus{}, &StartError{ExitCode: 126, Code: resp.Code, Message: resp.Error, Field: resp.Field}
 		default:
 			return ExitStatus{}, fmt.Errorf("exec %s: %w", name, resp.Err())
 		}

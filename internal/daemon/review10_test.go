@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -147,5 +148,35 @@ func TestAPIDamagedSandbox(t *testing.T) {
 	}
 	if _, err := os.Stat(f.m.Store.DirOf(in.ID)); err == nil {
 		t.Error("its folder is still there")
+	}
+}
+
+// Found by the tenth outside review: every exec that could not start was
+// about "argv", a missing user or folder too.
+func TestAPIExecFieldAtFault(t *testing.T) {
+	f := newAPI(t, "", false)
+	ctx := t.Context()
+	if _, err := f.c.Create(ctx, CreateRequest{Name: "fld", Workspace: f.ws}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		req   TTYRequest
+		field string
+	}{
+		{TTYRequest{ExecRequest: ExecRequest{Argv: []string{"true"}, User: "no-such-user"}}, "user"},
+		{TTYRequest{ExecRequest: ExecRequest{Argv: []string{"true"}, Dir: "/no/such/folder"}}, "dir"},
+		{TTYRequest{ExecRequest: ExecRequest{Argv: []string{"no-such-program"}}}, "argv"},
+		{TTYRequest{ExecRequest: ExecRequest{Argv: []string{"true"}}, Term: "xterm\x00x"}, "term"},
+		{TTYRequest{ExecRequest: ExecRequest{Argv: []string{"true"}, Env: []string{"A=\x00"}}}, "env"},
+	} {
+		var out bytes.Buffer
+		_, err := f.c.Exec(ctx, "fld", c.req.ExecRequest, &out, &out)
+		if c.req.Term != "" {
+			_, err = f.c.ExecTTY(ctx, "fld", c.req, TTYIO{Stdout: &out})
+		}
+		var ae *APIError
+		if !errors.As(err, &ae) || ae.Field != c.field {
+			t.Errorf("%+v: %v (want field %s)", c.req, err, c.field)
+		}
 	}
 }

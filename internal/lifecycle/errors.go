@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // Code classifies an Error for a front end: the CLI's hints, an API's
@@ -62,7 +63,19 @@ var (
 )
 
 func newErr(code Code, sb string, cause error, hint, format string, args ...any) *Error {
-	return &Error{Code: code, Sandbox: sb, Msg: fmt.Sprintf(format, args...), Hint: hint, Err: cause}
+	e := &Error{Code: code, Sandbox: sb, Msg: fmt.Sprintf(format, args...), Hint: hint, Err: cause}
+	// What the machine refused is said, not only shown with --debug: a
+	// full disk, a read-only or unwritable folder.
+	if errno, ok := errors.AsType[syscall.Errno](cause); ok && code == Internal {
+		switch errno {
+		case syscall.ENOSPC, syscall.EDQUOT:
+			e.Msg += ": " + errno.Error()
+			e.Hint = "free disk space (`df -h`), then try again"
+		case syscall.EROFS, syscall.EACCES, syscall.EPERM:
+			e.Msg += ": " + errno.Error()
+		}
+	}
+	return e
 }
 
 // AsError returns err's *Error, if it has one.

@@ -1,8 +1,10 @@
 package lifecycle
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"strings"
 
 	"github.com/sbx-dev/sbx/api/agentapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
@@ -22,6 +24,9 @@ type ExecRequest struct {
 // "state" (start it first).
 func (m *Manager) Exec(ctx context.Context, sb *sandbox.Sandbox, req ExecRequest, io agentclient.ExecIO) (agentclient.ExitStatus, error) {
 	name := sb.Config.Name
+	if err := checkExec(req.ExecRequest); err != nil {
+		return agentclient.ExitStatus{}, err
+	}
 	stream, err := m.stream(ctx, sb, req.Session)
 	if err != nil {
 		return agentclient.ExitStatus{}, err
@@ -37,10 +42,40 @@ func (m *Manager) Exec(ctx context.Context, sb *sandbox.Sandbox, req ExecRequest
 		var se *agentclient.StartError
 		if errors.As(err, &se) {
 			e := newErr(Invalid, name, err, "", "%s", se.Error())
-			e.Field = "argv"
+			e.Field = cmp.Or(se.Field, "argv")
 			return agentclient.ExitStatus{Code: se.ExitCode}, e
+		}
+		// A stop while it ran is said as such, not as a crash.
+		if cur, serr := m.Store.Status(sb); serr == nil && (cur.Status == sandbox.StatusStopping || cur.Status == sandbox.StatusStopped) {
+			return st, newErr(Failed, name, err, "start it again and rerun the command", "sandbox %s was stopped while the command ran", name)
 		}
 		return st, newErr(Failed, name, err, "see `sbx logs "+name+"`", "lost the connection to sandbox %s", name)
 	}
 	return st, nil
+}
+
+// checkExec refuses what no process can be given: a NUL byte in its
+// arguments, environment, folder, user or terminal type.
+func checkExec(r agentapi.ExecRequest) error {
+	bad := func(field string) error {
+		e := newErr(Invalid, "", nil, "", "%s holds a NUL byte", field)
+		e.Field = field
+		return e
+	}
+	for _, a := range r.Argv {
+		if strings.ContainsRune(a, 0) {
+			return bad("argv")
+		}
+	}
+	for _, kv := range r.Env {
+		if strings.ContainsRune(kv, 0) {
+			return bad("env")
+		}
+	}
+	for field, v := range map[string]string{"dir": r.Dir, "user": r.User, "term": r.Term} {
+		if strings.ContainsRune(v, 0) {
+			return bad(field)
+		}
+	}
+	return nil
 }

@@ -3,9 +3,11 @@ package lifecycle
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/sbx-dev/sbx/internal/agents"
@@ -167,5 +169,14 @@ func TestPolicyLogUnreadable(t *testing.T) {
 	}
 	if _, err := m.PolicyLog([]*sandbox.Sandbox{sb}, 0); err == nil {
 		t.Errorf("an unreadable log: %v", err)
+	}
+}
+
+// Found by the tenth outside review: a full disk showed only as "cannot
+// create sandbox", its cause behind --debug.
+func TestInternalErrorSaysWhy(t *testing.T) {
+	e := newErr(Internal, "x", fmt.Errorf("write: %w", &os.PathError{Op: "write", Path: "/d", Err: syscall.ENOSPC}), "", "cannot create sandbox %s", "x")
+	if !strings.Contains(e.Error(), "no space left on device") || !strings.Contains(e.Hint, "free disk space") {
+		t.Errorf("%q hint %q", e.Error(), e.Hint)
 	}
 }
