@@ -24,9 +24,11 @@ func newDaemonCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "daemon [--socket PATH] [--listen ADDR --token-file FILE]",
 		Short: "Serve the sandbox lifecycle as a REST API (docs/api.md)",
-		Long: `Serve create, list, inspect, start, stop, remove, exec, ports and an
-events stream as REST + JSON over HTTP (docs/api.md, api/openapi.json) until
-interrupted. By default on the unix socket daemon.sock in sbx's runtime
+		Long: `Serve the sandboxes (create, list, inspect, start, stop, remove), exec
+(streamed, or interactive with a TTY over a WebSocket), file upload and
+download, ports, the network policy (default, rules, log) and an events
+stream as REST + JSON over HTTP (docs/api.md, api/openapi.json) until
+interrupted. With --listen it also serves E2B's API (docs/e2b.md). By default on the unix socket daemon.sock in sbx's runtime
 folder, mode 0600: whoever can connect runs anything in every sandbox. With
 --listen also on TCP, where every request needs the bearer token in
 --token-file (a file only you can read, at least 16 characters); --listen

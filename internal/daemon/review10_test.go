@@ -180,3 +180,43 @@ func TestAPIExecFieldAtFault(t *testing.T) {
 		}
 	}
 }
+
+// Found by the tenth outside review: an unknown route, a wrong method, a
+// plain GET of the WebSocket route and a foreign Origin were answered in
+// text, not the API's JSON error.
+func TestAPIRefusalsAreJSON(t *testing.T) {
+	f := newAPI(t, "", false)
+	ctx := t.Context()
+	if _, err := f.c.Create(ctx, CreateRequest{Name: "js", Workspace: f.ws, NoStart: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		method, path string
+		hdr          map[string]string
+		status       int
+	}{
+		{"GET", "/v1/nope", nil, 404},
+		{"PATCH", "/v1/sandboxes", nil, 405},
+		{"GET", "/v1/sandboxes/js/exec", nil, 426},
+		{"GET", "/v1/sandboxes/js/exec", map[string]string{"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": "http://evil.example"}, 403},
+	} {
+		req, _ := http.NewRequestWithContext(ctx, c.method, f.c.Base+c.path, nil)
+		for k, v := range c.hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := f.c.HTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body struct{ Error ErrorMsg }
+		derr := json.NewDecoder(resp.Body).Decode(&body)
+		e := body.Error
+		resp.Body.Close()
+		if resp.StatusCode != c.status || derr != nil || e.Message == "" || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+			t.Errorf("%s %s: %d %q %+v %v", c.method, c.path, resp.StatusCode, resp.Header.Get("Content-Type"), e, derr)
+		}
+		if c.status == 405 && resp.Header.Get("Allow") == "" {
+			t.Errorf("405 without Allow")
+		}
+	}
+}

@@ -6,6 +6,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -140,10 +141,48 @@ func (s *Server) Handler() http.Handler {
 		h := rt.handle
 		mux.HandleFunc(rt.Method+" "+rt.Path, func(w http.ResponseWriter, r *http.Request) { h(s, w, r) })
 	}
+	var top http.Handler = jsonRefusals(mux)
 	if s.Token != "" {
-		return RequireToken(mux, s.Token)
+		return RequireToken(top, s.Token)
 	}
-	return mux
+	return top
+}
+
+// jsonRefusals answers requests no route takes (an unknown path, a
+// method a path does not have) with the API's JSON error, not the
+// mux's text.
+func jsonRefusals(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		// The mux says which refusal (404 or 405, with Allow).
+		rec := &statusRecorder{header: http.Header{}}
+		mux.ServeHTTP(rec, r)
+		msg := ErrorMsg{Code: string(lifecycle.NotFound), Message: "no route " + r.Method + " " + r.URL.Path, Hint: "see docs/api.md for the routes"}
+		if rec.status == http.StatusMethodNotAllowed {
+			allow := rec.header.Get("Allow")
+			w.Header().Set("Allow", allow)
+			msg = ErrorMsg{Code: "method_not_allowed", Message: r.URL.Path + " does not take " + r.Method + " (it takes " + allow + ")"}
+		}
+		writeError(w, cmp.Or(rec.status, http.StatusNotFound), msg)
+	})
+}
+
+// statusRecorder keeps a response's status and headers, and drops its
+// body.
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (r *statusRecorder) Header() http.Header         { return r.header }
+func (r *statusRecorder) Write(p []byte) (int, error) { return len(p), nil }
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
 }
 
 // RequireToken is h for requests carrying "Authorization: Bearer token";

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -76,7 +77,21 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	// Accept checks that a browser's Origin is the daemon's own host.
+	// Refusals in the API's JSON (Accept would answer them in text): a
+	// request that is no WebSocket upgrade, and a browser's Origin other
+	// than the daemon's own host (Accept checks it again).
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") || !headerHas(r.Header, "Connection", "upgrade") {
+		w.Header().Set("Connection", "Upgrade")
+		w.Header().Set("Upgrade", "websocket")
+		writeError(w, http.StatusUpgradeRequired, ErrorMsg{Code: string(lifecycle.Invalid), Message: "an interactive exec is a WebSocket (Upgrade: websocket); for a plain exec, POST to this path"})
+		return
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		if u, err := url.Parse(o); err != nil || !strings.EqualFold(u.Host, r.Host) {
+			writeError(w, http.StatusForbidden, ErrorMsg{Code: "forbidden", Message: fmt.Sprintf("a browser page from %.100q may not open an exec; only the daemon's own origin may", o)})
+			return
+		}
+	}
 	c, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return // Accept has answered
@@ -235,6 +250,19 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 
 var stdinBackedUp = ErrorMsg{Code: string(lifecycle.Invalid), Field: "stdin",
 	Message: "the process did not read its input: more than 16 MiB of stdin waited; the exec was ended"}
+
+// headerHas reports whether header key lists token (comma-separated,
+// any case).
+func headerHas(h http.Header, key, token string) bool {
+	for _, v := range h.Values(key) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // atEOF reports whether dec has nothing after the value it decoded.
 func atEOF(dec *json.Decoder) bool {
