@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/sbx-dev/sbx/internal/bootassets"
 	"github.com/sbx-dev/sbx/internal/hostcheck"
@@ -110,7 +112,7 @@ func (m *Manager) PrepareBoot(ctx context.Context, sb *sandbox.Sandbox, cold boo
 	for _, w := range sb.Config.Workspaces {
 		shared = append(shared, w.Path)
 	}
-	b, qemuVersion, err := m.BootAssets(ctx, sb.Config.Accel, sb.Config.CPUs, shared)
+	b, qemuVersion, err := m.BootAssets(ctx, sb.Config.Accel, sb.Config.CPUs, sb.Config.UID, shared)
 	if err != nil {
 		return b, err
 	}
@@ -126,7 +128,7 @@ func (m *Manager) PrepareBoot(ctx context.Context, sb *sandbox.Sandbox, cold boo
 // CPU count (0: the accelerator's default), TSC frequency, folders.
 // shared are the folders the guest can write, where no hosts override
 // may lie.
-func (m *Manager) BootAssets(ctx context.Context, want string, cpus int, shared []string) (supervisor.Boot, string, error) {
+func (m *Manager) BootAssets(ctx context.Context, want string, cpus, vmmUID int, shared []string) (supervisor.Boot, string, error) {
 	var b supervisor.Boot
 	q, qemuVersion, err := m.qemu(ctx, shared)
 	if err != nil {
@@ -157,8 +159,7 @@ func (m *Manager) BootAssets(ctx context.Context, want string, cpus int, shared 
 	}
 	hostsFile := paths.Getenv("SBX_HOSTS_FILE")
 	if hostsFile != "" {
-		uid, _ := GuestIDs()
-		real, err := resolve.CheckHostsFile(hostsFile, shared, os.Getuid(), uid)
+		real, err := resolve.CheckHostsFile(hostsFile, shared, os.Getuid(), vmmUID)
 		if err != nil {
 			return b, "", m.fail(nil, "point SBX_HOSTS_FILE at a hosts-format file only you can write, outside every workspace, or unset it", "SBX_HOSTS_FILE refused: %v", err)
 		}
@@ -303,7 +304,7 @@ func (m *Manager) PrepareSnapshot(ctx context.Context, cfg sandbox.Config, tmpl 
 		m.emit(Event{Kind: Notice, Sandbox: cfg.Name, Text: fmt.Sprintf("note: %d workspaces, and snapshot starts have %d share slots: this sandbox boots cold", n, snapshot.Shares)})
 		return nil, nil
 	}
-	boot, qemuVersion, err := m.BootAssets(ctx, cfg.Accel, cfg.CPUs, nil)
+	boot, qemuVersion, err := m.BootAssets(ctx, cfg.Accel, cfg.CPUs, cfg.UID, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -375,8 +376,10 @@ func (m *Manager) progressOut() io.Writer {
 	return m.Progress
 }
 
-// GuestIDs are the uid and gid the guest user takes: the caller's, or for
-// root the sudo caller's, else 1000.
+// GuestIDs are the uid and gid the guest user (and its VMM) take when
+// nothing says otherwise: the caller's, or for root the sudo caller's,
+// else 1000 when no account has it, else a uid no account has
+// (FreeIDs).
 func GuestIDs() (int, int) {
 	uid, gid := os.Getuid(), os.Getgid()
 	if uid != 0 {
@@ -387,5 +390,56 @@ func GuestIDs() (int, int) {
 	if err1 == nil && err2 == nil && u > 0 {
 		return u, g
 	}
-	return 1000, 1000
+	return FreeIDs("/etc")
+}
+
+// GuestIDsFor are the ids of a new sandbox whose primary workspace is
+// primary: GuestIDs, but for root without a sudo caller, the
+// workspace's owner when that is not root. QEMU runs as them, so an
+// account that happens to have uid 1000 (found by the tenth review: an
+// unrelated one here) does not get to control root's VMs.
+func GuestIDsFor(primary string) (int, int) {
+	if os.Getuid() == 0 && os.Getenv("SUDO_UID") == "" {
+		if st, err := os.Stat(primary); err == nil {
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 {
+				return int(sys.Uid), int(sys.Gid)
+			}
+		}
+	}
+	return GuestIDs()
+}
+
+// FreeIDs is 1000:1000 unless an account or group in etc (the host's
+// /etc) has that id, else the first id from 60100 that neither has:
+// nobody can log in as it, so nobody but root reaches the VMMs that run
+// as it.
+func FreeIDs(etc string) (int, int) {
+	used := func(file string) map[int]bool {
+		ids := map[int]bool{}
+		b, err := os.ReadFile(filepath.Join(etc, file))
+		if err != nil {
+			return nil
+		}
+		for l := range strings.Lines(string(b)) {
+			if f := strings.Split(l, ":"); len(f) > 2 {
+				if n, err := strconv.Atoi(f[2]); err == nil {
+					ids[n] = true
+				}
+			}
+		}
+		return ids
+	}
+	users, groups := used("passwd"), used("group")
+	if users == nil {
+		return 1000, 1000 // no passwd to read: nothing to clash with
+	}
+	if !users[1000] && !groups[1000] {
+		return 1000, 1000
+	}
+	for id := 60100; id < 61000; id++ {
+		if !users[id] && !groups[id] {
+			return id, id
+		}
+	}
+	return vm.Nobody, vm.Nobody
 }

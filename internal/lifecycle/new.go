@@ -187,7 +187,7 @@ func (m *Manager) Config(ctx context.Context, req NewRequest, name string) (sand
 		e.Field = probs[0].Field
 		return sandbox.Config{}, e
 	}
-	uid, gid := GuestIDs()
+	uid, gid := GuestIDsFor(ws[0].Path)
 	cfg := sandbox.Config{
 		ID:         sandbox.NewID(),
 		MachineID:  sandbox.NewMachineID(),

@@ -180,3 +180,25 @@ func TestInternalErrorSaysWhy(t *testing.T) {
 		t.Errorf("%q hint %q", e.Error(), e.Hint)
 	}
 }
+
+// Found by the tenth outside review: as root without a sudo caller, the
+// VMMs ran as uid 1000, which an unrelated account had.
+func TestGuestIDs(t *testing.T) {
+	etc := t.TempDir()
+	os.WriteFile(filepath.Join(etc, "passwd"), []byte("root:x:0:0::/root:/bin/sh\n"), 0o644)
+	os.WriteFile(filepath.Join(etc, "group"), []byte("root:x:0:\n"), 0o644)
+	if u, g := FreeIDs(etc); u != 1000 || g != 1000 {
+		t.Errorf("1000 free: %d:%d", u, g)
+	}
+	os.WriteFile(filepath.Join(etc, "passwd"), []byte("root:x:0:0::/root:/bin/sh\ncloudsdk:x:1000:1000::/home/c:/bin/sh\nx:x:60100:60100::/:/bin/false\n"), 0o644)
+	if u, g := FreeIDs(etc); u != 60101 || g != 60101 {
+		t.Errorf("1000 and 60100 taken: %d:%d", u, g)
+	}
+	if os.Getuid() == 0 && os.Getenv("SUDO_UID") == "" {
+		ws := t.TempDir()
+		os.Chown(ws, 4242, 4343)
+		if u, g := GuestIDsFor(ws); u != 4242 || g != 4343 {
+			t.Errorf("a workspace of 4242:4343: %d:%d", u, g)
+		}
+	}
+}
