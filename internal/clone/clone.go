@@ -242,14 +242,20 @@ func WithoutCredentials(u string) (string, bool) {
 	if err != nil {
 		return "", false
 	}
-	if p.User == nil {
+	if p.User == nil && p.RawQuery == "" && !p.ForceQuery && p.Fragment == "" && p.RawFragment == "" {
 		return u, true
 	}
-	switch strings.ToLower(p.Scheme) {
-	case "http", "https":
-		p.User = nil
-	default:
-		p.User = url.User(p.User.Username())
+	// A token may also ride in the query (?access_token=) or the
+	// fragment; git sends neither as part of a repository's address
+	// that a forge needs, so neither is copied.
+	p.RawQuery, p.ForceQuery, p.Fragment, p.RawFragment = "", false, "", ""
+	if p.User != nil {
+		switch strings.ToLower(p.Scheme) {
+		case "http", "https":
+			p.User = nil
+		default:
+			p.User = url.User(p.User.Username())
+		}
 	}
 	return p.String(), true
 }

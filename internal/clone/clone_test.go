@@ -108,6 +108,12 @@ func TestWithoutCredentials(t *testing.T) {
 		"user:SECRET@example.invalid:o/r":                           "",
 		"https://example.invalid/r.git":                             "https://example.invalid/r.git",
 		"https://exa mple/%zz":                                      "",
+		// Found by the eleventh review: tokens in the query or fragment.
+		"https://example.invalid/o/r.git?access_token=SECRET":       "https://example.invalid/o/r.git",
+		"https://example.invalid/o/r.git#SECRET":                    "https://example.invalid/o/r.git",
+		"https://u:SECRET@example.invalid/r?private_token=SECRET#x": "https://example.invalid/r",
+		"ssh://git@example.invalid/r?SECRET":                        "ssh://git@example.invalid/r",
+		"https://example.invalid/r?":                                "https://example.invalid/r",
 	} {
 		got, ok := WithoutCredentials(u)
 		if got != want || ok != (want != "") {
