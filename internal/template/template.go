@@ -375,6 +375,10 @@ func build(ctx context.Context, dir string, r recipe, hr HostRelease, progress i
 	defer os.RemoveAll(tmp)
 	root := filepath.Join(tmp, "root")
 
+	// The mirror may carry credentials: debootstrap and apt get them, the
+	// output and errors of the build do not.
+	progress, flush := redactProgress(progress, hr.Mirror)
+	defer flush()
 	start := time.Now()
 	about := "about a minute"
 	if r.agents {
@@ -392,8 +396,11 @@ func build(ctx context.Context, dir string, r recipe, hr HostRelease, progress i
 		hint := ""
 		if log, rerr := os.ReadFile(filepath.Join(root, "debootstrap", "debootstrap.log")); rerr == nil {
 			hint = "; last lines of debootstrap.log: " + lastLines(string(log), 5)
+			if redact := mirrorRedactor(hr.Mirror); redact != nil {
+				hint = redact(hint)
+			}
 		}
-		return Template{}, fmt.Errorf("debootstrap %s from %s: %w%s", hr.Suite, hr.Mirror, err, hint)
+		return Template{}, fmt.Errorf("debootstrap %s from %s: %w%s", hr.Suite, hr.SafeMirror(), err, hint)
 	}
 	if extra := r.packages[len(DefaultPackages):]; len(extra) > 0 {
 		fmt.Fprintf(progress, "installing %s...\n", strings.Join(extra, " "))
@@ -421,6 +428,10 @@ func build(ctx context.Context, dir string, r recipe, hr HostRelease, progress i
 		if err := configureAgents(ctx, root); err != nil {
 			return Template{}, fmt.Errorf("configure template %s: %w", name, err)
 		}
+	}
+	// Last, after every apt step: the sources keep no credentials.
+	if err := scrubAptSources(root); err != nil {
+		return Template{}, fmt.Errorf("configure template %s: %w", name, err)
 	}
 	t, err := pack(ctx, dir, name, root, m, progress)
 	if err != nil {

@@ -3,6 +3,7 @@ package template
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -266,5 +267,120 @@ func TestAgentsLockInStep(t *testing.T) {
 		if e.Resolved != "" {
 			t.Errorf("lock records a download address for %s", p)
 		}
+	}
+}
+
+// A private mirror's credentials are for the build only: the mirror the
+// build reports and the tools' output it passes on must not show them.
+func TestHostMirrorCredentialsNotShown(t *testing.T) {
+	for _, tt := range []struct{ uri, secret, safe, wget string }{
+		{"https://alice:s3cr3tpass@host/debian", "s3cr3tpass", "https://host/debian", "https://alice:*password*@host/x"},
+		{"https://TOKEN@host/debian", "TOKEN", "https://host/debian", "https://TOKEN@host/x"},
+		{"https://alice:p%40ss%2Fword@host/debian", "p@ss/word", "https://host/debian", "https://alice:*password*@host/x"},
+	} {
+		t.Run(tt.secret, func(t *testing.T) {
+			root := t.TempDir()
+			writeFile(t, filepath.Join(root, "etc/os-release"), "VERSION_CODENAME=bookworm\n")
+			writeFile(t, filepath.Join(root, "etc/apt/sources.list"), "deb "+tt.uri+" bookworm main\n")
+			hr, err := DetectHostRelease(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if hr.Mirror != tt.uri {
+				t.Errorf("Mirror = %q, want %q (debootstrap needs the credentials)", hr.Mirror, tt.uri)
+			}
+			if got := hr.SafeMirror(); got != tt.safe {
+				t.Errorf("SafeMirror() = %q, want %q", got, tt.safe)
+			}
+			var out strings.Builder
+			w, flush := redactProgress(&out, hr.Mirror)
+			// Split writes, as a pipe delivers them.
+			line := "E: Failed getting release file " + tt.uri + "/dists/bookworm/Release\n" +
+				"URL:" + tt.wget + " [1/1]\n" +
+				"token " + tt.secret + " decoded, last line without newline"
+			for i := 0; i < len(line); i += 7 {
+				w.Write([]byte(line[i:min(i+7, len(line))]))
+			}
+			flush()
+			if strings.Contains(out.String(), tt.secret) || strings.Contains(out.String(), "@host") {
+				t.Errorf("progress shows the credentials:\n%s", out.String())
+			}
+			if !strings.Contains(out.String(), tt.safe+"/dists/bookworm/Release\n") || !strings.HasSuffix(out.String(), "without newline") {
+				t.Errorf("progress lost output:\n%s", out.String())
+			}
+		})
+	}
+	if w, _ := redactProgress(io.Discard, "http://deb.debian.org/debian"); w != io.Discard {
+		t.Error("progress of a mirror without credentials is wrapped")
+	}
+}
+
+// The image's apt sources lose the user info of every URI and nothing else.
+func TestScrubAptSources(t *testing.T) {
+	root := t.TempDir()
+	files := map[string][2]string{
+		"etc/apt/sources.list": {
+			"# deb https://alice:old@host/debian bookworm main\n" +
+				"deb https://alice:s3cr3tpass@host/debian bookworm main contrib\n" +
+				"deb [signed-by=/usr/share/keyrings/k.gpg arch=amd64] https://TOKEN@host/debian-security bookworm-security main\n" +
+				"deb http://deb.debian.org/debian bookworm-updates main\n",
+			"# deb https://host/debian bookworm main\n" +
+				"deb https://host/debian bookworm main contrib\n" +
+				"deb [signed-by=/usr/share/keyrings/k.gpg arch=amd64] https://host/debian-security bookworm-security main\n" +
+				"deb http://deb.debian.org/debian bookworm-updates main\n",
+		},
+		"etc/apt/sources.list.d/x.list": {
+			"deb mirror+https://u%40corp:p%3Ass@host:8443/apt/debian bookworm main\n",
+			"deb mirror+https://host:8443/apt/debian bookworm main\n",
+		},
+		"etc/apt/sources.list.d/x.sources": {
+			"Types: deb deb-src\nURIs: https://alice:s3cr3tpass@host/debian http://plain.example/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/k.gpg\n\n" +
+				"Types: deb\nURIs: https://TOKEN@host/other\nSuites: bookworm\nComponents: main\n",
+			"Types: deb deb-src\nURIs: https://host/debian http://plain.example/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/k.gpg\n\n" +
+				"Types: deb\nURIs: https://host/other\nSuites: bookworm\nComponents: main\n",
+		},
+		"etc/apt/sources.list.d/clean.list": {
+			"deb http://deb.debian.org/debian bookworm main\n",
+			"deb http://deb.debian.org/debian bookworm main\n",
+		},
+	}
+	for p, f := range files {
+		writeFile(t, filepath.Join(root, p), f[0])
+	}
+	if err := os.Chmod(filepath.Join(root, "etc/apt/sources.list.d/x.list"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := scrubAptSources(root); err != nil {
+		t.Fatal(err)
+	}
+	for p, f := range files {
+		b, err := os.ReadFile(filepath.Join(root, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(f[1], string(b)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", p, diff)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(root, "etc/apt/sources.list.d/x.list")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("x.list mode changed: %v, %v", fi.Mode(), err)
+	}
+
+	// A symlink could lead out of the tree (to the host's own sources).
+	outside := filepath.Join(t.TempDir(), "host.list")
+	writeFile(t, outside, "deb https://alice:s3cr3tpass@host/debian bookworm main\n")
+	if err := os.Symlink(outside, filepath.Join(root, "etc/apt/sources.list.d/link.list")); err != nil {
+		t.Fatal(err)
+	}
+	if err := scrubAptSources(root); err == nil {
+		t.Error("symlinked source: no error")
+	}
+	if b, _ := os.ReadFile(outside); !strings.Contains(string(b), "s3cr3tpass") {
+		t.Error("file outside the tree was rewritten")
+	}
+
+	// No sources at all is fine.
+	if err := scrubAptSources(t.TempDir()); err != nil {
+		t.Errorf("empty tree: %v", err)
 	}
 }
