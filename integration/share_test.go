@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -119,6 +120,35 @@ sync`
 	if _, err := os.Lstat(filepath.Join(ws, "dev")); err == nil {
 		t.Error("the guest made a device node in the workspace")
 	}
+
+	// The server dies while the VM runs: a command in the workspace does
+	// not hang on it forever; the VM is stopped and says why (found when
+	// a server crashed under load and every guest process touching the
+	// workspace hung with nothing said).
+	id := h.status("vfs").ID
+	pids, err := exec.Command("pgrep", "-f", "virtiofsd --socket-path=[^ ]*/"+id+"/").Output()
+	if err != nil || len(strings.Fields(string(pids))) == 0 {
+		t.Fatalf("the sandbox's virtiofsd: %v %q", err, pids)
+	}
+	killed := make(chan error, 1)
+	go func() {
+		time.Sleep(2 * time.Second)
+		killed <- exec.Command("kill", append([]string{"-9"}, strings.Fields(string(pids))...)...).Run()
+	}()
+	res := h.sbx("exec", "vfs", "sh", "-c", `sleep 4; ls "$1" >/dev/null; echo still-served`, "sh", ws)
+	if err := <-killed; err != nil {
+		t.Fatalf("kill virtiofsd: %v", err)
+	}
+	if res.code == 0 || !strings.Contains(res.stderr, "file server exited") {
+		t.Errorf("a command while the server died: exit %d, %q %q; want a failure that says the server exited", res.code, res.stdout, res.stderr)
+	}
+	if row := h.status("vfs"); row.Status != "crashed" || !strings.Contains(row.Reason, "file server exited") {
+		t.Errorf("after the server died: status %q (%s), want crashed and why", row.Status, row.Reason)
+	}
+	h.mustSbx("run", "-d", "vfs")
+	if got := h.mustSbx("exec", "vfs", "cat", hostFile).stdout; got != "v2 longer\n" {
+		t.Errorf("after a restart the guest reads %q", got)
+	}
 	h.mustSbx("stop", "vfs")
 
 	// No server: the same sandbox boots with 9p, and says why.
@@ -147,7 +177,7 @@ sync`
 		os.WriteFile(planted, []byte("#!/bin/sh\n"), 0o755)
 	}
 	h.env = append(slices.Clip(h.env), "SBX_VIRTIOFSD="+planted)
-	res := h.sbx("run", "-d", "vfs")
+	res = h.sbx("run", "-d", "vfs")
 	h.env = saved
 	if res.code == 0 || !strings.Contains(res.stderr, "inside the workspace") {
 		t.Errorf("a virtiofsd in the workspace: exit %d, %q; want a refusal", res.code, res.stderr)

@@ -122,7 +122,7 @@ func (e *env) attach(ctx context.Context, sb *sandbox.Sandbox, s session, mode s
 		if se, ok := errors.AsType[*agentclient.StartError](err); ok {
 			return 0, &UserError{Msg: se.Error(), Code: se.ExitCode}
 		}
-		return 0, userErr(err, "see `sbx logs "+sb.Config.Name+"`", "lost the connection to sandbox %s", sb.Config.Name)
+		return 0, e.mgr.Lost(sb, err)
 	}
 	return st.Code, nil
 }

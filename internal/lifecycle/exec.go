@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/sbx-dev/sbx/api/agentapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
@@ -45,13 +46,32 @@ func (m *Manager) Exec(ctx context.Context, sb *sandbox.Sandbox, req ExecRequest
 			e.Field = cmp.Or(se.Field, "argv")
 			return agentclient.ExitStatus{Code: se.ExitCode}, e
 		}
-		// A stop while it ran is said as such, not as a crash.
-		if cur, serr := m.Store.Status(sb); serr == nil && (cur.Status == sandbox.StatusStopping || cur.Status == sandbox.StatusStopped) {
-			return st, newErr(Failed, name, err, "start it again and rerun the command", "sandbox %s was stopped while the command ran", name)
-		}
-		return st, newErr(Failed, name, err, "see `sbx logs "+name+"`", "lost the connection to sandbox %s", name)
+		return st, m.Lost(sb, err)
 	}
 	return st, nil
+}
+
+// Lost is the error for a session whose connection to sandbox sb broke
+// (err): a stop is said as such, and a crash its supervisor records
+// within a moment is said with its reason, not as a lost connection.
+func (m *Manager) Lost(sb *sandbox.Sandbox, err error) error {
+	name := sb.Config.Name
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		cur, serr := m.Store.Status(sb)
+		if serr == nil {
+			switch cur.Status {
+			case sandbox.StatusStopping, sandbox.StatusStopped:
+				return newErr(Failed, name, err, "start it again and rerun the command", "sandbox %s was stopped while the command ran", name)
+			case sandbox.StatusCrashed:
+				return newErr(Failed, name, err, "see `sbx logs "+name+"`", "sandbox %s stopped while the command ran: %s", name, cur.Reason)
+			}
+		}
+		if time.Now().After(deadline) {
+			return newErr(Failed, name, err, "see `sbx logs "+name+"`", "lost the connection to sandbox %s", name)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // checkExec refuses what no process can be given: a NUL byte in its

@@ -347,6 +347,8 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 
 func describeExit(e vm.Exit) string {
 	switch {
+	case errors.Is(e.Err, vm.ErrFileServerExited):
+		return e.Err.Error() + "; the VM was stopped (its workspace could no longer be served); its output is in `sbx logs`; start the sandbox again"
 	case e.Signal != "":
 		return "qemu was killed (" + e.Signal + ")"
 	case e.Err != nil:

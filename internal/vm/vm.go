@@ -42,6 +42,9 @@ var (
 	// ErrFileServer says a share's file server could not be started; the
 	// same VM with 9p shares still can be.
 	ErrFileServer = errors.New("the virtio-fs file server did not start")
+	// ErrFileServerExited says a share's file server ended while its VM
+	// ran; the VM is then stopped rather than left waiting on it.
+	ErrFileServerExited = errors.New("the virtio-fs file server exited while the vm ran")
 )
 
 // Accel is the CPU accelerator.

@@ -253,6 +253,7 @@ type instance struct {
 	conn   net.Conn  // guarded by mu
 	mon    *monitor  // guarded by mu; nil without cfg.Monitor
 	killed bool      // guarded by mu
+	lost   error     // guarded by mu; why a file server ended the VM
 
 	waitc chan vm.Exit
 }
@@ -371,8 +372,13 @@ func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 	if i.cfg.ConsoleLog != "" {
 		go logcap.Watch(i.cfg.ConsoleLog, consoleMax, time.Second, exited)
 	}
+	qemuDone := make(chan struct{})
+	for _, f := range servers {
+		go i.watchFileServer(f, qemuDone)
+	}
 	go func() {
 		err := cmd.Wait()
+		close(qemuDone)
 		stopServers()
 		if jl != nil {
 			jl.cleanup()
@@ -385,6 +391,11 @@ func (i *instance) start(ctx context.Context, stderr io.Writer) error {
 		if err != nil && !errors.As(err, &ee) {
 			ex.Err = err
 		}
+		i.mu.Lock()
+		if i.lost != nil {
+			ex.Err = i.lost
+		}
+		i.mu.Unlock()
 		close(exited)
 		i.waitc <- ex
 		close(i.waitc)
@@ -516,6 +527,30 @@ func (i *instance) PID() int {
 }
 
 func (i *instance) Wait() <-chan vm.Exit { return i.waitc }
+
+// watchFileServer stops the VM when file server f ends before QEMU does:
+// the guest's requests to it would never be answered, so every process
+// touching the workspace would hang with nothing said.
+func (i *instance) watchFileServer(f *fileServer, qemuDone <-chan struct{}) {
+	select {
+	case <-qemuDone:
+		return
+	case <-f.done:
+	}
+	select {
+	case <-qemuDone: // stopped with QEMU
+		return
+	default:
+	}
+	err := fmt.Errorf("%w: share %s: %s", vm.ErrFileServerExited, f.tag, f.cmd.ProcessState)
+	i.log.Error("file server exited; stopping the vm", "component", "vm", "share", f.tag, "state", f.cmd.ProcessState.String())
+	i.mu.Lock()
+	if i.lost == nil {
+		i.lost = err
+	}
+	i.mu.Unlock()
+	i.Kill()
+}
 
 func (i *instance) Kill() error {
 	i.mu.Lock()

@@ -46,6 +46,7 @@ var fileServerCaps = []uintptr{
 
 // fileServer is one running virtiofsd.
 type fileServer struct {
+	tag  string // the share's tag
 	cmd  *exec.Cmd
 	root string
 	done chan struct{}
@@ -161,7 +162,7 @@ func startFileServer(ctx context.Context, cfg vm.Config, s vm.Share, stderr io.W
 	for _, f := range cmd.ExtraFiles {
 		f.Close()
 	}
-	fs := &fileServer{cmd: cmd, root: root, done: make(chan struct{})}
+	fs := &fileServer{tag: s.Tag, cmd: cmd, root: root, done: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait()
 		os.Remove(root)
