@@ -122,3 +122,33 @@ ls -lan; true`
 		return nil
 	})
 }
+
+// TestVMAccountReach: as root (no sudo caller), a sandbox of a folder
+// another account owns runs its VM as that account, which can trace it;
+// so a folder that account could not read itself (behind a 0700 one) is
+// not shared, and create says why (the twelfth review read such a
+// folder through QEMU's /proc/PID/root). Root only: a user shares only
+// what they can read.
+func TestVMAccountReach(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("as a user, the VM runs as that user, who reaches every folder they share")
+	}
+	h := newHarness(t)
+	ws := t.TempDir()
+	os.Chmod(filepath.Dir(ws), 0o755)
+	os.Chmod(ws, 0o755)
+	const nobody = 65534
+	if err := os.Chown(ws, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	closed := filepath.Join(t.TempDir(), "open-folder")
+	os.MkdirAll(closed, 0o755)
+	os.Chmod(filepath.Dir(closed), 0o700)
+	res := h.sbx("create", "--name", "reach", ws, closed+":ro")
+	if res.code == 0 || !strings.Contains(res.stderr, "cannot read "+closed) || strings.Contains(res.stderr, "goroutine") {
+		t.Fatalf("create sharing a folder the VM's account cannot read: exit %d, %q; want a refusal that names it", res.code, res.stderr)
+	}
+	if rows := h.ls(); len(rows) != 0 {
+		t.Errorf("a refused create left %v", rows)
+	}
+}

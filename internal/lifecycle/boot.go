@@ -108,6 +108,9 @@ func (m *Manager) PrepareBoot(ctx context.Context, sb *sandbox.Sandbox, cold boo
 	if _, err := os.Stat(sb.Config.Template.Image); err != nil {
 		return supervisor.Boot{}, m.fail(err, "remove the sandbox with `sbx rm "+sb.Config.Name+"` and create it again", "the template image of sandbox %s is missing", sb.Config.Name)
 	}
+	if err := CheckVMMReach(ctx, sb.Config); err != nil {
+		return supervisor.Boot{}, err
+	}
 	var shared []string
 	for _, w := range sb.Config.Workspaces {
 		shared = append(shared, w.Path)

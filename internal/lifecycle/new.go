@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -215,6 +216,12 @@ func (m *Manager) Config(ctx context.Context, req NewRequest, name string) (sand
 		e.Field = "protect"
 		return sandbox.Config{}, e
 	}
+	if err := CheckVMMReach(ctx, cfg); err != nil {
+		if e, ok := errors.AsType[*Error](err); ok {
+			e.Field = "workspace"
+		}
+		return sandbox.Config{}, err
+	}
 	return cfg, nil
 }
 
@@ -292,6 +299,13 @@ func (m *Manager) warnNew(req NewRequest, sb *sandbox.Sandbox) {
 					m.emit(Event{Kind: Warning, Sandbox: name, Text: fmt.Sprintf("%s belongs to uid %d; the sandbox (uid %d) cannot write there, not even with sudo in the guest. Run sbx as the folder's owner, or set SUDO_UID/SUDO_GID.", ws, sys.Uid, uid)})
 				}
 			}
+		}
+	}
+	// Root without a sudo caller runs the VM as the workspace's owner
+	// (GuestIDsFor): that account can trace it.
+	if os.Geteuid() == 0 && os.Getenv("SUDO_UID") == "" && sb.Config.UID > 0 {
+		if u, err := user.LookupId(strconv.Itoa(sb.Config.UID)); err == nil {
+			m.emit(Event{Kind: Warning, Sandbox: name, Text: fmt.Sprintf("the sandbox's VM runs as %s (uid %d), the owner of %s, who can therefore control it (its network access and the credentials sbx adds for it); to keep a sandbox to root alone, run it on a folder root owns", u.Username, sb.Config.UID, sb.PrimaryWorkspace())})
 		}
 	}
 	for _, v := range req.Protect {
