@@ -39,6 +39,9 @@ const UpgradeProtocol = "sbx-agent-stream/1"
 var (
 	ErrNotReady    = errors.New("sandbox not ready")
 	ErrUnavailable = errors.New("supervisor not reachable")
+	// ErrNoAnswer says the supervisor took a stream request and did not
+	// answer it (frozen or wedged): it is there, but not working.
+	ErrNoAnswer = errors.New("the supervisor did not answer")
 )
 
 // Error codes carried in Error.Code.
@@ -213,6 +216,10 @@ func (c *Client) Publish(ctx context.Context, port Port, unpublish bool) ([]Port
 	return p.Ports, nil
 }
 
+// streamHandshake bounds the wait for the supervisor's answer to a
+// stream request.
+var streamHandshake = 30 * time.Second
+
 // OpenStream opens a raw stream to the guest agent through the supervisor.
 // The caller speaks api/agentapi on it and closes it. With session set, the
 // stream counts as a session of the sandbox.
@@ -227,18 +234,39 @@ func (c *Client) OpenStream(ctx context.Context, session bool) (net.Conn, error)
 		path += "?session=1"
 	}
 	req := "POST " + path + " HTTP/1.1\r\nHost: sbx\r\nConnection: Upgrade\r\nUpgrade: " + UpgradeProtocol + "\r\nContent-Length: 0\r\n\r\n"
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
+	// The answer comes at once from a live supervisor; a frozen one
+	// (stopped, wedged) must not hold the caller forever, and a cancelled
+	// ctx (Ctrl-C) ends the wait (found by the twelfth review: the read
+	// ignored both).
+	dl := time.Now().Add(streamHandshake)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	conn.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	fail := func(err error) (net.Conn, error) {
+		stop()
+		conn.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil, fmt.Errorf("%w within %s", ErrNoAnswer, streamHandshake)
+		}
+		return nil, fmt.Errorf("open stream: %w", err)
 	}
 	if _, err := io.WriteString(conn, req); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("open stream: %w", err)
+		return fail(err)
 	}
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
+		return fail(err)
+	}
+	if !stop() {
 		conn.Close()
-		return nil, fmt.Errorf("open stream: %w", err)
+		return nil, ctx.Err()
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		defer conn.Close()
