@@ -22,8 +22,8 @@ import (
 // owned, and that account read it through /proc/PID/root of QEMU. So a
 // share the account could not reach itself is refused: the VMM's account
 // must already be able to read (and, when shared read-write, write)
-// every folder the sandbox shares, checked by the kernel with the
-// account's own credentials (ancestors, groups, ACLs).
+// every folder the sandbox shares that is not its own, checked by the
+// kernel with the account's own credentials (ancestors, groups, ACLs).
 
 // CheckVMMReach refuses sb's workspaces when root runs sbx, sb's VMM
 // runs as an account, and that account cannot reach one of them with
@@ -47,7 +47,9 @@ func CheckVMMReach(ctx context.Context, cfg sandbox.Config) error {
 		}
 	}
 	for _, w := range cfg.Workspaces {
-		if w.Unshared {
+		if w.Unshared || ownedBy(w.Path, cfg.UID) {
+			// A folder of the account's own (root gave it to it; a test's
+			// workspace under a 0700 temporary folder) is its to reach.
 			continue
 		}
 		ok, err := reaches(ctx, uint32(cfg.UID), uint32(cfg.GID), groups, w.Path, !w.ReadOnly)
@@ -65,6 +67,16 @@ func CheckVMMReach(ctx context.Context, cfg sandbox.Config) error {
 		}
 	}
 	return nil
+}
+
+// ownedBy says whether folder p belongs to uid.
+func ownedBy(p string, uid int) bool {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == uid
 }
 
 // reaches says whether uid (with gid and groups) can list folder p, and

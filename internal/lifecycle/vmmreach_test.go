@@ -43,6 +43,9 @@ func TestCheckVMMReach(t *testing.T) {
 	closed := mk("closed", 0o700)
 	behind := filepath.Join(closed, "open")
 	os.Mkdir(behind, 0o755)
+	ownBehind := filepath.Join(closed, "own")
+	os.Mkdir(ownBehind, 0o700)
+	os.Chown(ownBehind, uid, gid)
 	readable := mk("readable", 0o755)
 	open := mk("open", 0o777)
 
@@ -57,6 +60,8 @@ func TestCheckVMMReach(t *testing.T) {
 		{sandbox.Workspace{Path: closed, ReadOnly: true}, uid, "cannot read " + closed},
 		{sandbox.Workspace{Path: behind, ReadOnly: true}, uid, "cannot read " + behind},
 		{sandbox.Workspace{Path: behind, Unshared: true}, uid, ""},
+		// Its own folder, even behind one it cannot pass: root gave it.
+		{sandbox.Workspace{Path: ownBehind}, uid, ""},
 		// No account has the uid: nobody can log in to reach the VM.
 		{sandbox.Workspace{Path: behind, ReadOnly: true}, 60999, ""},
 	} {
