@@ -45,6 +45,27 @@ func TestAPIRefusesWhatItCannotRead(t *testing.T) {
 	if v, _ := f.c.Policy(ctx, ""); v.Default != "" {
 		t.Errorf("a refused body changed the default to %q", v.Default)
 	}
+	// The twelfth review: a later key spelt otherwise won
+	// ({"action":"deny",...,"ACTION":"allow"} added an allow).
+	for _, body := range []string{
+		`{"action":"deny","resources":["a.example"],"ACTION":"allow"}`,
+		`{"action":"deny","resources":["a.example"],"action":"allow"}`,
+	} {
+		req, _ := http.NewRequestWithContext(ctx, "POST", f.c.Base+"/v1/policy/rules", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := f.c.HTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || !strings.Contains(string(b), "action") {
+			t.Errorf("%s: %d %s", body, resp.StatusCode, b)
+		}
+	}
+	if v, _ := f.c.Policy(ctx, ""); len(v.Rules) != 0 {
+		t.Errorf("a refused body added %v", v.Rules)
+	}
 
 	if _, err := f.c.Create(ctx, CreateRequest{Name: "ctl", Workspace: f.ws}); err != nil {
 		t.Fatal(err)

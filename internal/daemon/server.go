@@ -20,6 +20,7 @@ import (
 
 	"github.com/sbx-dev/sbx/api/agentapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
+	"github.com/sbx-dev/sbx/internal/jsonbody"
 	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
@@ -556,16 +557,8 @@ func writeError(w http.ResponseWriter, status int, msg ErrorMsg) {
 const maxBody = 16 << 20
 
 func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if err == nil {
-		// One JSON value: anything after it is refused, not ignored.
-		if _, terr := dec.Token(); terr != io.EOF {
-			err = errors.New("data after the JSON value")
-		}
-	}
-	if err != nil {
+	// One value, no unknown, repeated or differently spelt key.
+	if err := jsonbody.Decode(http.MaxBytesReader(w, r.Body, maxBody), v); err != nil {
 		writeError(w, http.StatusBadRequest, ErrorMsg{Code: string(lifecycle.Invalid), Message: "bad request body: " + err.Error()})
 		return false
 	}

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/sbx-dev/sbx/api/agentapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
+	"github.com/sbx-dev/sbx/internal/jsonbody"
 	"github.com/sbx-dev/sbx/internal/lifecycle"
 )
 
@@ -116,9 +118,7 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req TTYRequest
-	dec := json.NewDecoder(strings.NewReader(string(data)))
-	dec.DisallowUnknownFields()
-	if typ != websocket.MessageText || dec.Decode(&req) != nil || !atEOF(dec) {
+	if typ != websocket.MessageText || jsonbody.Decode(bytes.NewReader(data), &req) != nil {
 		fail(ErrorMsg{Code: string(lifecycle.Invalid), Message: "the first message must be a JSON TTYRequest (text)"})
 		return
 	}
@@ -179,9 +179,7 @@ func (s *Server) execTTY(w http.ResponseWriter, r *http.Request) {
 				continue
 			}
 			var ctl TTYControl
-			cdec := json.NewDecoder(strings.NewReader(string(data)))
-			cdec.DisallowUnknownFields()
-			if cdec.Decode(&ctl) != nil || !atEOF(cdec) || (ctl.Resize == nil && ctl.Signal == "" && !ctl.EOF) {
+			if jsonbody.Decode(bytes.NewReader(data), &ctl) != nil || (ctl.Resize == nil && ctl.Signal == "" && !ctl.EOF) {
 				abort <- ErrorMsg{Code: string(lifecycle.Invalid), Field: "control", Message: fmt.Sprintf("a text message must be a control message: {\"resize\":{\"rows\":R,\"cols\":C}}, {\"signal\":\"NAME\"} or {\"eof\":true}; got %.80q", data)}
 				return
 			}
@@ -262,12 +260,6 @@ func headerHas(h http.Header, key, token string) bool {
 		}
 	}
 	return false
-}
-
-// atEOF reports whether dec has nothing after the value it decoded.
-func atEOF(dec *json.Decoder) bool {
-	_, err := dec.Token()
-	return err == io.EOF
 }
 
 type writerFunc func([]byte) (int, error)

@@ -32,6 +32,7 @@ import (
 	"github.com/sbx-dev/sbx/api/agentapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
 	"github.com/sbx-dev/sbx/internal/agents"
+	"github.com/sbx-dev/sbx/internal/jsonbody"
 	"github.com/sbx-dev/sbx/internal/lifecycle"
 	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/sandbox"
@@ -175,7 +176,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func readJSON(r *http.Request, v any) error {
-	return json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20)).Decode(v)
+	return jsonbody.DecodeAllowUnknown(http.MaxBytesReader(nil, r.Body, 1<<20), v)
 }
 
 func randomHex(n int) string {

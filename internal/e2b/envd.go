@@ -22,6 +22,7 @@ import (
 
 	"github.com/sbx-dev/sbx/api/agentapi"
 	"github.com/sbx-dev/sbx/internal/agentclient"
+	"github.com/sbx-dev/sbx/internal/jsonbody"
 	"github.com/sbx-dev/sbx/internal/lifecycle"
 )
 
@@ -68,7 +69,7 @@ func readEnvelope(r io.Reader, v any) error {
 	if _, err := io.ReadFull(r, buf); err != nil {
 		return fmt.Errorf("read envelope: %w", err)
 	}
-	return json.Unmarshal(buf, v)
+	return jsonbody.DecodeAllowUnknown(bytes.NewReader(buf), v)
 }
 
 // streamWriter writes a server stream's envelopes, one at a time, each
