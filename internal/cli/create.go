@@ -62,6 +62,15 @@ func (f *createFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.cold, "cold", false, "boot the kernel instead of resuming the template's pre-booted snapshot (a new sandbox's first start)")
 }
 
+// check refuses flag values no sandbox could take, before anything is
+// made: an explicit --cpus 0 (0 is the default's stand-in, not a count).
+func (f *createFlags) check(cmd *cobra.Command) error {
+	if cmd.Flags().Changed("cpus") && f.cpus == 0 {
+		return userErr(nil, "use 1 to 64, or leave --cpus out for the default", "--cpus 0: a VM needs at least one CPU")
+	}
+	return nil
+}
+
 // target is what the positional arguments of run/create resolve to.
 type target struct {
 	agent      agents.Spec
@@ -272,6 +281,9 @@ its VM in the background and print its name. Attach with ` + "`sbx run NAME`" + 
 ` + "`sbx exec NAME CMD`" + `; it keeps running until ` + "`sbx stop`" + `. The VM resumes
 its template's pre-booted snapshot (saved on first use) unless --cold.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := f.check(cmd); err != nil {
+				return err
+			}
 			t, err := e.resolveTarget(args)
 			if err != nil {
 				return err

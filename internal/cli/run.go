@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -53,6 +54,17 @@ the workspace since the sandbox started goes to stderr, risky changes first
 			if n := cmd.ArgsLenAtDash(); n >= 0 {
 				args, extra = args[:n], args[n:]
 			}
+			// Refusals before anything is made (the twelfth review: -d
+			// --rm created and booted the sandbox, then refused).
+			if err := f.check(cmd); err != nil {
+				return err
+			}
+			if f.rm && f.detached {
+				return userErr(nil, "use one or the other", "--rm and -d do not go together: a detached sandbox has no session to end")
+			}
+			if f.detached && len(extra) > 0 {
+				return userErr(nil, "start it with `sbx run -d NAME`, then `sbx exec NAME ...` the command; or drop -d", "-d starts the sandbox without a session, so the agent arguments after -- (%s) would not be used", strings.Join(extra, " "))
+			}
 			env, err := parseEnv(f.env)
 			if err != nil {
 				return err
@@ -76,9 +88,6 @@ the workspace since the sandbox started goes to stderr, risky changes first
 				}
 			}
 			ctx := cmd.Context()
-			if f.rm && f.detached {
-				return userErr(nil, "use one or the other", "--rm and -d do not go together: a detached sandbox has no session to end")
-			}
 			if f.rm {
 				if !created {
 					return userErr(nil, "drop --rm, or remove it later with `sbx rm "+sb.Config.Name+"`", "--rm removes only a sandbox this command creates, and %s already exists", sb.Config.Name)
