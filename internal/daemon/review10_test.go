@@ -241,3 +241,39 @@ func TestAPIRefusalsAreJSON(t *testing.T) {
 		}
 	}
 }
+
+// Found by the twelfth review: an exec's environment entries were not
+// checked ("NOEQ", "=x", "A B=1" reached the guest), and every refusal
+// of an exec, a stopped sandbox's included, came as a 200 with an error
+// frame, where the docs say 400 and 409.
+func TestAPIExecRefusedBeforeTheStream(t *testing.T) {
+	f := newAPI(t, "", false)
+	ctx := t.Context()
+	if _, err := f.c.Create(ctx, CreateRequest{Name: "pre", Workspace: f.ws}); err != nil {
+		t.Fatal(err)
+	}
+	post := func(body string) (int, string) {
+		req, _ := http.NewRequestWithContext(ctx, "POST", f.c.Base+"/v1/sandboxes/pre/exec", strings.NewReader(body))
+		resp, err := f.c.HTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	for _, env := range []string{`"NOEQ"`, `"=x"`, `"A B=1"`} {
+		if code, b := post(`{"argv":["env"],"env":[` + env + `]}`); code != 400 || !strings.Contains(b, `"field": "env"`) {
+			t.Errorf("env %s: %d %s", env, code, b)
+		}
+	}
+	if code, b := post(`{"argv":["true"],"env":["A=1","B="]}`); code != 200 || !strings.Contains(b, `"exit":0`) {
+		t.Errorf("good env: %d %s", code, b)
+	}
+	if _, err := f.c.Stop(ctx, "pre"); err != nil {
+		t.Fatal(err)
+	}
+	if code, b := post(`{"argv":["true"]}`); code != 409 || !strings.Contains(b, `"field": "state"`) {
+		t.Errorf("a stopped sandbox: %d %s", code, b)
+	}
+}

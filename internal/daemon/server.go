@@ -386,6 +386,18 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, ErrorMsg{Code: string(lifecycle.Invalid), Field: "argv", Message: "argv is empty"})
 		return
 	}
+	// What can be refused before the stream starts is an HTTP error: a
+	// bad field, a sandbox that is not running. What the guest refuses
+	// (no such program, user or folder) comes as the stream's error frame.
+	xr := agentapi.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Dir, User: req.User}
+	if err := lifecycle.CheckExec(xr); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if st, err := s.M.Store.Status(sb); err == nil && st.Status != sandbox.StatusRunning {
+		s.fail(w, lifecycle.NotRunning(sb))
+		return
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	fw := &frameWriter{w: w, enc: json.NewEncoder(w)}
@@ -397,7 +409,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	if len(req.Stdin) > 0 {
 		stdin = strings.NewReader(string(req.Stdin))
 	}
-	st, err := s.M.Exec(r.Context(), sb, lifecycle.ExecRequest{ExecRequest: agentapi.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Dir, User: req.User}},
+	st, err := s.M.Exec(r.Context(), sb, lifecycle.ExecRequest{ExecRequest: xr},
 		agentclient.ExecIO{Stdin: stdin, Stdout: fw.stream(false), Stderr: fw.stream(true)})
 	if err != nil {
 		msg := errorMsg(err)

@@ -25,7 +25,7 @@ type ExecRequest struct {
 // "state" (start it first).
 func (m *Manager) Exec(ctx context.Context, sb *sandbox.Sandbox, req ExecRequest, io agentclient.ExecIO) (agentclient.ExitStatus, error) {
 	name := sb.Config.Name
-	if err := checkExec(req.ExecRequest); err != nil {
+	if err := CheckExec(req.ExecRequest); err != nil {
 		return agentclient.ExitStatus{}, err
 	}
 	stream, err := m.stream(ctx, sb, req.Session)
@@ -74,9 +74,11 @@ func (m *Manager) Lost(sb *sandbox.Sandbox, err error) error {
 	}
 }
 
-// checkExec refuses what no process can be given: a NUL byte in its
-// arguments, environment, folder, user or terminal type.
-func checkExec(r agentapi.ExecRequest) error {
+// CheckExec refuses what no process can be given: a NUL byte in its
+// arguments, environment, folder, user or terminal type, or an
+// environment entry that is no KEY=VALUE (the twelfth review found
+// "NOEQ", "=x" and "A B=1" passed on).
+func CheckExec(r agentapi.ExecRequest) error {
 	bad := func(field string) error {
 		e := newErr(Invalid, "", nil, "", "%s holds a NUL byte", field)
 		e.Field = field
@@ -91,6 +93,11 @@ func checkExec(r agentapi.ExecRequest) error {
 		if strings.ContainsRune(kv, 0) {
 			return bad("env")
 		}
+		if k, _, ok := strings.Cut(kv, "="); !ok || !envName(k) {
+			e := newErr(Invalid, "", nil, "give each as KEY=VALUE, KEY not empty and without spaces", "environment entry %.80q is no KEY=VALUE", kv)
+			e.Field = "env"
+			return e
+		}
 	}
 	for field, v := range map[string]string{"dir": r.Dir, "user": r.User, "term": r.Term} {
 		if strings.ContainsRune(v, 0) {
@@ -98,4 +105,19 @@ func checkExec(r agentapi.ExecRequest) error {
 		}
 	}
 	return nil
+}
+
+// envName says whether k can name an environment variable: not empty,
+// no space or control character ('=' cannot be in it: the entry is cut
+// at the first).
+func envName(k string) bool {
+	return k != "" && !strings.ContainsFunc(k, func(r rune) bool { return r <= ' ' || r == 0x7f })
+}
+
+// NotRunning is the Conflict on "state" of a request that needs sb
+// running.
+func NotRunning(sb *sandbox.Sandbox) *Error {
+	e := newErr(Conflict, sb.Config.Name, nil, "start it first", "sandbox %s is not running", sb.Config.Name)
+	e.Field = "state"
+	return e
 }
