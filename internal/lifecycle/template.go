@@ -97,19 +97,19 @@ func (m *Manager) BuildTemplate(ctx context.Context, name string) (template.Temp
 	}
 	t, err := template.Ensure(ctx, m.Dirs.Cache, name, m.progressOut())
 	if err != nil {
-		return t, buildErr(err, name)
+		return t, buildErr(err, name, m.Dirs.Cache)
 	}
 	return t, nil
 }
 
-func buildErr(err error, name string) error {
+func buildErr(err error, name, cache string) error {
 	switch {
 	case errors.Is(err, context.Canceled):
 		return err
 	case errors.Is(err, template.ErrNeedRoot):
-		return invalid(err, fmt.Sprintf("run `sudo sbx template build %s` once", name), "building template %s needs root", name)
+		return invalid(err, fmt.Sprintf("build it once as root into your cache: sudo SBX_CACHE_DIR=%s sbx template build %s", cache, name), "building template %s needs root", name)
 	}
-	return newErr(Failed, "", err, "see the message above; `sbx diagnose` checks the host", "cannot prepare template %s", name)
+	return newErr(Failed, "", err, "`sbx diagnose` checks the host", "cannot prepare template %s: %v", name, err)
 }
 
 // SaveTemplate makes template name of stopped (or crashed) sb's root
@@ -280,7 +280,7 @@ func (m *Manager) ResolveTemplate(ctx context.Context, ref, def string) (templat
 	if template.IsBuiltin(name) {
 		t, err := template.Ensure(ctx, m.Dirs.Cache, name, m.progressOut())
 		if err != nil {
-			return t, buildErr(err, name)
+			return t, buildErr(err, name, m.Dirs.Cache)
 		}
 		return t, nil
 	}

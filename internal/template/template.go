@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -342,21 +343,66 @@ func lockDir(ctx context.Context, dir string) (func(), error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create template cache: %w", err)
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("restrict template cache: %w", err)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("template cache: %w", err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && os.Geteuid() != 0 && int(st.Uid) != os.Geteuid() {
+		return nil, fmt.Errorf("template cache %s belongs to uid %d, not you (a build as root into your cache made it): run `sudo chown -R %d:%d %s`", dir, st.Uid, os.Geteuid(), os.Getegid(), dir)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("restrict template cache: %w", err)
+		}
 	}
 	unlock, err := safefile.Lock(ctx, filepath.Join(dir, ".lock"))
 	if err != nil {
 		return nil, err
 	}
 	safefile.RemoveTemps(dir, ".tmp-")
-	return unlock, nil
+	// Root building into a user's cache (sudo SBX_CACHE_DIR=... sbx
+	// template build) leaves what it made to that user, who owns the
+	// cache: else their own sbx could not read the template.
+	return func() {
+		giveToCacheOwner(dir)
+		unlock()
+	}, nil
+}
+
+// giveToCacheOwner, as root, gives dir and what root made in it to the
+// owner of dir's parent (the cache folder) when that is not root. Links
+// are never followed.
+func giveToCacheOwner(dir string) {
+	if os.Geteuid() != 0 {
+		return
+	}
+	pfi, err := os.Stat(filepath.Dir(dir))
+	if err != nil {
+		return
+	}
+	pst, ok := pfi.Sys().(*syscall.Stat_t)
+	if !ok || pst.Uid == 0 {
+		return
+	}
+	uid, gid := int(pst.Uid), int(pst.Gid)
+	chown := func(p string) {
+		if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSymlink == 0 {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid == 0 {
+				_ = os.Lchown(p, uid, gid)
+			}
+		}
+	}
+	chown(dir)
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		chown(filepath.Join(dir, e.Name()))
+	}
 }
 
 func build(ctx context.Context, dir string, r recipe, hr HostRelease, progress io.Writer) (Template, error) {
 	name := r.name
 	if os.Geteuid() != 0 {
-		return Template{}, fmt.Errorf("%w (debootstrap needs chroot and device nodes): run `sudo sbx template build %s` once, or run sbx as root", ErrNeedRoot, name)
+		return Template{}, fmt.Errorf("%w (debootstrap needs chroot and device nodes): run it once as root into this cache (sudo SBX_CACHE_DIR=%s sbx template build %s), or run sbx as root", ErrNeedRoot, filepath.Dir(dir), name)
 	}
 	debootstrap, err := exec.LookPath("debootstrap")
 	if err != nil {
