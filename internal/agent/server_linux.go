@@ -190,7 +190,7 @@ func codeOf(err error) agentapi.ErrorCode {
 		return agentapi.CodeNotFound
 	case errors.Is(err, fs.ErrPermission):
 		return agentapi.CodePermission
-	case errors.Is(err, archive.ErrUnsafeEntry), errors.Is(err, archive.ErrNotCopyable):
+	case errors.Is(err, archive.ErrUnsafeEntry), errors.Is(err, archive.ErrNotCopyable), errors.Is(err, archive.ErrNotFolder):
 		return agentapi.CodeInvalid
 	}
 	return agentapi.CodeInternal

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -82,6 +83,9 @@ func (m *Manager) CopyOut(ctx context.Context, sb *sandbox.Sandbox, guestSrc, ho
 	if err != nil {
 		return err
 	}
+	if err := checkFolderDest(hostDst, dst); err != nil {
+		return err
+	}
 	stream, err := m.stream(ctx, sb, false)
 	if err != nil {
 		return err
@@ -131,7 +135,51 @@ func (m *Manager) Download(ctx context.Context, sb *sandbox.Sandbox, guestSrc st
 // root, only root's own links are followed: a guest may have made one in
 // a workspace this store does not know (another user's sandbox, a
 // removed one).
-func (m *Manager) HostDest(dst string) (string, error) { return m.hostPath(dst, "destination", false) }
+//
+// A dst ending in "/" (or "/.") names a folder (POSIX, docker cp): the
+// result keeps a trailing "/", so the copy (archive.Extract) refuses
+// anything but an existing folder there instead of replacing a file.
+func (m *Manager) HostDest(dst string) (string, error) {
+	p, err := m.hostPath(dst, "destination", false)
+	if err == nil && namesFolder(dst) && !strings.HasSuffix(p, "/") {
+		p += "/"
+	}
+	return p, err
+}
+
+// namesFolder reports whether p, as the user wrote it, names a folder:
+// it ends in "/" or "/.".
+func namesFolder(p string) bool {
+	return strings.HasSuffix(p, "/") || strings.HasSuffix(p, "/.")
+}
+
+// checkFolderDest refuses, before anything is copied, a host destination
+// the user wrote as a folder (dst, ending in "/") that is not an existing
+// folder where it resolved to (resolved): NotFound or Invalid on
+// "destination". Copying there would make or replace a file of that name.
+func checkFolderDest(dst, resolved string) error {
+	if !namesFolder(dst) {
+		return nil
+	}
+	fi, err := os.Stat(filepath.Clean(resolved))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		e := newErr(NotFound, "", err, "create it first, or drop the trailing / to name the copy "+filepath.Clean(dst),
+			"the destination folder %s does not exist", dst)
+		e.Field = "destination"
+		return e
+	case err != nil:
+		e := newErr(Invalid, "", err, "", "destination %s: %v", dst, err)
+		e.Field = "destination"
+		return e
+	case !fi.IsDir():
+		e := newErr(Invalid, "", nil, "a destination ending in / must be an existing folder; drop the / to replace "+filepath.Clean(dst),
+			"%s: not a folder", dst)
+		e.Field = "destination"
+		return e
+	}
+	return nil
+}
 
 // HostSource is src with the symbolic links of its folders resolved as
 // HostDest does (a link in a workspace refused, Invalid on "source");

@@ -110,9 +110,20 @@ func (m *Manager) lockedStatus(ctx context.Context, sb *sandbox.Sandbox) (func()
 	st, err := m.Store.Status(sb)
 	if err != nil {
 		unlock()
-		return nil, st, newErr(Internal, sb.Config.Name, err, "its state file is damaged; remove the sandbox with `sbx rm -f "+sb.Config.Name+"`", "cannot read the state of sandbox %s", sb.Config.Name)
+		return nil, st, stateErr(sb, err)
 	}
 	return unlock, st, nil
+}
+
+// stateErr is a state.json of sb that cannot be read. The file only
+// records whether sb's VM runs (a missing one reads as stopped), so the
+// way back is to delete it, which keeps the disk; `sbx rm -f` deletes
+// the disk and is only the last resort.
+func stateErr(sb *sandbox.Sandbox, err error) *Error {
+	name, path := sb.Config.Name, sb.Path(sandbox.StateFile)
+	hint := fmt.Sprintf("delete %s to recover the sandbox with its disk (the file only records whether the VM runs; first check that no VM of it is left: `pgrep -af 'sbx supervise %s'`); `sbx rm -f %s` deletes the disk too: use it only as a last resort",
+		path, sb.Config.ID, name)
+	return newErr(Internal, name, err, hint, "cannot read the state of sandbox %s (%s): %v", name, path, err)
 }
 
 // StartMode says how a call wants a sandbox's VM kept.
@@ -189,6 +200,11 @@ func (m *Manager) Start(ctx context.Context, sb *sandbox.Sandbox, req StartReque
 	// A workspace holding sbx's own folders is refused at every start,
 	// not only at create: the config may predate the check or be edited.
 	if err := m.CheckWorkspaces(sb.Config.Workspaces); err != nil {
+		return err
+	}
+	// A damaged ports.json refuses the start (it says how to recover):
+	// the sandbox would run without the ports the user published.
+	if _, err := m.readPorts(sb); err != nil {
 		return err
 	}
 	if req.Check != nil {
@@ -314,7 +330,7 @@ func (m *Manager) StopLocked(ctx context.Context, sb *sandbox.Sandbox) error {
 	name := sb.Config.Name
 	st, err := m.Store.Status(sb)
 	if err != nil {
-		return newErr(Internal, name, err, "", "cannot read the state of sandbox %s", name)
+		return stateErr(sb, err)
 	}
 	switch st.Status {
 	case sandbox.StatusStopped:

@@ -2,7 +2,12 @@ package lifecycle
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/sbx-dev/sbx/api/controlapi"
 	"github.com/sbx-dev/sbx/internal/sandbox"
@@ -47,9 +52,9 @@ func (m *Manager) Ports(ctx context.Context, sb *sandbox.Sandbox, req PortsReque
 		}
 		return out, nil
 	}
-	ports, err := m.Store.ReadPorts(sb)
+	ports, err := m.readPorts(sb)
 	if err != nil {
-		return nil, newErr(Internal, sb.Config.Name, err, "", "cannot read the ports of %s", sb.Config.Name)
+		return nil, err
 	}
 	for _, u := range unpub {
 		n := len(ports)
@@ -83,4 +88,48 @@ func portsErr(sb *sandbox.Sandbox, hint, format string, args ...any) *Error {
 	e := newErr(Conflict, sb.Config.Name, nil, hint, format, args...)
 	e.Field = "ports"
 	return e
+}
+
+// readPorts is sb's ports.json, checked. A file that cannot be read is
+// Internal; one that does not parse or holds a port no start can publish
+// (a sandbox port of 0, a host address that is no IP address) is Invalid
+// on "ports", naming the file, every problem and how to recover: the
+// file is left as it is, never read as "no ports".
+func (m *Manager) readPorts(sb *sandbox.Sandbox) ([]sandbox.Port, error) {
+	name, path := sb.Config.Name, sb.Path(sandbox.PortsFile)
+	ports, err := m.Store.ReadPorts(sb)
+	if _, ok := errors.AsType[*fs.PathError](err); ok {
+		return nil, newErr(Internal, name, err, "check the permissions of "+path, "cannot read the ports of %s: %v", name, err)
+	}
+	if err == nil {
+		if err = checkPorts(ports); err != nil {
+			err = fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	if err != nil {
+		e := newErr(Invalid, name, err,
+			fmt.Sprintf("fix or delete %s, then publish the ports again with `sbx ports %s --publish [[HOST_IP:]HOST_PORT:]SANDBOX_PORT`", path, name),
+			"the ports file of sandbox %s is damaged: %v", name, err)
+		e.Field = "ports"
+		return nil, e
+	}
+	return ports, nil
+}
+
+// checkPorts returns every port of ports that cannot be published, each
+// named by its place in the file and its value.
+func checkPorts(ports []sandbox.Port) error {
+	var bad []string
+	for i, p := range ports {
+		if p.SandboxPort == 0 {
+			bad = append(bad, fmt.Sprintf("ports[%d]: sandboxPort 0 is not a port number (1-65535)", i))
+		}
+		if _, err := netip.ParseAddr(p.HostIP); err != nil {
+			bad = append(bad, fmt.Sprintf("ports[%d]: hostIP %q is not an IP address", i, p.HostIP))
+		}
+	}
+	if len(bad) > 0 {
+		return errors.New(strings.Join(bad, "; "))
+	}
+	return nil
 }

@@ -28,11 +28,17 @@ func newPublisher(s *Supervisor) *publisher {
 }
 
 // restore publishes the ports recorded in ports.json; a port that cannot
-// be bound any more is logged and dropped from the list.
+// be bound any more is logged and dropped from the list. A ports.json
+// that cannot be read or parsed is left as it is (never overwritten with
+// the empty list) and reported in the log and as a note for the starting
+// command, with the way to recover. The lifecycle refuses to start a
+// sandbox whose file is damaged; this covers one damaged since.
 func (p *publisher) restore(ctx context.Context) {
 	saved, err := p.s.store.ReadPorts(p.s.sb)
 	if err != nil {
-		p.s.log.Error("read published ports", "err", err)
+		name, path := p.s.sb.Config.Name, p.s.sb.Path(sandbox.PortsFile)
+		p.s.log.Error("read published ports; none is published", "component", "supervisor", "path", path, "err", err)
+		p.s.addNote(fmt.Sprintf("no port is published: %v; fix or delete %s, then publish the ports again with `sbx ports %s --publish [[HOST_IP:]HOST_PORT:]SANDBOX_PORT`", err, path, name))
 		return
 	}
 	for _, port := range saved {

@@ -367,11 +367,22 @@ func TopName(src string) string {
 // or paths through a symlink are refused with an error wrapping
 // ErrUnsafeEntry (or the os.Root escape error); entries already extracted
 // stay. Extract stops at the tar end marker and does not read r beyond it.
+//
+// A dst ending in "/" (or "/.") names a folder, as in POSIX and docker
+// cp: it must be an existing folder, and the entry goes inside it. When
+// it does not exist the error wraps fs.ErrNotExist, when it is not a
+// folder [ErrNotFolder]; nothing is written either way.
 func Extract(r io.Reader, dst string, opts Options) error {
+	folder := namesFolder(dst)
+	orig := dst
 	dst = filepath.Clean(dst)
-	parent, name, err := destination(dst, opts)
+	parent, name, isDir, err := destination(dst, opts)
 	if err != nil {
 		return err
+	}
+	if folder && !isDir {
+		parent.Close()
+		return notFolderErr(orig)
 	}
 	defer parent.Close()
 	x := &extractor{parent: parent, dst: dst, name: name, opts: opts, dirsOK: map[string]bool{".": true}}

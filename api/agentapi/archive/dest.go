@@ -40,16 +40,39 @@ func (e *linkError) Unwrap() error { return ErrDestinationLink }
 // walk through it, never through a symlink.
 const openPathFlags = unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
 
+// ErrNotFolder means the destination of [Extract] ends in "/", so names
+// a folder, but is something else.
+var ErrNotFolder = errors.New("not a folder")
+
+// namesFolder reports whether dst, as the user wrote it, names a folder:
+// it ends in "/" or "/." (POSIX; docker cp).
+func namesFolder(dst string) bool {
+	return strings.HasSuffix(dst, "/") || strings.HasSuffix(dst, "/.")
+}
+
+// notFolderErr is the refusal of dst, which names a folder (namesFolder)
+// but is none: missing, or something else.
+func notFolderErr(dst string) error {
+	clean := filepath.Clean(dst)
+	if _, err := os.Stat(clean); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("the destination folder %s does not exist (a destination ending in / must be an existing folder): create it first, or drop the trailing / to name the copy %s: %w",
+			dst, clean, fs.ErrNotExist)
+	}
+	return fmt.Errorf("destination %s: %w (a destination ending in / must be an existing folder): drop the trailing / to replace %s, or give a folder",
+		dst, ErrNotFolder, clean)
+}
+
 // destination finds where Extract puts the top-level entry: the folder
-// holding it, opened as a root, and its name there ("" for the archive's
-// own). dst is clean.
-func destination(dst string, opts Options) (*os.Root, string, error) {
+// holding it, opened as a root, its name there ("" for the archive's
+// own) and whether dst is an existing folder (the entry goes inside it).
+// dst is clean.
+func destination(dst string, opts Options) (*os.Root, string, bool, error) {
 	if opts.FollowDestLinks {
 		return destinationFollow(dst, opts)
 	}
 	parent, last, err := openParent(dst)
 	if err != nil {
-		return nil, "", err
+		return nil, "", false, err
 	}
 	dir := -1 // dst, when it is an existing folder
 	if last == "" {
@@ -69,7 +92,7 @@ func destination(dst string, opts Options) (*os.Root, string, error) {
 		}
 		if err != nil && !errors.Is(err, unix.ENOENT) {
 			unix.Close(parent)
-			return nil, "", err
+			return nil, "", false, err
 		}
 	}
 	var name string
@@ -83,7 +106,7 @@ func destination(dst string, opts Options) (*os.Root, string, error) {
 		name = opts.Name
 		if name == ".." || strings.ContainsRune(name, filepath.Separator) {
 			unix.Close(hold)
-			return nil, "", fmt.Errorf("extract to %s: %q is not a valid name", dst, name)
+			return nil, "", false, fmt.Errorf("extract to %s: %q is not a valid name", dst, name)
 		}
 	} else {
 		// Not there, or not a folder: the top-level entry becomes dst.
@@ -92,9 +115,9 @@ func destination(dst string, opts Options) (*os.Root, string, error) {
 	root, err := rootAt(hold)
 	unix.Close(hold)
 	if err != nil {
-		return nil, "", fmt.Errorf("extract to %s: %w", dst, err)
+		return nil, "", false, fmt.Errorf("extract to %s: %w", dst, err)
 	}
-	return root, name, nil
+	return root, name, dir >= 0, nil
 }
 
 // openParent opens, component by component and never through a symlink,
@@ -179,36 +202,37 @@ func rootAt(fd int) (*os.Root, error) {
 
 // destinationFollow is destination resolving dst as any path is: for
 // [Options.FollowDestLinks].
-func destinationFollow(dst string, opts Options) (*os.Root, string, error) {
+func destinationFollow(dst string, opts Options) (*os.Root, string, bool, error) {
 	var parentDir, name string
 	fi, err := os.Stat(dst)
+	isDir := err == nil && fi.IsDir()
 	switch {
-	case err == nil && fi.IsDir():
+	case isDir:
 		parentDir = dst
 		if opts.Name != "" {
 			name = opts.Name
 			if name == ".." || strings.ContainsRune(name, filepath.Separator) {
-				return nil, "", fmt.Errorf("extract to %s: %q is not a valid name", dst, name)
+				return nil, "", false, fmt.Errorf("extract to %s: %q is not a valid name", dst, name)
 			}
 		}
 	case err == nil || errors.Is(err, fs.ErrNotExist):
 		parentDir, name = filepath.Dir(dst), filepath.Base(dst)
 		if name == "." || name == ".." || name == string(filepath.Separator) {
-			return nil, "", fmt.Errorf("extract to %s: not a valid destination name", dst)
+			return nil, "", false, fmt.Errorf("extract to %s: not a valid destination name", dst)
 		}
 		pfi, perr := os.Stat(parentDir)
 		if perr != nil {
-			return nil, "", fmt.Errorf("extract to %s: parent directory: %w", dst, perr)
+			return nil, "", false, fmt.Errorf("extract to %s: parent directory: %w", dst, perr)
 		}
 		if !pfi.IsDir() {
-			return nil, "", fmt.Errorf("extract to %s: parent %s is not a directory", dst, parentDir)
+			return nil, "", false, fmt.Errorf("extract to %s: parent %s is not a directory", dst, parentDir)
 		}
 	default:
-		return nil, "", fmt.Errorf("extract to %s: %w", dst, err)
+		return nil, "", false, fmt.Errorf("extract to %s: %w", dst, err)
 	}
 	parent, err := os.OpenRoot(parentDir)
 	if err != nil {
-		return nil, "", fmt.Errorf("extract to %s: %w", dst, err)
+		return nil, "", false, fmt.Errorf("extract to %s: %w", dst, err)
 	}
-	return parent, name, nil
+	return parent, name, isDir, nil
 }
