@@ -14,7 +14,8 @@ func newCpCmd(e *env) *cobra.Command {
 		Short: "Copy files between the host and a sandbox",
 		Long: `Copy a file or folder into or out of a sandbox. One side is
 SANDBOX:/absolute/path, the other a host path. As with docker cp, copying to
-an existing folder puts SRC inside it; otherwise DST names the copy.
+an existing folder puts SRC inside it; otherwise DST names the copy. A DST
+ending in / must be an existing folder (nothing is replaced or made else).
 A stopped sandbox is started first. Copying out never follows a symlink
 made in the sandbox to a place outside the copied tree, drops set-uid and
 set-gid bits, and names the copy after SRC (or DST), never after what the
