@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,6 +18,7 @@ import (
 	"github.com/sbx-dev/sbx/internal/daemon"
 	"github.com/sbx-dev/sbx/internal/e2b"
 	"github.com/sbx-dev/sbx/internal/lifecycle"
+	"github.com/sbx-dev/sbx/internal/paths"
 	"github.com/sbx-dev/sbx/internal/sandbox"
 )
 
@@ -51,8 +54,15 @@ starts keep running after it exits; stop them with sbx stop.`,
 				}
 				token = t
 			}
-			if socket == "" {
-				socket = filepath.Join(e.dirs.Runtime, "daemon.sock")
+			if listen != "" {
+				if err := checkListenAddr(listen); err != nil {
+					return err
+				}
+			}
+			defaultSocket := filepath.Join(e.dirs.Runtime, "daemon.sock")
+			customSocket := socket != ""
+			if !customSocket {
+				socket = defaultSocket
 			}
 			// No prompts: requests decide nothing on a terminal.
 			e.stdin = strings.NewReader("")
@@ -63,7 +73,7 @@ starts keep running after it exits; stop them with sbx stop.`,
 			h := srv.Handler()
 			ul, err := daemon.ListenUnix(socket)
 			if err != nil {
-				return userErr(nil, "stop the other daemon, or give --socket in a folder only you can write", "cannot listen on %s: %v", socket, err)
+				return unixListenErr(err, socket, defaultSocket, customSocket)
 			}
 			servers := []*http.Server{newHTTPServer(h)}
 			listeners := []net.Listener{netutil.LimitListener(ul, maxConns)}
@@ -71,7 +81,7 @@ starts keep running after it exits; stop them with sbx stop.`,
 				tl, err := net.Listen("tcp", listen)
 				if err != nil {
 					ul.Close()
-					return userErr(err, "", "cannot listen on %s", listen)
+					return tcpListenErr(err, listen)
 				}
 				// /v1 with the bearer token; the rest is E2B's API
 				// (docs/e2b.md), with its own keys.
@@ -121,4 +131,69 @@ const maxConns = 1024
 // is closed, so nobody holds the daemon's connections open for nothing.
 func newHTTPServer(h http.Handler) *http.Server {
 	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second}
+}
+
+// listenForm is the --listen syntax, for hints.
+const listenForm = "give --listen as HOST:PORT with a port from 1 to 65535 (0 picks a free one), for example 127.0.0.1:7070"
+
+// checkListenAddr refuses a --listen value that is not HOST:PORT with a
+// numeric port in range, before anything is bound.
+func checkListenAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		reason := err.Error()
+		if ae, ok := errors.AsType[*net.AddrError](err); ok {
+			reason = ae.Err
+		}
+		return userErr(err, listenForm, "cannot listen on %q: %s", addr, reason)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		return userErr(err, listenForm, "cannot listen on %q: port %q is not a number from 1 to 65535", addr, port)
+	}
+	return nil
+}
+
+// tcpListenErr explains a failed TCP listen on addr (already checked by
+// checkListenAddr).
+func tcpListenErr(err error, addr string) error {
+	reason := err.Error()
+	if oe, ok := errors.AsType[*net.OpError](err); ok && oe.Err != nil {
+		reason = oe.Err.Error()
+	}
+	hint := listenForm
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		hint = "another program (or another sbx daemon) uses that port: stop it, or pick another port"
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		hint = "HOST must be an address of this machine (127.0.0.1 for this machine only)"
+	case errors.Is(err, syscall.EACCES):
+		hint = "ports below 1024 need privileges: pick a port from 1024 to 65535"
+	}
+	return userErr(err, hint, "cannot listen on %s: %s", addr, reason)
+}
+
+// unixListenErr explains a failed daemon.ListenUnix on socket. custom says
+// the user gave --socket, so the folder is theirs to pick, not sbx's
+// runtime folder.
+func unixListenErr(err error, socket, defaultSocket string, custom bool) error {
+	hint := "give --socket PATH in a folder only you can write (such as ~/.sbx/daemon.sock, made mode 0700 if missing)"
+	if custom {
+		hint = fmt.Sprintf("omit --socket to use %s, or give a path in a folder only you can write, such as ~/.sbx/daemon.sock (made mode 0700 if missing)", defaultSocket)
+	}
+	if ue, ok := errors.AsType[*paths.UnsafeDirError](err); ok {
+		if !custom {
+			return userErr(err, hint, "cannot listen on %s: %v", socket, err)
+		}
+		return userErr(err, hint, "cannot listen on %s: its folder %s %s; a socket's folder must be one only you can write, or another user could swap the socket",
+			socket, ue.Dir, ue.Problem)
+	}
+	if c, derr := net.DialTimeout("unix", socket, time.Second); derr == nil {
+		c.Close()
+		return userErr(err, "stop the other daemon first, or "+hint, "cannot listen on %s: another daemon already listens there", socket)
+	}
+	if n := len(socket); n > paths.MaxSocketPath {
+		return userErr(err, hint, "cannot listen on %s: the path is %d bytes, over the %d-byte limit of unix sockets", socket, n, paths.MaxSocketPath)
+	}
+	return userErr(err, hint, "cannot listen on %s: %v", socket, err)
 }

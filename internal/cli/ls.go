@@ -27,11 +27,13 @@ func newLsCmd(e *env) *cobra.Command {
 				}
 			case quiet:
 				for _, en := range entries {
-					fmt.Fprintln(e.stdout, en.Name)
+					fmt.Fprintln(e.stdout, terminalField(en.Name))
 				}
 			default:
 				tw := tabwriter.NewWriter(e.stdout, 0, 4, 3, ' ', 0)
 				fmt.Fprintln(tw, "SANDBOX\tAGENT\tSTATUS\tMODE\tWORKSPACE\tPORTS")
+				// Every cell escaped (terminalField): a workspace path may
+				// hold a newline or an escape sequence. --json stays exact.
 				for _, en := range entries {
 					var ps []string
 					for _, p := range en.Ports {
@@ -41,12 +43,16 @@ func newLsCmd(e *env) *cobra.Command {
 					if en.Share != "" {
 						mode += " (" + en.Share + ")"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", en.Name, en.Agent, en.Status, mode, en.Workspace, strings.Join(ps, ", "))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", terminalField(en.Name), terminalField(en.Agent), terminalField(string(en.Status)),
+						terminalField(mode), terminalField(en.Workspace), terminalField(strings.Join(ps, ", ")))
 				}
 				tw.Flush()
 			}
 			if listErr != nil {
-				fmt.Fprintf(e.stderr, "sbx: some sandboxes could not be read: %v\n", listErr)
+				// The error may quote a folder's name.
+				w := &terminalWriter{w: e.stderr}
+				fmt.Fprintf(w, "sbx: some sandboxes could not be read: %v\n", listErr)
+				w.Flush()
 			}
 			return nil
 		},

@@ -1,13 +1,17 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -103,7 +107,36 @@ func secretErr(err error, what string) error {
 	case errors.Is(err, secrets.ErrKeyringUnavailable):
 		return userErr(err, "run sbx where the Secret Service answers (a desktop session), or set the secret again here to keep it in the file", "%s: %v", what, err)
 	}
-	return userErr(err, "", "%s", what)
+	// The store's errors name files, offsets and OS errors, never a value
+	// (keyring errors are scrubbed, JSON errors reduced to an offset).
+	return userErr(err, storeHint(err), "%s: %s", what, strings.ReplaceAll(err.Error(), "\n", "; "))
+}
+
+// storeHint says what to do about a store error that is not the user's
+// input: a damaged index, a full, read-only or foreign folder.
+func storeHint(err error) string {
+	path := ""
+	if pe, ok := errors.AsType[*fs.PathError](err); ok {
+		path = pe.Path
+	} else if le, ok := errors.AsType[*os.LinkError](err); ok {
+		path = le.New
+	}
+	dir := filepath.Dir(path)
+	switch {
+	case errors.Is(err, secrets.ErrDamaged):
+		return fmt.Sprintf("repair %s by hand at that place (it is JSON; with the file store it holds the values, so do not share it), "+
+			"or move it away (mv %s %s.damaged): sbx then starts with no secrets and each must be set again "+
+			"(the values stay in the moved file, or in the Secret Service, but sbx no longer uses them)", path, path, path)
+	case path == "":
+		return ""
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return fmt.Sprintf("the disk (or your quota) holding %s is full: free some space (see df -h %s) and try again", dir, dir)
+	case errors.Is(err, syscall.EROFS):
+		return fmt.Sprintf("%s is on a read-only file system: remount it read-write, or set SBX_HOME to a writable folder", dir)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Sprintf("you cannot write %s: it must be yours and writable by you (ls -ld %s; chown or chmod u+rwx it)", dir, dir)
+	}
+	return ""
 }
 
 // scopeFlags are -g/--global and --sandbox.
@@ -284,6 +317,13 @@ func newSecretLsCmd(e *env) *cobra.Command {
 			names := e.sandboxNames()
 			rows := make([]secretJSON, 0, len(ents))
 			for _, en := range ents {
+				if why := secrets.ReservedEnv(en.Name); en.Custom && why != "" {
+					rm := "sbx secret rm -f " + en.Name
+					if !en.Global() {
+						rm += " --sandbox " + cmp.Or(names[en.Scope], en.Scope)
+					}
+					fmt.Fprintf(e.stderr, "sbx: warning: custom secret %s is not given to sandboxes: the variable is reserved (%s); remove it with `%s` and set it under another name\n", en.Name, why, rm)
+				}
 				r := secretJSON{Service: en.Name, Custom: en.Custom, Scope: "global", SetAt: en.SetAt,
 					Hosts: en.BoundHosts(), Env: envNames(en.GuestEnv()), Store: "file"}
 				if en.Custom {

@@ -146,10 +146,30 @@ func (d Dirs) EnsureRuntimeDir(id string) (string, error) {
 	return dir, nil
 }
 
+// UnsafeDirError is PrivateDir's refusal of a folder that another user
+// could change (and so swap what is in it).
+type UnsafeDirError struct {
+	Dir string
+	// Problem is what is wrong: "is not a folder (a link?)", "belongs to
+	// another user (uid 0)", "is writable by other users (mode ...)".
+	Problem string
+	// Shared reports a folder every user may write (world-writable with
+	// the sticky bit, as /tmp): it is meant to be shared, so it is never
+	// to be chmodded, removed or given to sbx, only avoided.
+	Shared bool
+	// fix is what to do about it in the runtime folder's case.
+	fix string
+}
+
+func (e *UnsafeDirError) Error() string {
+	return "runtime folder " + e.Dir + " " + e.Problem + "; " + e.fix
+}
+
 // PrivateDir makes dir (mode 0700) unless it exists, and checks that it
 // is a folder, not a link, of the caller's, that nobody else can write
 // (so nobody else can swap what is in it; the sockets in it are 0600 or
-// need write permission to connect).
+// need write permission to connect). A folder that fails the check comes
+// back as an *UnsafeDirError.
 func PrivateDir(dir string) error {
 	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -160,14 +180,21 @@ func PrivateDir(dir string) error {
 	if err != nil {
 		return err
 	}
+	const elsewhere = "set XDG_RUNTIME_DIR to a folder of yours"
 	if !st.IsDir() {
-		return fmt.Errorf("runtime folder %s is not a folder (a link?); remove it, or set XDG_RUNTIME_DIR to a folder of yours", dir)
+		return &UnsafeDirError{Dir: dir, Problem: "is not a folder (a link?)", fix: "remove it, or " + elsewhere}
+	}
+	shared := st.Mode()&os.ModeSticky != 0 && st.Mode().Perm()&0o002 != 0
+	if shared {
+		// /tmp and its kind: chmod or rm would break the machine.
+		return &UnsafeDirError{Dir: dir, Problem: fmt.Sprintf("is shared by all users (mode %v)", st.Mode()), Shared: true,
+			fix: "sbx needs a folder of its own inside it; " + elsewhere}
 	}
 	if owner, ok := ownerUID(st); !ok || owner != os.Geteuid() {
-		return fmt.Errorf("runtime folder %s belongs to another user (uid %d); remove it, or set XDG_RUNTIME_DIR to a folder of yours", dir, owner)
+		return &UnsafeDirError{Dir: dir, Problem: fmt.Sprintf("belongs to another user (uid %d)", owner), fix: "remove it, or " + elsewhere}
 	}
 	if st.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("runtime folder %s is writable by other users (mode %v); chmod 700 it, or set XDG_RUNTIME_DIR to a folder of yours", dir, st.Mode().Perm())
+		return &UnsafeDirError{Dir: dir, Problem: fmt.Sprintf("is writable by other users (mode %v)", st.Mode().Perm()), fix: "chmod 700 it, or " + elsewhere}
 	}
 	return nil
 }

@@ -1,8 +1,10 @@
 package paths
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -44,5 +46,37 @@ func TestPrivateDir(t *testing.T) {
 		if _, err := d.EnsureRuntimeDir("abc"); err == nil {
 			t.Error("a sandbox runtime folder made by another user was taken")
 		}
+	}
+}
+
+// Found by the twelfth outside review; fails on the code before its fix.
+// A folder shared by all users (sticky and world-writable, as /tmp) was
+// refused with "chmod 700 it", which would break the machine. The refusal
+// is an *UnsafeDirError that says the folder is shared and never suggests
+// changing it.
+func TestPrivateDirShared(t *testing.T) {
+	base := t.TempDir()
+	shared := filepath.Join(base, "tmp")
+	if err := os.Mkdir(shared, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(shared, os.ModeSticky|0o777); err != nil {
+		t.Fatal(err)
+	}
+	err := PrivateDir(shared)
+	ue, ok := errors.AsType[*UnsafeDirError](err)
+	if !ok || !ue.Shared || ue.Dir != shared {
+		t.Fatalf("PrivateDir(sticky 1777) = %#v, want a shared *UnsafeDirError", err)
+	}
+	if strings.Contains(err.Error(), "chmod") || strings.Contains(err.Error(), "remove it") {
+		t.Errorf("error suggests changing a shared folder: %v", err)
+	}
+	// A loose folder of sbx's own may be tightened.
+	loose := filepath.Join(base, "loose")
+	os.Mkdir(loose, 0o700)
+	os.Chmod(loose, 0o777)
+	err = PrivateDir(loose)
+	if ue, ok := errors.AsType[*UnsafeDirError](err); !ok || ue.Shared || !strings.Contains(err.Error(), "chmod 700") {
+		t.Errorf("PrivateDir(0777) = %v", err)
 	}
 }

@@ -6,6 +6,10 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
 )
 
 // Kind is the form of a Resource.
@@ -264,6 +268,9 @@ func checkHostName(h string) error {
 	if len(h) > 253 {
 		return errors.New("host name is longer than 253 characters")
 	}
+	if err := checkHostRunes(h); err != nil {
+		return err
+	}
 	labels := strings.Split(h, ".")
 	for _, l := range labels {
 		if l == "" {
@@ -278,17 +285,49 @@ func checkHostName(h string) error {
 		if l[0] == '-' || l[len(l)-1] == '-' {
 			return fmt.Errorf("host name label %q starts or ends with a hyphen", l)
 		}
-		for i := 0; i < len(l); i++ {
-			c := l[i]
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-				return fmt.Errorf("host name has character %q; only letters, digits, hyphens and underscores are allowed", c)
-			}
-		}
 	}
 	if last := labels[len(labels)-1]; strings.Trim(last, "0123456789") == "" {
 		return errors.New("looks like an IP address but is not a valid one")
 	}
 	return nil
+}
+
+// checkHostRunes refuses any character but ASCII letters, digits, '-',
+// '_' and '.', naming the character as it was typed; for a name in
+// another script it gives the punycode (xn--) form DNS knows it by.
+func checkHostRunes(h string) error {
+	const allowed = "only letters a-z, digits, hyphens and underscores are allowed"
+	bad, idn := rune(-1), true
+	for i, r := range h {
+		if r == utf8.RuneError {
+			// Also U+FFFD itself: lowercasing turned invalid bytes into it.
+			return fmt.Errorf("host name has a byte (at %d) that is not UTF-8 text; %s", i, allowed)
+		}
+		if r < utf8.RuneSelf {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' || r == '*') {
+				return fmt.Errorf("host name has character %q; %s", r, allowed)
+			}
+			continue
+		}
+		if bad < 0 {
+			bad = r
+		}
+		if !unicode.IsLetter(r) && !unicode.IsDigit(r) && !unicode.Is(unicode.Mn, r) {
+			idn = false
+		}
+	}
+	if bad < 0 {
+		return nil
+	}
+	if !idn {
+		return fmt.Errorf("host name has character %q (U+%04X); %s", bad, bad, allowed)
+	}
+	ace, err := idna.Lookup.ToASCII(h)
+	if err != nil {
+		return fmt.Errorf("host name has character %q (U+%04X); %s (%v)", bad, bad, allowed, err)
+	}
+	return fmt.Errorf("host name has character %q (U+%04X); %s: write an international name in its punycode form, here %s",
+		bad, bad, allowed, ace)
 }
 
 // normalizeHost lowercases a request host name and strips a trailing dot.

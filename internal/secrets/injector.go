@@ -222,8 +222,9 @@ func (in *Injector) Intercept(host string, _ uint16) bool {
 
 // GuestEnv returns the VAR=VALUE lines for the guest: a sentinel for each
 // service in effect, the placeholder of each custom secret. On error it
-// logs and returns what it can (nothing), so agent CLIs miss their key but
-// nothing leaks.
+// logs a warning and returns what it can: nothing when the index cannot be
+// read (agent CLIs miss their key but nothing leaks), everything but the
+// custom secrets under reserved variables (Store.GuestEnv) otherwise.
 func (in *Injector) GuestEnv() []string {
 	env, err := in.store.GuestEnv(in.sandbox)
 	if err != nil {

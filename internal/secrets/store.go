@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/sbx-dev/sbx/internal/safefile"
 	"io/fs"
 	"net"
 	"os"
@@ -17,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sbx-dev/sbx/internal/safefile"
 )
 
 // Files in the store's folder (Options.Dir/secrets, mode 0700).
@@ -46,6 +47,10 @@ var (
 	// ErrKeyringUnavailable: the value is kept in the Secret Service, which
 	// this store was not given.
 	ErrKeyringUnavailable = errors.New("secret service unavailable")
+	// ErrDamaged: the index file is not valid JSON of the expected shape.
+	// It comes wrapped in an *fs.PathError naming the file; the text adds
+	// the byte offset or field, never the file's content.
+	ErrDamaged = errors.New("the file is damaged")
 )
 
 // Keyring is the Secret Service seam (github.com/zalando/go-keyring's
@@ -122,9 +127,14 @@ func (e Entry) BoundHosts() []string {
 	return p.Hosts()
 }
 
-// GuestEnv is what the guest sees for this entry (VAR=VALUE lines).
+// GuestEnv is what the guest sees for this entry (VAR=VALUE lines). A
+// custom secret whose variable is reserved (stored before sbx refused
+// such names; see ReservedEnv) gives nothing: it would break the guest.
 func (e Entry) GuestEnv() []string {
 	if e.Custom {
+		if ReservedEnv(e.Name) != "" {
+			return nil
+		}
 		return []string{e.Name + "=" + e.Placeholder}
 	}
 	p, ok := LookupProvider(e.Name)
@@ -202,7 +212,7 @@ func (s *Store) load() (file, error) {
 	var f file
 	if err := json.Unmarshal(data, &f); err != nil {
 		// The JSON decoder's messages quote at most a token type and offset.
-		return file{}, fmt.Errorf("parse %s: %w", s.Path(), errors.New(scrubJSONError(err)))
+		return file{}, &fs.PathError{Op: "read", Path: s.Path(), Err: fmt.Errorf("%w: %s", ErrDamaged, scrubJSONError(err))}
 	}
 	if f.Version != fileVersion {
 		return file{}, fmt.Errorf("parse %s: version %d is not supported (want %d)", s.Path(), f.Version, fileVersion)
@@ -279,6 +289,55 @@ type Custom struct {
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
+// Why a variable is reserved, for messages.
+const (
+	reservedBasic = "the guest's shells and programs depend on it"
+	reservedProxy = "sbx sets it in the guest to send traffic through its proxy"
+	reservedCA    = "sbx sets it, or TLS clients read it, to trust the sandbox proxy's certificate"
+)
+
+// reservedEnv are the variables a custom secret may not take (exact
+// names: the programs that read them match case).
+var reservedEnv = map[string]string{
+	"PATH": reservedBasic, "HOME": reservedBasic, "USER": reservedBasic,
+	"LOGNAME": reservedBasic, "SHELL": reservedBasic, "TERM": reservedBasic,
+	"PWD": reservedBasic, "OLDPWD": reservedBasic, "LANG": reservedBasic,
+	"LANGUAGE": reservedBasic, "TZ": reservedBasic, "TMPDIR": reservedBasic,
+	"IFS": reservedBasic, "ENV": reservedBasic, "BASH_ENV": reservedBasic,
+	"SHELLOPTS": reservedBasic, "BASHOPTS": reservedBasic,
+	"NODE_EXTRA_CA_CERTS": reservedCA, "SSL_CERT_FILE": reservedCA,
+	"SSL_CERT_DIR": reservedCA, "REQUESTS_CA_BUNDLE": reservedCA,
+	"CURL_CA_BUNDLE": reservedCA, "GIT_SSL_CAINFO": reservedCA,
+	"GIT_SSL_CAPATH": reservedCA, "PROXY_CA_CERT_B64": reservedCA,
+}
+
+// reservedProxyEnv are read in any case (curl takes http_proxy, Go and
+// Python HTTP_PROXY or http_proxy), so they are compared case-insensitively.
+var reservedProxyEnv = []string{"http_proxy", "https_proxy", "no_proxy", "all_proxy", "ftp_proxy"}
+
+// ReservedEnv returns why a custom secret may not use the variable name
+// ("" when it may): sbx sets it in the guest (the proxy and CA
+// variables, any case for the proxy ones), or the guest's basic operation
+// depends on it (PATH, HOME, LANG and LC_*, LD_* ...). The full list is in
+// docs/secrets.md.
+func ReservedEnv(name string) string {
+	if why, ok := reservedEnv[name]; ok {
+		return why
+	}
+	for _, p := range reservedProxyEnv {
+		if strings.EqualFold(name, p) {
+			return reservedProxy
+		}
+	}
+	switch {
+	case strings.HasPrefix(name, "LC_"):
+		return reservedBasic
+	case strings.HasPrefix(name, "LD_"):
+		return "the dynamic loader reads it"
+	}
+	return ""
+}
+
 // NormalizeHost lower-cases host and drops a trailing dot, brackets and a
 // port ("Example.COM.:8443" → "example.com", "[::1]:443" → "::1").
 func NormalizeHost(host string) string {
@@ -303,7 +362,9 @@ func isDigits(s string) bool {
 func (c *Custom) validate() error {
 	var errs []error
 	if !envName.MatchString(c.Env) {
-		errs = append(errs, fmt.Errorf("%w: environment variable %q is not a valid name", ErrInvalid, c.Env))
+		errs = append(errs, fmt.Errorf("%w: environment variable %q is not a valid name (letters, digits and _, not starting with a digit)", ErrInvalid, c.Env))
+	} else if why := ReservedEnv(c.Env); why != "" {
+		errs = append(errs, fmt.Errorf("%w: environment variable %s is reserved (%s); choose another name, such as MY_%s", ErrInvalid, c.Env, why, strings.ToUpper(c.Env)))
 	}
 	if _, ok := LookupProvider(c.Env); ok {
 		errs = append(errs, fmt.Errorf("%w: %q is a built-in service name", ErrInvalid, c.Env))
@@ -535,17 +596,26 @@ func effective(all []storedEntry, sandboxID string) []storedEntry {
 
 // GuestEnv returns the VAR=VALUE lines the guest of sandboxID gets: the
 // sentinel for each service in effect, the placeholder for each custom
-// secret. It reads no value.
+// secret. It reads no value. A custom secret under a reserved variable
+// (stored by an older sbx) is left out, and the error names it; the other
+// lines still come back.
 func (s *Store) GuestEnv(sandboxID string) ([]string, error) {
 	f, err := s.load()
 	if err != nil {
 		return nil, err
 	}
 	var env []string
+	var errs []error
 	for _, se := range effective(f.Entries, sandboxID) {
+		if se.Custom {
+			if why := ReservedEnv(se.Name); why != "" {
+				errs = append(errs, fmt.Errorf("custom secret %s is not given to the guest: the variable is reserved (%s); remove it with `sbx secret rm %s` and set it under another name", se.Name, why, se.Name))
+				continue
+			}
+		}
 		env = append(env, se.entry().GuestEnv()...)
 	}
-	return env, nil
+	return env, errors.Join(errs...)
 }
 
 // stamp identifies a version of the file, to notice changes cheaply.
